@@ -1,0 +1,246 @@
+"""The run config: one YAML, validated against `schemas/run_config.schema.json`.
+
+Sections: `model`, `data`, `monitor` (typed frozen dataclasses below; defaults live only
+here) and `train`, whose keys are TRL `SFTConfig` field names passed through unchanged.
+All problems in a config are collected and raised once, each naming its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from pipeline.errors import SftpackError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "run_config.schema.json"
+
+# SFTConfig fields that the pack stage owns: setting them under `train` would be read in
+# two places (or silently ignored), so they are refused with the key to use instead.
+OWNED_BY_DATA = {
+    "max_length": "data.max_length",
+    "packing": "data.packing",
+    "packing_strategy": "data.packing",
+    "padding_free": "data.packing",
+    "eval_packing": "data.packing",
+    "assistant_only_loss": "data.train_on",
+    "completion_only_loss": "data.train_on",
+    "chat_template_path": "data.chat_template",
+    "dataset_text_field": "data.train",
+    "dataset_kwargs": "data.train",
+    "truncation_mode": "data.truncation",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = "models/smollm2-135m-instruct"
+    """Local HF model folder (or hub id where a hub is reachable)."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that supports it, else float32) | bfloat16 | float32."""
+    attn_implementation: str = "auto"
+    """auto (flash_attention_2 when installed on Ampere+, else sdpa) | flash_attention_2 | sdpa | eager."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None
+    """Raw messages JSONL (validated and packed on the fly, reused by fingerprint) or a packed folder."""
+    validation: str | None = None
+    """Same as `train`, for evaluation; null for no evaluation."""
+    max_length: int = 1024
+    """Longest packed row in tokens; also the longest example kept."""
+    packing: bool = True
+    """Best-fit-decreasing packing of several examples per row; false: one example per row."""
+    train_on: str = "all"
+    """all: every assistant turn is trained; last: only the final assistant turn."""
+    truncation: str = "drop"
+    """What happens to examples longer than max_length: drop (counted) or truncate (counted)."""
+    chat_template: str | None = None
+    """Path to a Jinja chat template overriding the tokenizer's own."""
+    out_dir: str = "out"
+    """Where validate/pack write when `train` is given raw JSONL."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without eval_loss improving; null disables."""
+    grad_norm_high: float = 10.0
+    """Warn when the gradient norm exceeds this (exploding gradients)."""
+    grad_norm_low: float = 1e-6
+    """Warn when the gradient norm falls below this (vanishing gradients)."""
+    loss_spike_factor: float = 2.0
+    """Warn when a logged loss exceeds this multiple of the recent average."""
+    throughput_drop_factor: float = 0.5
+    """Warn when tokens/s falls below this fraction of the running median."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    """TRL SFTConfig keyword arguments, exactly as written."""
+    source: str = "<dict>"
+    """Where the config came from, for messages."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (saved beside every run)."""
+        return {
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "monitor": dataclasses.asdict(self.monitor),
+            "train": dict(self.train),
+        }
+
+
+def sft_config_fields() -> dict[str, Any]:
+    """Field name -> type annotation of the installed TRL `SFTConfig`."""
+    from trl import SFTConfig
+
+    hints = typing.get_type_hints(SFTConfig)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(SFTConfig)}
+
+
+def _close(key: str, valid: list[str]) -> str:
+    matches = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(matches)}?" if matches else ""
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Loose check of a YAML value against a simple annotation; unknown shapes pass."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+def _train_errors(train: Mapping[str, Any]) -> list[str]:
+    fields = sft_config_fields()
+    errors = []
+    for key, value in train.items():
+        if key in OWNED_BY_DATA:
+            errors.append(
+                f"train.{key}: conflicts with {OWNED_BY_DATA[key]} (packing is done offline "
+                f"by sftpack); set {OWNED_BY_DATA[key]} instead and remove train.{key}."
+            )
+        elif key not in fields:
+            errors.append(
+                f"train.{key}: not a TRL SFTConfig field.{_close(key, list(fields))}"
+            )
+        elif not _type_ok(value, fields[key]):
+            errors.append(f"train.{key}: {value!r} is not of type {fields[key]}.")
+    return errors
+
+
+def _schema_errors(raw: Mapping[str, Any]) -> list[str]:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = []
+    for err in sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+        if err.validator == "additionalProperties":
+            sub = schema
+            for part in err.absolute_path:
+                sub = sub["properties"][part]
+            valid = sorted(sub["properties"])
+            extra = sorted(set(err.instance) - set(valid))
+            for key in extra:
+                name = f"{where}.{key}" if err.absolute_path else key
+                errors.append(
+                    f"{name}: unknown key; valid keys here: {', '.join(valid)}.{_close(key, valid)}"
+                )
+        else:
+            errors.append(f"{where}: {err.message}")
+    return errors
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a raw config dict.
+
+    Raises:
+        SftpackError: an override without `=` or a dotted path through a non-mapping.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise SftpackError(f"override {item!r}: expected section.key=value, e.g. train.max_steps=20")
+        dotted, text = item.split("=", 1)
+        parts = dotted.split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SftpackError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text != "" else None
+    return raw
+
+
+def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a raw config mapping and build the typed `RunConfig`.
+
+    Raises:
+        SftpackError: every problem found, one per line, each naming its key.
+    """
+    if not isinstance(raw, Mapping):
+        raise SftpackError(f"{source}: the config must be a mapping with model, data and train sections")
+    errors = _schema_errors(raw)
+    if isinstance(raw.get("train"), Mapping):
+        errors += _train_errors(raw["train"])
+    if errors:
+        lines = "\n  ".join(errors)
+        raise SftpackError(f"{source}: invalid config:\n  {lines}")
+    return RunConfig(
+        model=ModelConfig(**raw["model"]),
+        data=DataConfig(**raw["data"]),
+        monitor=MonitorConfig(**raw.get("monitor", {})),
+        train=dict(raw.get("train") or {}),
+        source=source,
+    )
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides, validate it.
+
+    Raises:
+        SftpackError: missing file, YAML syntax error (with line), or invalid content.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SftpackError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SftpackError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return build_config(raw, source=str(path))
+
+
+def write_config(path: str | Path, cfg: RunConfig) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from pipeline.atomic import atomic_file
+
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(cfg.to_dict(), handle, sort_keys=False)
