@@ -1,0 +1,244 @@
+"""pack: packing invariants, shard folders, manifests, fingerprint reuse, the TRL hand-off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import datasets
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.chat_template import ChatRenderer, encode_batch
+from pipeline.pack import PackConfig, run
+from pipeline.packing import best_fit_decreasing, lower_bound_rows, one_per_row
+from pipeline.shards import read_shard, row_invariant_errors, verify_folder
+from stages.cli import main as cli
+
+
+def _subset(shared_data, tmp_path, name, count):
+    """First `count` lines of a real dataset, as a file of our own."""
+    out = tmp_path / f"{name}.jsonl"
+    with open(shared_data / f"{name}.jsonl", "rb") as src:
+        out.write_bytes(b"".join(line for _, line in zip(range(count), src)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_inputs(shared_data, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inputs")
+    return [
+        _subset(shared_data, tmp, "alpaca_en_demo", 300),
+        _subset(shared_data, tmp, "fastchat_dummy_conversation", 200),
+        _subset(shared_data, tmp, "glaive_toolcall_en_demo", 100),
+    ]
+
+
+@pytest.fixture(scope="module")
+def packed(real_inputs, model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("packed")
+    manifest = run(real_inputs, out, PackConfig(tokenizer=str(model_dir), max_length=1024))
+    return manifest
+
+
+# ---------------------------------------------------------------- bin packing
+
+def test_bfd_places_every_item_once_within_capacity():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 1025, size=5000)
+    bins = best_fit_decreasing(lengths, 1024)
+    flat = sorted(i for b in bins for i in b)
+    assert flat == list(range(len(lengths)))
+    assert max(int(lengths[b].sum()) for b in bins) <= 1024
+    # BFD is within 11/9 OPT + 1 in theory; on many small items it is close to the bound.
+    assert len(bins) <= 1.02 * lower_bound_rows(int(lengths.sum()), 1024) + 1
+    assert bins == best_fit_decreasing(lengths, 1024)  # deterministic
+
+
+def test_bfd_takes_the_tightest_bin():
+    # 6 opens a bin (4 left), 5 opens a bin (5 left); 4 must go beside 6 (exact fit), not 5.
+    bins = best_fit_decreasing(np.array([6, 5, 4]), 10)
+    assert bins == [[0, 2], [1]]
+    assert best_fit_decreasing(np.array([5, 5, 5, 5]), 10) == [[0, 1], [2, 3]]
+
+
+def test_bfd_rejects_items_longer_than_capacity():
+    with pytest.raises(ValueError):
+        best_fit_decreasing(np.array([3, 11]), 10)
+    assert one_per_row(np.array([3, 4])) == [[0], [1]]
+
+
+# ---------------------------------------------------------------- shard folders
+
+def test_packed_folder_loads_and_obeys_row_invariants(packed):
+    folder = packed["path"]
+    ds = datasets.load_from_disk(folder)
+    assert ds.column_names == ["input_ids", "labels", "seq_lengths", "example_ids"]
+    assert len(ds) == packed["totals"]["rows"]
+    for row in ds:
+        assert len(row["input_ids"]) == len(row["labels"]) == sum(row["seq_lengths"]) <= 1024
+        assert len(row["seq_lengths"]) == len(row["example_ids"])
+        ids, labels = np.array(row["input_ids"]), np.array(row["labels"])
+        assert np.all((labels == -100) | (labels == ids))
+    table = read_shard(next(p for p in __import__("pathlib").Path(folder).glob("data-*.arrow")))
+    assert row_invariant_errors(table, 1024) == []
+    assert verify_folder(folder) == []
+
+
+def test_manifest_accounts_for_every_example(packed, real_inputs):
+    t = packed["totals"]
+    assert t["examples_read"] == 600
+    assert t["examples_packed"] + sum(t["dropped"].values()) == 600
+    assert t["rows"] >= t["lower_bound_rows"]
+    assert t["packing_efficiency"] == pytest.approx(t["tokens"] / (t["rows"] * 1024), abs=1e-6)
+    assert [i["lines"] for i in packed["inputs"]] == [300, 200, 100]
+    assert sum(s["rows"] for s in packed["shards"]) == t["rows"]
+    assert sum(s["trained_tokens"] for s in packed["shards"]) == t["trained_tokens"]
+    assert packed["tokenizer"]["chat_template_sha256"]
+    stats = pq.read_table(f"{packed['path']}/stats.parquet").to_pylist()
+    assert len(stats) == 600
+    assert sum(1 for s in stats if s["dropped"] is None) == t["examples_packed"]
+    assert sum(s["tokens"] for s in stats if s["dropped"] is None) == t["tokens"]
+    assert {s["source"] for s in stats} >= {"alpaca_en_demo", "fastchat_dummy_conversation"} or len(
+        {s["source"] for s in stats}) >= 2
+
+
+def test_packed_sequences_equal_standalone_encoding(packed, real_inputs, smol_tokenizer):
+    """Each packed sequence is exactly the example encoded alone: no drift, same mask."""
+    ds = datasets.load_from_disk(packed["path"])
+    records = {}
+    for path in real_inputs:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            records[record["id"]] = record
+    renderer = ChatRenderer(smol_tokenizer, None)
+    for row in ds.select(range(min(5, len(ds)))):
+        start = 0
+        for example_id, length in zip(row["example_ids"], row["seq_lengths"]):
+            record = records[example_id]
+            alone = encode_batch(renderer, smol_tokenizer, [{"messages": record["messages"], "tools": record.get("tools")}], "all")[0]
+            text = smol_tokenizer.apply_chat_template(record["messages"], tools=record.get("tools"), tokenize=False)
+            plain = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert row["input_ids"][start:start + length] == plain == alone.input_ids.tolist()
+            assert row["labels"][start:start + length] == alone.labels.tolist()
+            start += length
+
+
+# ---------------------------------------------------------------- reuse and invalidation
+
+def test_rerun_reuses_and_any_change_rebuilds(real_inputs, model_dir, tmp_path, capsys):
+    args = [str(p) for p in real_inputs[:2]] + ["--out-dir", str(tmp_path), "--tokenizer", str(model_dir),
+                                                "--max-length", "512"]
+    assert cli(["pack", *args]) == 0
+    first = capsys.readouterr().out.strip().splitlines()
+    assert cli(["pack", *args]) == 0
+    second = capsys.readouterr().out.strip().splitlines()
+    assert first[-1] == second[-1]  # last line: the folder
+    assert "reused" in second[0] and "reused" not in first[0]
+
+    assert cli(["pack", *args[:-1], "1024"]) == 0  # another max length
+    other_length = capsys.readouterr().out.strip().splitlines()[-1]
+
+    changed = tmp_path / "changed" / real_inputs[0].name
+    changed.parent.mkdir()
+    data = bytearray(real_inputs[0].read_bytes())
+    data[data.index(b'"content": "') + 12] ^= 0x01  # flip one bit of one character
+    changed.write_bytes(bytes(data))
+    assert cli(["pack", str(changed), *args[1:]]) == 0
+    other_input = capsys.readouterr().out.strip().splitlines()[-1]
+
+    template = tmp_path / "t.jinja"
+    template.write_text(open(model_dir / "chat_template.jinja").read().replace("helpful AI", "helpful"))
+    assert cli(["pack", *args, "--chat-template", str(template)]) == 0
+    other_template = capsys.readouterr().out.strip().splitlines()[-1]
+    assert len({first[-1], other_length, other_input, other_template}) == 4
+
+    assert cli(["pack", *args, "--num-proc", "2"]) == 0  # num_proc does not change the output
+    assert "reused" in capsys.readouterr().out
+
+
+def test_num_proc_gives_identical_shards(real_inputs, model_dir, tmp_path):
+    cfg1 = PackConfig(tokenizer=str(model_dir), max_length=768, num_proc=1, batch_size=64)
+    cfg2 = PackConfig(tokenizer=str(model_dir), max_length=768, num_proc=2, batch_size=64)
+    a = run(real_inputs, tmp_path / "a", cfg1)
+    b = run(real_inputs, tmp_path / "b", cfg2)
+    assert a["fingerprint"] == b["fingerprint"]
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+
+
+def test_corrupt_shard_is_detected_and_rebuilt(real_inputs, model_dir, tmp_path, capsys):
+    cfg = PackConfig(tokenizer=str(model_dir), max_length=512, shard_tokens=20_000)
+    manifest = run(real_inputs[:1], tmp_path, cfg)
+    assert len(manifest["shards"]) > 1
+    shard = tmp_path / manifest["fingerprint"] / manifest["shards"][1]["file"]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems = verify_folder(manifest["path"])
+    assert len(problems) == 1 and manifest["shards"][1]["file"] in problems[0] and "sha256" in problems[0]
+    assert cli(["verify", manifest["path"]]) == 1
+    again = run(real_inputs[:1], tmp_path, cfg)
+    assert not again["reused"] and verify_folder(again["path"]) == []
+    assert cli(["verify", again["path"]]) == 0
+
+
+def test_too_long_examples_are_dropped_or_truncated(real_inputs, model_dir, tmp_path):
+    drop = run(real_inputs[1:2], tmp_path, PackConfig(tokenizer=str(model_dir), max_length=128))
+    cut = run(real_inputs[1:2], tmp_path, PackConfig(tokenizer=str(model_dir), max_length=128, truncation="truncate"))
+    too_long = drop["totals"]["dropped"]["too_long"]
+    assert too_long > 0 and drop["totals"]["truncated"] == 0
+    assert cut["totals"]["truncated"] + cut["totals"]["dropped"].get("no_trained_tokens", 0) == too_long
+    assert cut["totals"]["examples_packed"] == drop["totals"]["examples_packed"] + cut["totals"]["truncated"]
+    ds = datasets.load_from_disk(cut["path"])
+    assert max(len(r) for r in ds["input_ids"]) <= 128
+
+
+def test_strategy_none_writes_one_example_per_row(real_inputs, model_dir, tmp_path):
+    manifest = run(real_inputs[:1], tmp_path, PackConfig(tokenizer=str(model_dir), max_length=1024, strategy="none"))
+    ds = datasets.load_from_disk(manifest["path"])
+    assert len(ds) == manifest["totals"]["examples_packed"]
+    assert all(len(s) == 1 for s in ds["seq_lengths"])
+
+
+def test_bad_inputs_give_clear_errors(model_dir, tmp_path, capsys):
+    assert cli(["pack", str(tmp_path / "missing.jsonl"), "--out-dir", str(tmp_path), "--tokenizer", str(model_dir)]) == 2
+    assert "missing.jsonl: input file not found" in capsys.readouterr().err
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert cli(["pack", str(empty), "--out-dir", str(tmp_path), "--tokenizer", str(model_dir)]) == 2
+    assert "no example left to pack" in capsys.readouterr().err
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # nothing half-written
+
+
+# ---------------------------------------------------------------- the hand-off to TRL
+
+def test_packed_row_loss_through_trl_collator_equals_sequences_alone(packed, tiny_model_dir):
+    """The padding-free collator's position_ids keep packed sequences apart: the loss of a
+    packed row equals the token-weighted loss of its sequences run one by one."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa").eval()
+    ds = datasets.load_from_disk(packed["path"])
+    row = next(r for r in ds if len(r["seq_lengths"]) >= 3)
+    collator = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)
+    batch = collator([row])
+    assert "attention_mask" not in batch
+    with torch.no_grad():
+        packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        total_loss, total_tokens, start = 0.0, 0, 0
+        for length in row["seq_lengths"]:
+            ids = torch.tensor([row["input_ids"][start:start + length]])
+            labels = torch.tensor([row["labels"][start:start + length]])
+            alone = model(input_ids=ids, use_cache=False).logits[0]
+            torch.testing.assert_close(packed_logits[start:start + length], alone, atol=1e-4, rtol=1e-4)
+            n = int((labels[0, 1:] != -100).sum())
+            if n:
+                total_loss += model(input_ids=ids, labels=labels, use_cache=False).loss.item() * n
+                total_tokens += n
+            start += length
+        packed_loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
+                            labels=batch["labels"], use_cache=False).loss.item()
+    assert packed_loss == pytest.approx(total_loss / total_tokens, rel=1e-4)
