@@ -242,3 +242,15 @@ def test_packed_row_loss_through_trl_collator_equals_sequences_alone(packed, tin
         packed_loss = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                             labels=batch["labels"], use_cache=False).loss.item()
     assert packed_loss == pytest.approx(total_loss / total_tokens, rel=1e-4)
+
+
+def test_pack_tables_match_their_pandera_schemas(packed):
+    import polars as pl
+
+    from schemas.tables import ExampleStats, PackedRowLengths, packed_row_lengths, validate_table
+
+    validate_table(ExampleStats, pl.read_parquet(f"{packed['path']}/stats.parquet"), "stats.parquet")
+    rows = pl.from_arrow(datasets.load_from_disk(packed["path"]).data.table)
+    validate_table(PackedRowLengths, packed_row_lengths(rows, 1024), "packed rows")
+    with pytest.raises(Exception, match="within_max_length"):
+        validate_table(PackedRowLengths, packed_row_lengths(rows, 64), "packed rows")
