@@ -23,6 +23,27 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(path: Path) -> str:
+    # The owner's pid is in the name, so cleanup never touches a live run's temp output.
+    return f"{INCOMPLETE_PREFIX}{os.getpid()}-{path.name}."
+
+
+def _owner_alive(name: str) -> bool:
+    try:
+        pid = int(name[len(INCOMPLETE_PREFIX):].split("-", 1)[0])
+    except ValueError:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -39,7 +60,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) ->
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{INCOMPLETE_PREFIX}{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
     try:
@@ -72,7 +93,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{INCOMPLETE_PREFIX}{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
@@ -82,7 +103,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
                     os.fsync(handle.fileno())
         fsync_dir(tmp)
         if path.exists():
-            old = path.with_name(f"{INCOMPLETE_PREFIX}old-{path.name}.{os.getpid()}")
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), dir=path.parent))
+            os.rmdir(old)
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)
@@ -95,11 +117,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale(parent: str | os.PathLike) -> list[Path]:
-    """Delete `.incomplete-*` leftovers of killed runs under `parent`; return what was removed."""
+    """Delete `.incomplete-*` leftovers of killed runs under `parent`; return what was removed.
+
+    Leftovers of processes still running (a parallel `make -j` job) are kept.
+    """
     parent = Path(parent)
     removed = []
     if parent.is_dir():
         for child in parent.glob(f"{INCOMPLETE_PREFIX}*"):
+            if _owner_alive(child.name):
+                continue
             if child.is_dir():
                 shutil.rmtree(child, ignore_errors=True)
             else:

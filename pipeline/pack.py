@@ -374,6 +374,18 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
     _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer)
+    try:
+        manifest = _build(folder, inputs, input_ids, identity, fp, cfg, started)
+    except OSError as err:  # disk full, file size limit, permissions: nothing is left behind
+        raise SftpackError(f"{folder}: writing the packed folder failed: {err.strerror or err} "
+                           f"({err.filename or 'shard data'}); free space or choose another --out-dir",
+                           exit_code=1) from None
+    return {**manifest, "path": str(folder), "reused": False}
+
+
+def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: dict, fp: str,
+           cfg: PackConfig, started: float) -> dict[str, Any]:
+    """Encode, pack and write the folder under a temp name; rename it into place last."""
     with atomic_dir(folder) as tmp:
         spill_path = tmp / ".spill.arrow"
         lengths, dropped, first_errors = _encode_all(
@@ -415,4 +427,4 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
             "seconds": round(time.time() - started, 3),
         }
         write_json(tmp / MANIFEST, manifest)
-    return {**manifest, "path": str(folder), "reused": False}
+    return manifest
