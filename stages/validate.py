@@ -1,0 +1,39 @@
+"""`sftpack validate`: check messages JSONL; write valid lines, rejects and counts per input."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from pipeline.errors import SftpackError
+from pipeline.validate import ValidateConfig, run, summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="messages JSONL files")
+    parser.add_argument("--out-dir", required=True, help="folder for <name>.jsonl, .rejects.jsonl, .validate.json")
+    parser.add_argument("--allow-rejects", action="store_true", help="exit 0 even when lines are rejected")
+    parser.add_argument("--tokenizer", help="tokenizer folder: also check the chat template and control tokens")
+    parser.add_argument("--config", help="run config YAML; its model.name_or_path is the default --tokenizer")
+    parser.add_argument("--max-turn-chars", type=int, default=ValidateConfig.max_turn_chars,
+                        help="warn about messages longer than this many characters")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        tokenizer = args.tokenizer
+        if args.config and not tokenizer:
+            with open(args.config, encoding="utf-8") as handle:
+                tokenizer = ((yaml.safe_load(handle) or {}).get("model") or {}).get("name_or_path")
+        cfg = ValidateConfig(tokenizer=tokenizer, max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects)
+        result = run(args.inputs, args.out_dir, cfg)
+    except OSError as err:
+        print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    except SftpackError as err:
+        print(f"sftpack validate: {err}", file=sys.stderr)
+        return err.exit_code
+    print("\n".join(summary(result)), file=sys.stderr if result["totals"]["rejected"] else sys.stdout)
+    return 1 if result["totals"]["rejected"] and not args.allow_rejects else 0
