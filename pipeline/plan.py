@@ -470,7 +470,9 @@ def make_plan(req: PlanRequest) -> Plan:
         base_train = base.train
     notes: list[str] = []
 
-    model_path = req.model if req.model is not None else (base.model.name_or_path if base and req.params is None else None)
+    model_path = req.model
+    if model_path is None and req.params is None:
+        model_path = base.model.name_or_path  # _check_request: no --model/--params means --config
     if req.params is not None:
         num_params, params_from = parse_params(req.params), "--params"
     else:
