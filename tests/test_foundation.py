@@ -114,7 +114,6 @@ def test_demo_generator_is_seeded_and_valid(tmp_path):
     train_prompts = {m["content"] for r in train for m in r["messages"] if m["role"] == "user"}
     val_prompts = {m["content"] for r in val for m in r["messages"] if m["role"] == "user"}
     assert not train_prompts & val_prompts  # held out
-    manifest = validate([tmp_path / "a" / "train.jsonl", tmp_path / "a" / "val.jsonl"], tmp_path / "v", ValidateConfig())
-    assert manifest is not None
-    assert not list((tmp_path / "v").glob("*.rejects.jsonl")) or all(
-        p.read_text() == "" for p in (tmp_path / "v").glob("*.rejects.jsonl"))
+    result = validate([tmp_path / "a" / "train.jsonl", tmp_path / "a" / "val.jsonl"], tmp_path / "v",
+                      ValidateConfig(tokenizer=str(REPO / "models" / "smollm2-135m-instruct")))
+    assert result["totals"] == {"read": 880, "kept": 880, "rejected": 0, "blank": 0}
