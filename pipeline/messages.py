@@ -108,12 +108,24 @@ def parse_line(raw: bytes) -> tuple[Record | None, list[RowError]]:
 
 # ---------------------------------------------------------------- layer 2: JSON Schema
 
+def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
+    # Local "#/$defs/x" references replaced by their target: same verdicts and error paths,
+    # about a third faster, since jsonschema resolves every $ref on every row.
+    if isinstance(node, dict):
+        if "$ref" in node:
+            return _inline_refs(defs[node["$ref"].removeprefix("#/$defs/")], defs)
+        return {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
+    if isinstance(node, list):
+        return [_inline_refs(value, defs) for value in node]
+    return node
+
+
 @lru_cache(maxsize=1)
 def schema_validator() -> jsonschema.Draft202012Validator:
-    """The validator for `schemas/messages.schema.json` (loaded once)."""
+    """The validator for `schemas/messages.schema.json` (loaded and checked once)."""
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.Draft202012Validator(_inline_refs(schema, schema.get("$defs", {})))
 
 
 def _pointer(path: Iterable[Any]) -> str:
@@ -194,6 +206,10 @@ _NEXT = {
 }
 
 
+_DESCRIBE = {"start": "the start", "user": "a user turn", "assistant": "an assistant turn",
+             "assistant+calls": "an assistant tool call", "tool": "a tool result"}
+
+
 def check_role_order(record: Record) -> Iterable[RowError]:
     messages = record["messages"]
     state = "start"
@@ -205,9 +221,9 @@ def check_role_order(record: Record) -> Iterable[RowError]:
             state = "tool"
             continue  # tool_without_call reports it
         if role not in _NEXT[state]:
-            after = "the start" if state == "start" else f"a {state.replace('+calls', ' tool call')} turn"
-            yield RowError(f"/messages/{i}/role", "role_order", f"{role} turn after {after}; expected "
-                           f"{' or '.join(sorted(_NEXT[state]))} (merge consecutive turns of one role)")
+            hint = "; merge consecutive turns of one role" if state == role else ""
+            yield RowError(f"/messages/{i}/role", "role_order", f"{role} turn after {_DESCRIBE[state]}; expected "
+                           f"{' or '.join(sorted(_NEXT[state]))}{hint}")
         state = "assistant+calls" if role == "assistant" and message.get("tool_calls") else role
     last = messages[-1]["role"]
     if last in ("user", "tool") and any(m["role"] == "assistant" for m in messages):
