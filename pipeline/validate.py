@@ -30,6 +30,7 @@ from typing import Any
 from pipeline import __version__
 from pipeline.atomic import atomic_file, remove_stale, write_json
 from pipeline.errors import SftpackError
+from pipeline.fingerprint import tokenizer_identity
 from pipeline.messages import ROW_CHECKS, Check, classify_line, conversation_key, tokenizer_checks
 
 MANIFEST_SUFFIX = ".validate.json"
@@ -148,7 +149,8 @@ def _progress(path: Path):
                 disable=not sys.stderr.isatty(), leave=False)
 
 
-def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateConfig) -> dict[str, Any]:
+def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateConfig,
+                  tokenizer_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate one JSONL file into `out_dir/<name>.{jsonl,rejects.jsonl,validate.json}`.
 
     Args:
@@ -156,6 +158,8 @@ def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateC
         out_dir: existing output folder.
         checks: conversation checks run on schema-valid records, in order.
         cfg: the options (recorded in the manifest).
+        tokenizer_info: the tokenizer's identity (vocabulary, special tokens, template hashes),
+            recorded in the manifest.
 
     Returns:
         The manifest written to `<name>.validate.json`.
@@ -218,6 +222,7 @@ def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateC
             "rejects": {"path": rejects_path.name, "sha256": digests["rejects"].hexdigest(), "lines": counts["rejected"]},
         },
         "tokenizer": cfg.tokenizer,
+        "tokenizer_identity": tokenizer_info,
         "options": dataclasses.asdict(cfg),
         "counts": {k: counts[k] for k in ("read", "kept", "rejected", "blank")}
         | {k: counts[k] for k in sorted(counts) if k.startswith("rejected_")},
@@ -248,11 +253,13 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig) -> d
     if not paths:
         raise SftpackError("validate: give at least one input JSONL file", exit_code=2)
     _check_paths(paths, out)
-    checks = list(ROW_CHECKS)
+    checks, tokenizer_info = list(ROW_CHECKS), None
     if cfg.tokenizer:
-        checks += tokenizer_checks(load_tokenizer(cfg.tokenizer))
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        checks += tokenizer_checks(tokenizer)
+        tokenizer_info = tokenizer_identity(tokenizer, tokenizer.chat_template)
     remove_stale(out)
-    files = [validate_file(path, out, checks, cfg) for path in paths]
+    files = [validate_file(path, out, checks, cfg, tokenizer_info) for path in paths]
     totals = {k: sum(m["counts"][k] for m in files) for k in ("read", "kept", "rejected", "blank")}
     return {"files": files, "totals": totals}
 

@@ -199,6 +199,8 @@ def test_control_tokens_in_content_rejected_with_tokenizer(mixed_out, mixed_with
     assert "'<|im_end|>'" in reject["errors"][0]["message"]
     manifest = _manifest(mixed_with_tokenizer)
     assert manifest["tokenizer"] == str(model_dir) and manifest["counts"]["rejected_control_token"] == 1
+    assert manifest["tokenizer_identity"]["chat_template_sha256"] == hashlib.sha256(
+        (model_dir / "chat_template.jinja").read_bytes()).hexdigest()
     assert set(_rejects(mixed_with_tokenizer)) == set(EXPECTED_REJECTS) | {CONTROL_TOKEN_LINE}
 
 
