@@ -166,10 +166,8 @@ def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
     into `data.out_dir` (`validated/`, `packed/`); pack reuses an existing folder with the
     same fingerprint, so a second run re-tokenizes nothing.
 
-    Expects (imported lazily):
-        pipeline.validate.run(inputs: list[Path], out_dir: Path, cfg) -> dict with `path`
-            (the validated JSONL) and pipeline.validate.config_from_run(cfg: RunConfig).
-        pipeline.pack.run(inputs, out_dir, PackConfig) -> manifest with `path`.
+    Uses (imported lazily): pipeline.validate.run (rejected lines are counted and left
+    out; training goes on with the kept ones) and pipeline.pack.run (manifest with `path`).
 
     Raises:
         SftpackError: data.train missing, or a path that is neither a file nor a packed folder.
@@ -196,11 +194,22 @@ def _packed_path(key: str, value: str, cfg: RunConfig) -> Path:
 
 
 def _validate_and_pack(raw: Path, cfg: RunConfig) -> Path:
+    """raw JSONL -> data.out_dir/validated/<name>.jsonl -> data.out_dir/packed/<fingerprint>/."""
     from pipeline import pack, validate
 
     out = Path(cfg.data.out_dir)
-    validated = validate.run([raw], out / "validated", validate.config_from_run(cfg))
-    manifest = pack.run([Path(validated["path"])], out / "packed", pack_config(cfg.model, cfg.data))
+    checked = validate.run([raw], out / "validated",
+                           validate.ValidateConfig(tokenizer=cfg.model.name_or_path, allow_rejects=True))
+    result = checked["files"][0]
+    counts = result["counts"]
+    if counts["rejected"]:
+        logger.warning("%s: %d of %d lines rejected (see %s); training on the %d kept", raw, counts["rejected"],
+                       counts["read"], out / "validated" / result["outputs"]["rejects"]["path"], counts["kept"])
+    if not counts["kept"]:
+        raise SftpackError(f"{raw}: no valid line (all {counts['read']} rejected); see "
+                           f"{out / 'validated' / result['outputs']['rejects']['path']}")
+    kept = out / "validated" / result["outputs"]["kept"]["path"]
+    manifest = pack.run([kept], out / "packed", pack_config(cfg.model, cfg.data))
     logger.info("%s -> %s (%s)", raw, manifest["path"], "reused" if manifest.get("reused") else "packed")
     return Path(manifest["path"])
 
@@ -236,6 +245,17 @@ def load_packed(folder: Path, tokenizer, key: str):
     if missing:
         raise SftpackError(f"{key} {folder}: columns {missing} missing; not an sftpack packed folder")
     return ds.select_columns(TRAIN_COLUMNS)
+
+
+def rows_holding(ds, examples: int) -> int:
+    """How many leading rows of a packed dataset hold at least `examples` sequences (all if fewer)."""
+    seen = row = 0
+    for batch in ds.select_columns(["seq_lengths"]).iter(batch_size=1024):  # never the whole column
+        for lengths in batch["seq_lengths"]:
+            seen, row = seen + len(lengths), row + 1
+            if seen >= examples:
+                return row
+    return len(ds)
 
 
 # ---------------------------------------------------------------- SFTConfig
@@ -378,12 +398,15 @@ class Session:
     health: HealthCallback
 
 
-def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> Session:
+def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
+                  train_examples: int | None = None) -> Session:
     """Resolve the runtime, load model and data, build SFTConfig and the trainer.
 
     Args:
         cfg: the run config.
         callbacks: extra TrainerCallbacks (tests use them to crash or inject faults).
+        train_examples: train on the first rows only, enough to hold this many sequences
+            (the sanity check); None: every row.
 
     Raises:
         SftpackError: any config, model or data problem.
@@ -393,9 +416,12 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> 
                 runtime.attn_implementation, runtime.reason)
     args, resume = sft_config(cfg, runtime)
     configure_trackers(dict(cfg.train))
-    train_dir, val_dir = prepare_data(cfg)
+    with args.main_process_first(desc="validate and pack"):  # one process packs, the others reuse
+        train_dir, val_dir = prepare_data(cfg)
     model, tokenizer = load_model(cfg.model, runtime)
     train_ds = load_packed(train_dir, tokenizer, "data.train")
+    if train_examples is not None:
+        train_ds = train_ds.select(range(rows_holding(train_ds, train_examples)))
     eval_ds = load_packed(val_dir, tokenizer, "data.validation") if val_dir else None
     counter = TokenCounter()
     metrics = MetricsCallback(counter)

@@ -1,0 +1,35 @@
+"""`sftpack train --config FILE.yaml [key=value ...]`: fine-tune on packed shards with TRL."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from pipeline.errors import SftpackError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="run config YAML (model, data, monitor, train)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="dotted overrides, e.g. train.max_steps=20 train.resume_from_checkpoint=last")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from pipeline.train import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        manifest = run(load_config(args.config, args.overrides))
+    except SftpackError as err:
+        print(f"sftpack train: {err}", file=sys.stderr)
+        return err.exit_code
+    if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one summary
+        return 1 if manifest["status"] == "stopped_nonfinite" else 0
+    best = manifest["best_eval_loss"]
+    print(f"{manifest['status']}: {manifest['steps']} steps, {manifest['epochs'] or 0:.2f} epochs, "
+          f"best eval loss {'n/a' if best is None else f'{best:.4f}'}, "
+          f"{len(manifest['health_warnings'])} health warning(s); final model: {manifest['final']}")
+    return 1 if manifest["status"] == "stopped_nonfinite" else 0
