@@ -286,6 +286,11 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
         resume = None
     if resume is False:
         resume = None
+    if runtime.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Several processes on CPU (accelerate launch --multi_gpu / torchrun on a machine without
+        # GPUs): without use_cpu each process would train alone instead of joining gloo DDP.
+        train.setdefault("use_cpu", True)
+        train.setdefault("ddp_backend", "gloo")
     train.setdefault("bf16", runtime.dtype == "bfloat16")
     train.setdefault("gradient_checkpointing", False)
     if train["gradient_checkpointing"]:
@@ -501,7 +506,8 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
         "data": {key: _data_identity(path) for key, path in
                  (("train", session.train_dir), ("validation", session.val_dir)) if path},
         "runtime": dataclasses.asdict(session.runtime),
-        "world_size": trainer.args.world_size,
+        "distributed": {"world_size": trainer.args.world_size, "parallel_mode": str(trainer.args.parallel_mode.value),
+                        "backend": getattr(trainer.args.distributed_state, "backend", None)},
         "versions": _versions(),
         "config": cfg.to_dict(),
         "seconds": round(time.time() - started, 3),
