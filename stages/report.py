@@ -1,0 +1,45 @@
+"""`sftpack report`: dataset QA report (HTML + report.json) of messages JSONL or a packed folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pipeline.errors import SftpackError
+from pipeline.report import ReportConfig, run
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="messages JSONL files, or one packed folder")
+    parser.add_argument("--out", required=True, help="report .html path; report .json is written beside it")
+    parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
+    parser.add_argument("--tokenizer", help="tokenizer (model) folder; without it no token statistics")
+    parser.add_argument("--max-length", type=int, help="row length pack would use")
+    parser.add_argument("--chat-template", help="Jinja template file replacing the tokenizer's")
+
+
+def report_config(args: argparse.Namespace) -> ReportConfig:
+    """Flags override the run config, which overrides ReportConfig's defaults."""
+    values = {}
+    if args.config:
+        from pipeline.config import load_config
+
+        cfg = load_config(args.config)
+        values = {"tokenizer": cfg.model.name_or_path, "max_length": cfg.data.max_length,
+                  "chat_template": cfg.data.chat_template, "train_on": cfg.data.train_on,
+                  "truncation": cfg.data.truncation}
+    flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return ReportConfig(**values)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        report = run(args.inputs, args.out, report_config(args))
+    except SftpackError as err:
+        print(f"sftpack report: {err}", file=sys.stderr)
+        return err.exit_code
+    for finding in report["findings"][:5]:
+        print(f"  {finding['kind']}: {finding['count']} ({finding['share']:.1%}) {finding['message']}")
+    print(f"wrote {report['html']} and {report['json']}")
+    return 0
