@@ -4,10 +4,8 @@ A conversation is rendered once to text S and tokenized once, so `input_ids` are
 `tokenizer(S, add_special_tokens=False).input_ids` (no drift at turn boundaries). Training
 targets are found as character spans of S, then mapped to tokens through the offsets:
 
-    S = <bos><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|><|start_header_id|>assistant...
-        |------------------- P: prompt of turn i (generation prompt included) -------------------|
-                                                                              Hello!<|eot_id|>\\n...
-                                                                              |-- trained --|
+    S = <bos>...user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|>...
+        |---------- P = render(messages[:i], add_generation_prompt=True) -------------------||--trained---|
 
 Two ways to find an assistant turn's span, chosen per template:
 
@@ -17,7 +15,8 @@ Two ways to find an assistant turn's span, chosen per template:
            P = render(messages[:i], add_generation_prompt=True)  must be a prefix of S;
            A = render(messages[:i + 1])                          the conversation ending at i;
            E = what the template writes only when a conversation ends (ChatML: "", Phi-3: eos),
-               measured once on a plain conversation against it continued by a probe user turn;
+               measured once on a plain conversation against it continued by a probe user turn
+               (on this conversation instead, if the template refuses the plain one);
            the turn ends where A and S part (common prefix, never cutting an added token), or at
            len(S) - len(E) for the final message; minus trailing whitespace, so the span holds the
            turn's content, rendered tool calls and its end-of-turn marker (<|im_end|>, </s>...)
