@@ -711,8 +711,8 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     for title, png in plots.items():
         parts.append(f"<h3>{html.escape(title)}</h3><img alt=\"{html.escape(title)}\" "
                      f"src=\"data:image/png;base64,{png}\">")
-    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            "<meta name=viewport content=\"width=device-width, initial-scale=1\">"
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>sftpack report</title><style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>\n")
 
 
