@@ -139,7 +139,7 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
 
     Returns the spill record batch (kept examples only) and one stats entry per line.
     """
-    from pipeline.chat_template import encode_batch
+    from pipeline.chat_template import TemplateNotMaskable, encode_batch
 
     cfg: PackConfig = _WORKER["cfg"]
     input_name, stem, lines = batch
@@ -165,8 +165,10 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
     ids_out, labels_out, kept_ids = [], [], []
     for (stat_index, _), example in zip(records, encoded):
         entry = stats[stat_index]
+        if example.reason == "template_not_maskable":  # a template problem, not a data problem
+            raise TemplateNotMaskable(f"{input_name}:{entry['line']}: {example.error}")
         if example.error:
-            entry["dropped"] = "template_error"
+            entry["dropped"] = example.reason
             entry["error"] = example.error
             continue
         ids, labels = example.input_ids, example.labels
@@ -177,12 +179,12 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
                 entry["trained_tokens"] = int((labels != IGNORE_INDEX).sum())
                 continue
             ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
-            entry["truncated"] = True
         trained = int((labels != IGNORE_INDEX).sum())
         entry["trained_tokens"] = trained
         if trained == 0:
             entry["dropped"] = "no_trained_tokens"
             continue
+        entry["truncated"] = ids.size < entry["tokens"]
         entry["tokens"] = int(ids.size)
         ids_out.append(ids)
         labels_out.append(labels)
