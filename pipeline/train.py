@@ -266,7 +266,8 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
     Fixed (pack owns them; config.py refuses them under `train`): padding_free, no packing,
     max_length None (rows are already cut), skip_prepare_dataset. Defaults that differ from
     TRL's: bf16 follows the resolved dtype (TRL turns it on everywhere, CPU included),
-    gradient_checkpointing off unless asked, and when on, `use_reentrant: False`.
+    gradient checkpointing (gradient_checkpointing or activation_checkpointing) off unless
+    asked, and when on, `use_reentrant: False`.
 
     Returns:
         (SFTConfig, resume) where resume is what `trainer.train(resume_from_checkpoint=)`
@@ -292,11 +293,19 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
         train.setdefault("use_cpu", True)
         train.setdefault("ddp_backend", "gloo")
     train.setdefault("bf16", runtime.dtype == "bfloat16")
-    train.setdefault("gradient_checkpointing", False)
-    if train["gradient_checkpointing"]:
-        kwargs = dict(train.get("gradient_checkpointing_kwargs") or {})
-        kwargs.setdefault("use_reentrant", False)
-        train["gradient_checkpointing_kwargs"] = kwargs
+    # transformers 5.23 renamed gradient_checkpointing* to activation_checkpointing*; both are
+    # accepted here, the new names are what is passed (TRL's default of True is not taken).
+    checkpointing = train.pop("gradient_checkpointing", None)
+    kwargs = train.pop("gradient_checkpointing_kwargs", None)
+    if train.get("activation_checkpointing") is None:
+        train["activation_checkpointing"] = bool(checkpointing)
+    if train.get("activation_checkpointing_kwargs") is None:
+        train["activation_checkpointing_kwargs"] = kwargs
+    if train["activation_checkpointing"]:
+        merged = dict(train.get("activation_checkpointing_kwargs") or {})
+        merged.setdefault("use_reentrant", False)
+        train["activation_checkpointing_kwargs"] = merged
+    train["gradient_checkpointing"] = train["gradient_checkpointing_kwargs"] = None
     if cfg.data.validation is None and train.get("eval_strategy", "no") != "no":
         errors.append(f"train.eval_strategy {train['eval_strategy']!r} needs data.validation; set one "
                       f"or set train.eval_strategy=no")
@@ -489,6 +498,7 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
         final = output_dir / FINAL_DIR
         trainer.save_model(str(final))  # the best model when load_best_model_at_end
 
+    _finish_wandb()  # flush the offline run: complete on disk and ready for `wandb sync`
     manifest = {
         "sftpack_version": __version__,
         "status": status,
@@ -517,6 +527,14 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
 
         write_json(output_dir / RUN_MANIFEST, manifest)
     return manifest
+
+
+def _finish_wandb() -> None:
+    import sys
+
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
 
 
 def _data_identity(folder: Path) -> dict[str, Any]:
