@@ -345,7 +345,7 @@ def _failed(message: str, reason: str) -> EncodedExample:
 
 
 def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dict],
-                 train_on: str = "all", method: str = "auto") -> list[EncodedExample]:
+                 train_on: str = "all", method: str = "auto", max_chars: int | None = None) -> list[EncodedExample]:
     """Render, tokenize (one batched call) and mask many conversations.
 
     Args:
@@ -354,6 +354,9 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
         conversations: dicts with "messages", optional "tools" and optional "id" (used in errors).
         train_on: "all" assistant turns, or only the "last".
         method: span method, see `turn_spans`.
+        max_chars: renderings longer than this are not tokenized (reason "too_long"): a caller
+            that drops long examples passes max_length x the longest token's characters, so a
+            50 MB line costs a render, not a tokenization.
 
     Returns:
         One EncodedExample per conversation, in order. A conversation the template raises on
@@ -378,7 +381,10 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
             results[index] = _failed(f"{name}: the chat template failed: {type(err).__name__}: {err}",
                                      "template_error")
         else:
-            rendered.append((index, text, spans))
+            if max_chars is not None and len(text) > max_chars:
+                results[index] = _failed(f"{name}: {len(text):,} characters cannot fit the token limit", "too_long")
+            else:
+                rendered.append((index, text, spans))
     if rendered:
         encoding = tokenizer([text for _, text, _ in rendered], add_special_tokens=False,
                              return_offsets_mapping=True, return_attention_mask=False)

@@ -70,6 +70,7 @@ def _reject_constant(name: str) -> None:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 def parse_line(raw: bytes) -> tuple[Record | None, list[RowError]]:
@@ -80,7 +81,7 @@ def parse_line(raw: bytes) -> tuple[Record | None, list[RowError]]:
 
     Returns:
         (the object, []) or (None, [one error]) with rule invalid_utf8, invalid_json,
-        not_object or trailing_garbage.
+        not_object, trailing_garbage or lone_surrogate.
     """
     try:
         text = raw.decode("utf-8")
@@ -103,6 +104,13 @@ def parse_line(raw: bytes) -> tuple[Record | None, list[RowError]]:
     if not isinstance(value, dict):
         return None, [RowError("", "not_object", f"the line is a JSON {type(value).__name__}, expected an object "
                                                   "with a `messages` list")]
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then pay for the full check
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            return None, [RowError("", "lone_surrogate", f"a \\u{ord(err.object[err.start]):04x} escape is half of a "
+                                                          "UTF-16 surrogate pair; such text cannot be tokenized; fix "
+                                                          "the escape or remove it")]
     return value, []
 
 

@@ -13,7 +13,6 @@ shard's checksum; a corrupt folder is rebuilt.
 from __future__ import annotations
 
 import dataclasses
-import json
 import multiprocessing
 import sys
 import time
@@ -134,12 +133,19 @@ def _load_tokenizer(cfg: PackConfig):
     return tokenizer, ChatRenderer(tokenizer, template)
 
 
+def max_token_chars(tokenizer) -> int:
+    """The most characters one token of the vocabulary decodes to."""
+    vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+    return max(len(tokenizer.convert_tokens_to_string([token])) for token in vocab if token is not None)
+
+
 def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, Any]:
     """Encode one batch of (line number, raw line) from one input file.
 
     Returns the spill record batch (kept examples only) and one stats entry per line.
     """
     from pipeline.chat_template import TemplateNotMaskable, encode_batch
+    from pipeline.messages import parse_line
 
     cfg: PackConfig = _WORKER["cfg"]
     input_name, stem, lines = batch
@@ -147,13 +153,11 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
     for line_no, raw in lines:
         entry = {"example_id": f"{stem}:{line_no}", "source": None, "input": input_name, "line": line_no,
                  "turns": 0, "tokens": 0, "trained_tokens": 0, "truncated": False, "dropped": None}
-        try:
-            record = json.loads(raw)
-            messages = record["messages"]
-            if not isinstance(messages, list):
-                raise TypeError("messages is not a list")
-        except (ValueError, KeyError, TypeError):
+        record, errors = parse_line(raw)  # pack trusts validate's checks, but never crashes on a bad line
+        messages = record.get("messages") if record else None
+        if not isinstance(messages, list):
             entry["dropped"] = "invalid_record"
+            entry["error"] = errors[0].message if errors else "no `messages` list"
         else:
             entry["example_id"] = str(record.get("id", entry["example_id"]))
             entry["source"] = None if record.get("source") is None else str(record["source"])
@@ -161,13 +165,15 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
             records.append((len(stats), {"messages": messages, "tools": record.get("tools")}))
         stats.append(entry)
 
-    encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.train_on)
+    max_chars = cfg.max_length * _WORKER["max_token_chars"] if cfg.truncation == "drop" else None
+    encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.train_on,
+                           max_chars=max_chars)
     ids_out, labels_out, kept_ids = [], [], []
     for (stat_index, _), example in zip(records, encoded):
         entry = stats[stat_index]
         if example.reason == "template_not_maskable":  # a template problem, not a data problem
             raise TemplateNotMaskable(f"{input_name}:{entry['line']}: {example.error}")
-        if example.error:
+        if example.error:  # template_error, or too_long before tokenizing (tokens stays 0)
             entry["dropped"] = example.reason
             entry["error"] = example.error
             continue
@@ -375,7 +381,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
             return {**manifest, "path": str(folder), "reused": True}
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
-    _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer)
+    _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer))
     try:
         manifest = _build(folder, inputs, input_ids, identity, fp, cfg, started)
     except OSError as err:  # disk full, file size limit, permissions: nothing is left behind
