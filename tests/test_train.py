@@ -343,7 +343,7 @@ def test_health_rules_warn_in_logs_with_advice():
 
 def test_two_process_ddp_on_cpu(tiny_model_dir, packed_chat, tmp_path):
     out = tmp_path / "ddp"
-    cfg = make_config(tiny_model_dir, packed_chat, out, max_steps=4, eval_steps=2, save_steps=2)
+    cfg = make_config(tiny_model_dir, packed_chat, out, max_steps=4, eval_steps=4, save_steps=4)
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
