@@ -164,8 +164,8 @@ def _wandb_history(run_dir: Path) -> dict[str, list]:
     while pos + 7 <= len(raw):
         left = block - pos % block
         _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        if left < 7 or (kind == 0 and length == 0):
-            pos += left if left >= 7 else left
+        if left < 7 or (kind == 0 and length == 0):  # block trailer: skip to the next block
+            pos += left
             continue
         parts.append(raw[pos + 7:pos + 7 + length])
         pos += 7 + length
