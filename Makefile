@@ -17,6 +17,8 @@ CONFIG ?= configs/demo.yaml
 DATA ?= data/demo
 OUT ?= out
 NPROC ?= 1
+# DDP over gloo on CPU; on GPUs use configs/accelerate/{fsdp,deepspeed_zero2}.yaml or your own.
+ACCELERATE_CONFIG ?= configs/accelerate/ddp_cpu.yaml
 MODEL_DIR := models/smollm2-135m-instruct
 MODEL := $(MODEL_DIR)/model.safetensors
 
@@ -69,7 +71,7 @@ TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
 train: $(TRAINED)
 
 $(TRAINED): $(PACKED) $(CONFIG)
-	$(if $(filter 1,$(NPROC)),$(SFTPACK),$(VENV)/bin/accelerate launch --num_processes $(NPROC) --cpu -m stages.cli) \
+	$(if $(filter 1,$(NPROC)),$(SFTPACK),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m stages.cli) \
 	  train --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
 	  data.validation=$$(cat $(OUT)/packed/val.path) train.output_dir=$(OUT)/runs/$(notdir $(basename $(CONFIG)))
 

@@ -117,6 +117,10 @@ def _close(key: str, valid: list[str]) -> str:
     return f" Did you mean {', '.join(matches)}?" if matches else ""
 
 
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     """Loose check of a YAML value against a simple annotation; unknown shapes pass."""
     origin = typing.get_origin(annotation)
@@ -135,8 +139,13 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+# Keys whose YAML values may be wider than the SFTConfig annotation: sftpack resolves them
+# before SFTConfig sees them (resume_from_checkpoint: true = the last checkpoint).
+WIDER_TYPES = {"resume_from_checkpoint": str | bool | None}
+
+
 def _train_errors(train: Mapping[str, Any]) -> list[str]:
-    fields = sft_config_fields()
+    fields = sft_config_fields() | WIDER_TYPES
     errors = []
     for key, value in train.items():
         if key in OWNED_BY_DATA:
@@ -149,7 +158,7 @@ def _train_errors(train: Mapping[str, Any]) -> list[str]:
                 f"train.{key}: not a TRL SFTConfig field.{_close(key, list(fields))}"
             )
         elif not _type_ok(value, fields[key]):
-            errors.append(f"train.{key}: {value!r} is not of type {fields[key]}.")
+            errors.append(f"train.{key}: {value!r} is not of type {_type_name(fields[key])}.")
     return errors
 
 

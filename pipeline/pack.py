@@ -98,6 +98,15 @@ class PackConfig:
         if problems:
             raise SftpackError("pack options: " + "; ".join(problems))
 
+    @classmethod
+    def from_run_config(cls, run_config: Any, **overrides: Any) -> "PackConfig":
+        """The pack options a run config implies (model.name_or_path, data.*), then `overrides`."""
+        data = run_config.data
+        values = {"tokenizer": run_config.model.name_or_path, "max_length": data.max_length,
+                  "chat_template": data.chat_template, "strategy": "bfd" if data.packing else "none",
+                  "train_on": data.train_on, "truncation": data.truncation}
+        return cls(**(values | overrides))
+
     def output_options(self) -> dict[str, Any]:
         """The options that change the output (num_proc and batch_size do not)."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("num_proc", "batch_size", "tokenizer")}

@@ -42,14 +42,13 @@ from typing import Any, Sequence
 
 import torch
 from transformers import DefaultFlowCallback, EarlyStoppingCallback, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig, SFTTrainer
 
 from pipeline import __version__
 from pipeline.config import DataConfig, ModelConfig, RunConfig, write_config
 from pipeline.errors import SftpackError
 from pipeline.monitoring import HealthCallback, MetricsCallback, TokenCounter
-from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest
+from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest, verify_folder
 
 logger = logging.getLogger("sftpack.train")
 
@@ -209,18 +208,9 @@ def _validate_and_pack(raw: Path, cfg: RunConfig) -> Path:
         raise SftpackError(f"{raw}: no valid line (all {counts['read']} rejected); see "
                            f"{out / 'validated' / result['outputs']['rejects']['path']}")
     kept = out / "validated" / result["outputs"]["kept"]["path"]
-    manifest = pack.run([kept], out / "packed", pack_config(cfg.model, cfg.data))
+    manifest = pack.run([kept], out / "packed", pack.PackConfig.from_run_config(cfg))
     logger.info("%s -> %s (%s)", raw, manifest["path"], "reused" if manifest.get("reused") else "packed")
     return Path(manifest["path"])
-
-
-def pack_config(model: ModelConfig, data: DataConfig):
-    """The PackConfig a run config implies (same mapping as `sftpack pack --config`)."""
-    from pipeline.pack import PackConfig
-
-    return PackConfig(tokenizer=model.name_or_path, max_length=data.max_length,
-                      chat_template=data.chat_template, strategy="bfd" if data.packing else "none",
-                      train_on=data.train_on, truncation=data.truncation)
 
 
 def load_packed(folder: Path, tokenizer, key: str):
@@ -233,6 +223,11 @@ def load_packed(folder: Path, tokenizer, key: str):
 
     from pipeline.fingerprint import tokenizer_identity
 
+    problems = verify_folder(folder)
+    if problems:
+        raise SftpackError(f"{key} {folder}: failed verification, refusing to train on it: {problems[0]}"
+                           f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                           f"re-run `sftpack pack` to rebuild it")
     manifest = read_manifest(folder) or {}
     packed_vocab = manifest.get("tokenizer", {}).get("vocab_sha256")
     ours = tokenizer_identity(tokenizer, None)["vocab_sha256"]
@@ -451,9 +446,26 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     return Session(trainer, runtime, resume, train_dir, val_dir, metrics, health)
 
 
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The highest-step checkpoint-N that was written to the end.
+
+    The Trainer writes trainer_state.json last, so a checkpoint killed mid-save lacks it and is
+    skipped (with a warning) rather than resumed from.
+    """
+    if not output_dir.is_dir():
+        return None
+    steps = sorted((int(p.name.split("-")[1]), p) for p in output_dir.glob("checkpoint-*")
+                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    for _, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        logger.warning("%s: incomplete (no trainer_state.json, killed while saving?); skipped", path)
+    return None
+
+
 def _resolve_resume(resume: str | bool | None, output_dir: Path) -> str | None:
     if resume is True:
-        last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        last = last_complete_checkpoint(output_dir)
         if last is None:
             raise SftpackError(f"train.resume_from_checkpoint: no checkpoint-* folder in {output_dir}; "
                                f"remove the key to start a fresh run")

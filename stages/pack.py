@@ -24,21 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def pack_config(args: argparse.Namespace) -> PackConfig:
     """Flags override the run config, which overrides PackConfig's defaults."""
-    values = {}
-    if args.config:
-        from pipeline.config import load_config
-
-        cfg = load_config(args.config)
-        values = {"tokenizer": cfg.model.name_or_path, "max_length": cfg.data.max_length,
-                  "chat_template": cfg.data.chat_template, "strategy": "bfd" if cfg.data.packing else "none",
-                  "train_on": cfg.data.train_on, "truncation": cfg.data.truncation}
     flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template,
              "strategy": args.strategy, "train_on": args.train_on, "truncation": args.truncation,
              "num_proc": args.num_proc}
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if "tokenizer" not in values:
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if args.config:
+        from pipeline.config import load_config
+
+        return PackConfig.from_run_config(load_config(args.config), **flags)
+    if "tokenizer" not in flags:
         raise SftpackError("pack: give --tokenizer PATH (or --config FILE with model.name_or_path)")
-    return PackConfig(**values)
+    return PackConfig(**flags)
 
 
 def main(args: argparse.Namespace) -> int:

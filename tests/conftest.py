@@ -73,64 +73,19 @@ def tiny_model_dir(tmp_path_factory, model_dir, smol_tokenizer) -> Path:
 
 # ---------------------------------------------------------------- packed folders for train/sanity tests
 
-def pack_for_tests(tokenizer, conversations: list[dict], max_length: int, out: Path) -> Path:
-    """A packed folder in the pack stage's contract, made simply (train tests must not depend
-    on pack): render with the chat template, train on assistant turns only (each turn's span
-    is the difference between the prompt-with-generation-prompt and the prompt-with-answer),
-    fill rows in order up to max_length, save with `save_to_disk`, write manifest.json."""
-    import json
+def pack_lines(lines: list[str], model_dir: Path, max_length: int, root: Path, name: str) -> Path:
+    """Pack messages JSONL lines with the real pack stage; return the packed folder."""
+    from pipeline.pack import PackConfig, run
 
-    from datasets import Dataset, Features, List, Value
-
-    from pipeline.fingerprint import tokenizer_identity
-
-    encoded = []
-    for conv in conversations:
-        messages = conv["messages"]
-        ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
-        labels = [-100] * len(ids)
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            start = len(tokenizer.apply_chat_template(messages[:i], tokenize=True, add_generation_prompt=True,
-                                                      return_dict=False))
-            end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=True, return_dict=False))
-            labels[start:end] = ids[start:end]
-        if len(ids) <= max_length:
-            encoded.append((conv["id"], ids, labels))
-    rows = {"input_ids": [], "labels": [], "seq_lengths": [], "example_ids": []}
-    for example_id, ids, labels in encoded:
-        if not rows["input_ids"] or len(rows["input_ids"][-1]) + len(ids) > max_length:
-            for column in rows.values():
-                column.append([])
-        rows["input_ids"][-1] += ids
-        rows["labels"][-1] += labels
-        rows["seq_lengths"][-1].append(len(ids))
-        rows["example_ids"][-1].append(example_id)
-    features = Features({"input_ids": List(Value("int32")), "labels": List(Value("int32")),
-                         "seq_lengths": List(Value("int32")), "example_ids": List(Value("string"))})
-    Dataset.from_dict(rows, features=features).save_to_disk(str(out))
-    tokens = sum(len(r) for r in rows["input_ids"])
-    trained = sum(sum(1 for x in r if x != -100) for r in rows["labels"])
-    manifest = {
-        "fingerprint": f"test-{out.name}",
-        "options": {"max_length": max_length},
-        "tokenizer": tokenizer_identity(tokenizer, None),
-        "totals": {"rows": len(rows["input_ids"]), "tokens": tokens, "trained_tokens": trained},
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest))
-    return out
+    source = root / f"{name}.jsonl"
+    source.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return Path(run([source], root / "packed", PackConfig(tokenizer=str(model_dir), max_length=max_length))["path"])
 
 
 @pytest.fixture(scope="session")
-def packed_chat(shared_data, smol_tokenizer, tmp_path_factory) -> tuple[Path, Path]:
+def packed_chat(shared_data, model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """(train, validation) packed folders from the real fastchat conversations: 120 + 12
     conversations, rows of at most 256 tokens (small: TRL's fused loss is slow on CPU)."""
-    import json
-
     lines = (shared_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
-    conversations = [json.loads(line) for line in lines[:132]]
     root = tmp_path_factory.mktemp("packed-chat")
-    train = pack_for_tests(smol_tokenizer, conversations[:120], 256, root / "train")
-    val = pack_for_tests(smol_tokenizer, conversations[120:], 256, root / "val")
-    return train, val
+    return pack_lines(lines[:120], model_dir, 256, root, "train"), pack_lines(lines[120:132], model_dir, 256, root, "val")

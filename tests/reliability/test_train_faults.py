@@ -1,0 +1,81 @@
+"""train under faults: SIGKILL between checkpoints then resume; corrupt packed data refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import build_config
+from pipeline.errors import SftpackError
+from pipeline.train import run
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def _config(tiny_model_dir, packed, out, **train) -> dict:
+    settings = {"output_dir": str(out), "max_steps": 16, "per_device_train_batch_size": 1, "learning_rate": 1e-3,
+                "logging_steps": 1, "save_strategy": "steps", "save_steps": 4, "save_total_limit": 2,
+                "report_to": "none", "seed": 3, "data_seed": 3, "disable_tqdm": True}
+    settings.update(train)
+    return {"model": {"name_or_path": str(tiny_model_dir)},
+            "data": {"train": str(packed[0]), "validation": None, "max_length": 256}, "train": settings}
+
+
+def test_sigkill_between_checkpoints_then_resume_reaches_the_same_step(tiny_model_dir, packed_chat, tmp_path):
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(_config(tiny_model_dir, packed_chat, out)))
+    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train", "--config", str(config)],
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "checkpoint-8" / "trainer_state.json").exists():
+        if proc.poll() is not None:
+            pytest.fail(f"training ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+    assert not (out / "sftpack_run.json").exists() or json.loads((out / "sftpack_run.json").read_text())["steps"] < 16
+    resumed = subprocess.run([sys.executable, "-m", "stages.cli", "train", "--config", str(config),
+                              "train.resume_from_checkpoint=true"], cwd=REPO, env=ENV, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    manifest = json.loads((out / "sftpack_run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["steps"] == 16
+    assert int(Path(manifest["resumed_from"]).name.split("-")[1]) >= 8
+    assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_a_checkpoint_killed_mid_save_is_skipped_on_resume(tiny_model_dir, packed_chat, tmp_path):
+    out = tmp_path / "run"
+    run(build_config(_config(tiny_model_dir, packed_chat, out, max_steps=8)))
+    # checkpoint-12 as a killed save leaves it: weights written, trainer_state.json not yet.
+    broken = out / "checkpoint-12"
+    broken.mkdir()
+    (broken / "model.safetensors").write_bytes(b"partial")
+    manifest = run(build_config(_config(tiny_model_dir, packed_chat, out, max_steps=12,
+                                        resume_from_checkpoint=True)))
+    assert manifest["resumed_from"].endswith("checkpoint-8") and manifest["steps"] == 12
+
+
+def test_train_refuses_a_packed_folder_that_fails_verification(tiny_model_dir, packed_chat, tmp_path):
+    import shutil
+
+    corrupt = tmp_path / "packed"
+    shutil.copytree(packed_chat[0], corrupt)
+    shard = next(corrupt.glob("data-*.arrow"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x55
+    shard.write_bytes(bytes(data))
+    with pytest.raises(SftpackError, match=r"failed verification, refusing to train on it: .*sha256"):
+        run(build_config(_config(tiny_model_dir, (corrupt, None), tmp_path / "out")))
+    assert not (tmp_path / "out" / "final").exists()
