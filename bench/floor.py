@@ -1,0 +1,54 @@
+"""The tokenization floor: read JSONL, render every conversation once with the chat template,
+tokenize in batches with the fast tokenizer. No masks, no packing, nothing written.
+
+    .venv/bin/python bench/floor.py IN.jsonl --tokenizer models/smollm2-135m-instruct
+
+Prints one JSON line: examples, tokens, seconds spent after start-up (encode_s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("input")
+    parser.add_argument("--tokenizer", required=True)
+    parser.add_argument("--batch-size", type=int, default=512)
+    args = parser.parse_args()
+
+    from transformers import AutoTokenizer
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    # The compiled template and variables that apply_chat_template(tokenize=False) uses.
+    template = _compile_jinja_template(tokenizer.get_chat_template())
+    variables = dict(tokenizer.special_tokens_map)
+    started = time.perf_counter()
+    examples = tokens = 0
+
+    def flush(texts: list[str]) -> int:
+        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        return sum(len(row) for row in ids)
+
+    texts: list[str] = []
+    with open(args.input, "rb") as handle:
+        for raw in handle:
+            record = json.loads(raw)
+            texts.append(template.render(messages=record["messages"], tools=record.get("tools"),
+                                         documents=None, add_generation_prompt=False, **variables))
+            if len(texts) == args.batch_size:
+                tokens += flush(texts)
+                examples += len(texts)
+                texts = []
+    if texts:
+        tokens += flush(texts)
+        examples += len(texts)
+    print(json.dumps({"examples": examples, "tokens": tokens, "encode_s": round(time.perf_counter() - started, 3)}))
+
+
+if __name__ == "__main__":
+    main()
