@@ -82,6 +82,10 @@ class MonitorConfig:
     """Warn when a logged loss exceeds this multiple of the recent average."""
     throughput_drop_factor: float = 0.5
     """Warn when tokens/s falls below this fraction of the running median."""
+    sample_prompts: tuple[str, ...] = ()
+    """User prompts answered greedily before and after training (samples.json): the evidence."""
+    sample_max_new_tokens: int = 48
+    """Length of those answers in tokens."""
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,7 @@ class RunConfig:
         return {
             "model": dataclasses.asdict(self.model),
             "data": dataclasses.asdict(self.data),
-            "monitor": dataclasses.asdict(self.monitor),
+            "monitor": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.monitor).items()},
             "train": dict(self.train),
         }
 
@@ -221,7 +225,7 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     return RunConfig(
         model=ModelConfig(**raw["model"]),
         data=DataConfig(**raw["data"]),
-        monitor=MonitorConfig(**raw.get("monitor", {})),
+        monitor=MonitorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (raw.get("monitor") or {}).items()}),
         train=dict(raw.get("train") or {}),
         source=source,
     )

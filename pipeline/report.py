@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import html
 import io
-import json
 import re
 import sys
 import time
@@ -493,7 +492,6 @@ def read_packed_rows(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     import datasets
     import pyarrow.compute as pc
 
-    from schemas.tables import packed_row_lengths
 
     try:
         table = datasets.load_from_disk(str(folder)).data.table
@@ -521,7 +519,6 @@ def describe_packed(folder: Path, manifest: dict[str, Any], cfg: ReportConfig) -
     tokens, trained, sequences, table = read_packed_rows(folder)
     validate_table(PackedRowLengths, packed_row_lengths(table, cfg.max_length), f"{folder} rows")
     capacity = tokens.size * cfg.max_length
-    fill = tokens / cfg.max_length
     report: dict[str, Any] = {
         "rows": {"rows": int(tokens.size), "tokens": int(tokens.sum()), "trained_tokens": int(trained.sum()),
                  "trained_share": round(int(trained.sum()) / int(tokens.sum()), 4) if tokens.sum() else 0.0,

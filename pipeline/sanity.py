@@ -24,6 +24,7 @@ import torch
 from pipeline.atomic import atomic_file, write_json
 from pipeline.config import RunConfig
 from pipeline.errors import SftpackError
+from pipeline.generation import greedy
 from pipeline.shards import IGNORE_INDEX
 
 # "Decreased": the mean of the last ENDS losses is at least MIN_DECREASE below the median of
@@ -88,16 +89,6 @@ def held_out_prompt(sequence: tuple[list[int], list[int]]) -> list[int]:
     ids, labels = sequence
     first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
     return ids[:first]
-
-
-def greedy(model, tokenizer, prompt: list[int], max_new_tokens: int) -> str:
-    model.eval()
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt),
-                             dtype=torch.long, device=device), max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, len(prompt):], skip_special_tokens=False)
 
 
 def peak_memory_mb() -> dict[str, float]:

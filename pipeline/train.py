@@ -45,8 +45,9 @@ from transformers import DefaultFlowCallback, EarlyStoppingCallback, TrainerCall
 from trl import SFTConfig, SFTTrainer
 
 from pipeline import __version__
-from pipeline.config import DataConfig, ModelConfig, RunConfig, write_config
+from pipeline.config import ModelConfig, RunConfig, write_config
 from pipeline.errors import SftpackError
+from pipeline.generation import answer_prompts
 from pipeline.monitoring import HealthCallback, MetricsCallback, TokenCounter
 from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest, verify_folder
 
@@ -499,6 +500,9 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
         write_config(output_dir / RUN_CONFIG, cfg)
     if resume:
         logger.info("resuming from %s", resume)
+    prompts, sample_tokens = list(cfg.monitor.sample_prompts), cfg.monitor.sample_max_new_tokens
+    tokenizer = trainer.processing_class
+    before = answer_prompts(trainer.model, tokenizer, prompts, sample_tokens) if prompts else []
     result = trainer.train(resume_from_checkpoint=resume)
     state = trainer.state
 
@@ -510,6 +514,8 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
         final = output_dir / FINAL_DIR
         trainer.save_model(str(final))  # the best model when load_best_model_at_end
 
+    samples = [{"prompt": p, "before": b, "after": a} for p, b, a in
+               zip(prompts, before, answer_prompts(trainer.model, tokenizer, prompts, sample_tokens))] if final else []
     _finish_wandb()  # flush the offline run: complete on disk and ready for `wandb sync`
     manifest = {
         "sftpack_version": __version__,
@@ -524,6 +530,7 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
         "final": str(final) if final else None,
         "nonfinite_saved_to": trainer.nonfinite_saved_to,
         "health_warnings": [dataclasses.asdict(w) for w in session.health.warnings],
+        "samples": samples,
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
         "data": {key: _data_identity(path) for key, path in
                  (("train", session.train_dir), ("validation", session.val_dir)) if path},

@@ -32,4 +32,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"{manifest['status']}: {manifest['steps']} steps, {manifest['epochs'] or 0:.2f} epochs, "
           f"best eval loss {'n/a' if best is None else f'{best:.4f}'}, "
           f"{len(manifest['health_warnings'])} health warning(s); final model: {manifest['final']}")
+    for sample in manifest["samples"]:
+        print(f"\nprompt: {sample['prompt']}\n  before: {sample['before']}\n  after:  {sample['after']}")
     return 1 if manifest["status"] == "stopped_nonfinite" else 0

@@ -20,7 +20,6 @@ from pipeline.plan import (
     micro_batches_per_epoch,
     optimizer_steps_per_epoch,
     parse_params,
-    pick_row,
     plan_batch,
     total_steps,
     warmup_steps_for,
