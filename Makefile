@@ -58,6 +58,7 @@ PACKED := $(OUT)/packed/train.path $(OUT)/packed/val.path
 pack: $(PACKED)
 
 $(OUT)/packed/%.path: $(OUT)/validated/%.validate.json $(CONFIG)
+	mkdir -p $(@D)
 	$(SFTPACK) pack $(OUT)/validated/$*.jsonl --out-dir $(OUT)/packed --config $(CONFIG) | tee /dev/stderr | tail -n 1 > $@.tmp
 	mv $@.tmp $@
 
@@ -79,8 +80,8 @@ sanity: $(PACKED)
 	$(SFTPACK) sanity --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
 	  data.validation=$$(cat $(OUT)/packed/val.path)
 
-plan: $(MODEL)
-	$(SFTPACK) plan --model $(MODEL_DIR) --config $(CONFIG)
+plan: $(OUT)/packed/train.path
+	$(SFTPACK) plan --model $(MODEL_DIR) --config $(CONFIG) --data $$(cat $<) --plot $(OUT)/plan/lr.png
 
 demo: $(TRAINED)
 

@@ -88,7 +88,7 @@ def main() -> int:
     parser.add_argument("--out-dir", default="data/demo")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--train", type=int, default=800)
-    parser.add_argument("--val", type=int, default=80)
+    parser.add_argument("--val", type=int, default=24)
     args = parser.parse_args()
     out = Path(args.out_dir)
     rng = random.Random(args.seed)

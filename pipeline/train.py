@@ -288,6 +288,9 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
         # GPUs): without use_cpu each process would train alone instead of joining gloo DDP.
         train.setdefault("use_cpu", True)
         train.setdefault("ddp_backend", "gloo")
+    if "bf16" in train and bool(train["bf16"]) != (runtime.dtype == "bfloat16"):
+        errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {cfg.model.dtype} (resolved to "
+                      f"{runtime.dtype}); remove train.bf16 (it follows model.dtype) or set model.dtype to match")
     train.setdefault("bf16", runtime.dtype == "bfloat16")
     # transformers 5.23 renamed gradient_checkpointing* to activation_checkpointing*; both are
     # accepted here, the new names are what is passed (TRL's default of True is not taken).

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
 from pipeline.errors import SftpackError
 from pipeline.validate import ValidateConfig, run, summary
 
@@ -25,8 +23,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         tokenizer = args.tokenizer
         if args.config and not tokenizer:
-            with open(args.config, encoding="utf-8") as handle:
-                tokenizer = ((yaml.safe_load(handle) or {}).get("model") or {}).get("name_or_path")
+            from pipeline.config import load_config
+
+            tokenizer = load_config(args.config).model.name_or_path
         cfg = ValidateConfig(tokenizer=tokenizer, max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects)
         result = run(args.inputs, args.out_dir, cfg)
     except OSError as err:

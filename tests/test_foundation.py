@@ -108,7 +108,7 @@ def test_demo_generator_is_seeded_and_valid(tmp_path):
     assert first == second
     train = [json.loads(line) for line in first[0].splitlines()]
     val = [json.loads(line) for line in first[1].splitlines()]
-    assert len(train) == 800 and len(val) == 80
+    assert len(train) == 800 and len(val) == 24
     assert any(m["role"] == "system" for r in train for m in r["messages"])
     assert any(len(r["messages"]) > 3 for r in train) and any(len(r["messages"]) == 2 for r in train)
     train_prompts = {m["content"] for r in train for m in r["messages"] if m["role"] == "user"}
@@ -116,4 +116,4 @@ def test_demo_generator_is_seeded_and_valid(tmp_path):
     assert not train_prompts & val_prompts  # held out
     result = validate([tmp_path / "a" / "train.jsonl", tmp_path / "a" / "val.jsonl"], tmp_path / "v",
                       ValidateConfig(tokenizer=str(REPO / "models" / "smollm2-135m-instruct")))
-    assert result["totals"] == {"read": 880, "kept": 880, "rejected": 0, "blank": 0}
+    assert result["totals"] == {"read": 824, "kept": 824, "rejected": 0, "blank": 0}
