@@ -1,5 +1,6 @@
-"""`sftpack` console script: one subcommand per stage module in `stages/`.
+"""sftpack: validate, template, mask and pack chat data into Arrow shards, then train with TRL.
 
+The console script has one subcommand per stage module in `stages/`.
 Each stage module exposes `add_arguments(parser)` and `main(args) -> int`; this file only
 dispatches. A stage whose module is not built yet exits 2 with "not implemented yet".
 """
@@ -34,10 +35,15 @@ def _load(module: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="sftpack", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     modules = {}
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in STAGES.items():
+        if chosen in STAGES and name != chosen:  # import only the stage that runs: fast start-up
+            sub.add_parser(name, help=help_text)
+            continue
         module = _load(module_name)
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
         if module is not None:
