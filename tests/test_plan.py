@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.errors import SftpackError
 from pipeline.plan import (
@@ -293,21 +294,27 @@ def test_written_config_loads(tmp_path, capsys, model_dir):
 def test_base_config_fills_what_flags_leave_out(tmp_path, capsys, model_dir):
     from pipeline.config import load_config
 
+    # The demo config without its CPU-sized max_steps, so epochs decide the step counts.
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    raw["train"].pop("max_steps")
+    raw["train"].update(num_train_epochs=3, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    base_file = tmp_path / "base.yaml"
+    base_file.write_text(yaml.safe_dump(raw))
     out_file = tmp_path / "planned.yaml"
-    code, out, err = run_cli(capsys, "--model", model_dir, "--config", DEMO_CONFIG, "--examples", 800,
+    code, out, err = run_cli(capsys, "--model", model_dir, "--config", base_file, "--examples", 800,
                              "--target-batch", 16, "--json", "--write-config", out_file)
     assert code == 0, err
     obj = json.loads(out)
-    # demo.yaml: lr 1e-4, per-device 4, warmup 0.1; the flag's target replaces its accumulation of 2.
+    # base: lr 1e-4, per-device 4, warmup 0.1; the flag's target replaces its accumulation of 2.
     assert (obj["learning_rate"], obj["per_device_train_batch_size"], obj["warmup_ratio"]) == (1e-4, 4, 0.1)
     assert (obj["gradient_accumulation_steps"], obj["effective_batch_size"]) == (4, 16)
     assert (obj["optimizer_steps_per_epoch"], obj["total_steps"], obj["warmup_steps"]) == (50, 150, 15)
-    cfg, base = load_config(out_file), load_config(DEMO_CONFIG)
+    cfg, base = load_config(out_file), load_config(base_file)
     assert cfg.train["gradient_accumulation_steps"] == 4
     assert cfg.train["output_dir"] == base.train["output_dir"]  # the rest of the base is kept
     assert cfg.data == base.data
 
-    code, out, _ = run_cli(capsys, "--model", model_dir, "--config", DEMO_CONFIG, "--examples", 800, "--json")
+    code, out, _ = run_cli(capsys, "--model", model_dir, "--config", base_file, "--examples", 800, "--json")
     assert json.loads(out)["gradient_accumulation_steps"] == 2  # no target: the base config's
 
 
