@@ -40,6 +40,7 @@ from pipeline.shards import (
     write_dataset_metadata,
     write_shard,
 )
+from pipeline.tokenizer import load_renderer
 
 # Bump when the bytes pack writes for the same inputs and options change meaning.
 PACK_FORMAT_VERSION = 1
@@ -115,31 +116,6 @@ class PackConfig:
 # ---------------------------------------------------------------- encoding (per process)
 
 _WORKER: dict[str, Any] = {}
-
-
-def _load_tokenizer(cfg: PackConfig):
-    from transformers import AutoTokenizer
-
-    from pipeline.chat_template import ChatRenderer
-
-    path = Path(cfg.tokenizer)
-    if not path.exists():
-        raise SftpackError(f"{path}: tokenizer folder not found")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise SftpackError(f"{path}: cannot load a tokenizer: {err}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise SftpackError(f"{path}: a fast tokenizer (tokenizer.json) is required")
-    template = None
-    if cfg.chat_template:
-        template_path = Path(cfg.chat_template)
-        if not template_path.is_file():
-            raise SftpackError(f"{template_path}: chat template file not found")
-        template = template_path.read_text(encoding="utf-8")
-    elif not tokenizer.chat_template:
-        raise SftpackError(f"{path}: the tokenizer has no chat template; pass --chat-template FILE")
-    return tokenizer, ChatRenderer(tokenizer, template)
 
 
 def max_token_chars(tokenizer) -> int:
@@ -368,7 +344,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
         if not path.is_file():
             raise SftpackError(f"{path}: input file not found")
     out_dir = Path(out_dir)
-    tokenizer, renderer = _load_tokenizer(cfg)
+    tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
     input_ids = [file_identity(p) for p in inputs]
     identity = tokenizer_identity(tokenizer, renderer.template)
     fp = fingerprint({

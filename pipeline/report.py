@@ -159,10 +159,9 @@ class _Encoder:
     """The tokenizer and renderer, loaded once (pack's loader: same template, same errors)."""
 
     def __init__(self, cfg: ReportConfig):
-        from pipeline.pack import PackConfig, _load_tokenizer
+        from pipeline.tokenizer import load_renderer
 
-        self.tokenizer, self.renderer = _load_tokenizer(PackConfig(tokenizer=cfg.tokenizer, max_length=cfg.max_length,
-                                                                   chat_template=cfg.chat_template))
+        self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
         self.train_on, self.max_length = cfg.train_on, cfg.max_length
 
     def encode(self, records: list[dict]) -> list[tuple[int, int, int] | str]:

@@ -82,19 +82,16 @@ def load_tokenizer(folder: Path, manifest: dict[str, Any], override: str | None)
     Raises:
         SftpackError: the manifest names none, or the folder is missing or not a tokenizer.
     """
-    from transformers import AutoTokenizer
+    from pipeline.tokenizer import load_tokenizer as load
 
     path = override or (manifest.get("tokenizer") or {}).get("name_or_path")
     if not path:
         raise SftpackError(f"{folder / MANIFEST}: records no tokenizer.name_or_path; pass --tokenizer PATH")
+    where = "--tokenizer" if override else f"{folder / MANIFEST} tokenizer.name_or_path"
     if not Path(path).exists():
-        where = "--tokenizer" if override else f"{folder / MANIFEST} tokenizer.name_or_path"
         raise SftpackError(f"{path}: tokenizer folder not found ({where}); pass --tokenizer PATH to the folder "
                            "the rows were packed with")
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise SftpackError(f"{path}: cannot load a tokenizer: {err}") from None
+    return load(path, where)
 
 
 def format_row(tokenizer: Any, row: dict[str, Any], index: int, max_length: int | None, color: bool,

@@ -101,28 +101,10 @@ def _check_paths(inputs: list[Path], out_dir: Path) -> None:
 
 
 def load_tokenizer(path: str) -> Any:
-    """Load a tokenizer folder for the template checks.
+    """The tokenizer for the template checks (exit 2 when missing or without a chat template)."""
+    from pipeline.tokenizer import load_renderer
 
-    Args:
-        path: tokenizer or model folder.
-
-    Returns:
-        The transformers tokenizer.
-
-    Raises:
-        SftpackError: (exit 2) the folder is missing, not a tokenizer, or has no chat template.
-    """
-    from transformers import AutoTokenizer
-
-    if not Path(path).exists():
-        raise SftpackError(f"{path}: tokenizer folder not found (--tokenizer, or model.name_or_path in --config)")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
-        raise SftpackError(f"{path}: cannot load a tokenizer: {err}") from None
-    if not tokenizer.chat_template:
-        raise SftpackError(f"{path}: the tokenizer has no chat template, so conversations cannot be rendered")
-    return tokenizer
+    return load_renderer(path, where="--tokenizer, or model.name_or_path in --config")[0]
 
 
 class _Warnings:
