@@ -21,13 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def report_config(args: argparse.Namespace) -> ReportConfig:
     """Flags override the run config, which overrides ReportConfig's defaults."""
     values = {}
-    if args.config:
+    if args.config:  # the same mapping pack uses, so report and pack judge the same rows
         from pipeline.config import load_config
+        from pipeline.pack import PackConfig
 
-        cfg = load_config(args.config)
-        values = {"tokenizer": cfg.model.name_or_path, "max_length": cfg.data.max_length,
-                  "chat_template": cfg.data.chat_template, "train_on": cfg.data.train_on,
-                  "truncation": cfg.data.truncation}
+        packing = PackConfig.from_run_config(load_config(args.config))
+        values = {k: getattr(packing, k) for k in ("tokenizer", "max_length", "chat_template", "train_on", "truncation")}
     flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template}
     values.update({k: v for k, v in flags.items() if v is not None})
     return ReportConfig(**values)
