@@ -117,3 +117,11 @@ def test_demo_generator_is_seeded_and_valid(tmp_path):
     result = validate([tmp_path / "a" / "train.jsonl", tmp_path / "a" / "val.jsonl"], tmp_path / "v",
                       ValidateConfig(tokenizer=str(REPO / "models" / "smollm2-135m-instruct")))
     assert result["totals"] == {"read": 824, "kept": 824, "rejected": 0, "blank": 0}
+
+
+def test_yaml_yes_no_stay_strings_so_trl_values_survive(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: {name_or_path: m}\ndata: {train: t.jsonl}\ntrain: {eval_strategy: no, bf16: false}\n")
+    cfg = load_config(config, ["train.save_strategy=no", "data.packing=true"])
+    assert cfg.train == {"eval_strategy": "no", "bf16": False, "save_strategy": "no"}
+    assert cfg.data.packing is True

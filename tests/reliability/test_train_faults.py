@@ -79,3 +79,12 @@ def test_train_refuses_a_packed_folder_that_fails_verification(tiny_model_dir, p
     with pytest.raises(SftpackError, match=r"failed verification, refusing to train on it: .*sha256"):
         run(build_config(_config(tiny_model_dir, (corrupt, None), tmp_path / "out")))
     assert not (tmp_path / "out" / "final").exists()
+
+
+def test_a_model_folder_without_weights_is_one_clear_error(tiny_model_dir, packed_chat, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare-model"
+    shutil.copytree(tiny_model_dir, bare, ignore=shutil.ignore_patterns("*.safetensors"))
+    with pytest.raises(SftpackError, match=r"bare-model: cannot load: .*no file named model.safetensors"):
+        run(build_config(_config(bare, packed_chat, tmp_path / "out")))
