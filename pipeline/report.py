@@ -635,7 +635,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 .card b{display:block;font-size:1.3em}.scroll{overflow-x:auto}
 table{border-collapse:collapse;font-size:.92em;min-width:50%}td,th{border:1px solid #ddd;padding:3px 6px;
  text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%;height:auto}
-code{font-size:.9em;word-break:break-all}.muted{color:#666}
+code{font-size:.9em;white-space:nowrap}.muted{color:#666}td{min-width:3.5em}
 @media (max-width:600px){body{font-size:14px;padding:6px}}
 """
 
