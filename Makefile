@@ -20,7 +20,7 @@ NPROC ?= 1
 # DDP over gloo on CPU; on GPUs use configs/accelerate/{fsdp,deepspeed_zero2}.yaml or your own.
 ACCELERATE_CONFIG ?= configs/accelerate/ddp_cpu.yaml
 MODEL_DIR := models/smollm2-135m-instruct
-MODEL := $(MODEL_DIR)/model.safetensors
+MODEL := $(MODEL_DIR)/conversion.json
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -40,6 +40,7 @@ model: $(MODEL)
 
 $(MODEL): $(STAMP) pipeline/model_convert.py
 	$(SFTPACK) convert --out $(MODEL_DIR)
+	touch $@  # a reused conversion keeps its old time; make must see it as up to date
 
 demo-data: data/demo/train.jsonl
 
