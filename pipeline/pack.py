@@ -29,7 +29,7 @@ from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import file_identity, fingerprint, tokenizer_identity
-from pipeline.packing import best_fit_decreasing, lower_bound_rows, one_per_row
+from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.shards import (
     IGNORE_INDEX,
     MANIFEST,
@@ -386,7 +386,7 @@ def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: di
         if lengths.size == 0:
             raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
                                f"first: {first_errors[:3]}")
-        bins = best_fit_decreasing(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
+        bins = pack_bins(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
         shards = _write_shards(tmp, spill_path, bins, lengths, cfg)
         spill_path.unlink()
         write_dataset_metadata(tmp, [s["file"] for s in shards], fp)
