@@ -44,6 +44,29 @@ def file_identity(path: str | Path, chunk: int = 1 << 20) -> dict[str, Any]:
     return {"path": str(path), "sha256": digest.hexdigest(), "bytes": size, "lines": lines}
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "chat_template.jinja", "chat_template.json",
+    "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",  # slow sources, converted when no tokenizer.json
+    "config.json",  # AutoTokenizer picks the class from it when tokenizer_config.json does not say
+)
+"""The files of a tokenizer folder that transformers reads to build the tokenizer and its template."""
+CHAT_TEMPLATE_DIR = "additional_chat_templates"
+
+
+def tokenizer_files_identity(folder: str | Path) -> dict[str, str]:
+    """{file name: sha256} of the tokenizer files present in `folder` (see TOKENIZER_FILES, plus
+    additional_chat_templates/*.jinja). Covers everything that loading the tokenizer reads, so it
+    stands in for `tokenizer_identity` when deciding reuse, without loading the tokenizer (~1 s,
+    transformers import included). The folder's path is not part of it."""
+    folder = Path(folder)
+    names = [name for name in TOKENIZER_FILES if (folder / name).is_file()]
+    extra = folder / CHAT_TEMPLATE_DIR
+    if extra.is_dir():
+        names += sorted(f"{CHAT_TEMPLATE_DIR}/{p.name}" for p in extra.glob("*.jinja") if p.is_file())
+    return {name: sha256_file(folder / name) for name in names}
+
+
 def tokenizer_identity(tokenizer: Any, chat_template: str | None) -> dict[str, Any]:
     """What about a tokenizer changes tokenization: its vocabulary and merges, special
     tokens and the chat template in use. The path is recorded but not hashed."""

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
-from pipeline.fingerprint import file_identity, fingerprint, tokenizer_identity
+from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.shards import (
     IGNORE_INDEX,
@@ -40,7 +40,6 @@ from pipeline.shards import (
     write_dataset_metadata,
     write_shard,
 )
-from pipeline.tokenizer import load_renderer
 
 # Bump when the bytes pack writes for the same inputs and options change meaning.
 PACK_FORMAT_VERSION = 1
@@ -344,14 +343,24 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
         if not path.is_file():
             raise SftpackError(f"{path}: input file not found")
     out_dir = Path(out_dir)
-    tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
+    # Reuse is decided from file hashes alone: the tokenizer folder's files and the override
+    # template stand in for the loaded tokenizer, so a reused run loads neither transformers nor
+    # the template (the full tokenizer identity is still recorded in the manifest at build time).
+    tokenizer_path = Path(cfg.tokenizer)
+    if not tokenizer_path.is_dir():
+        raise SftpackError(f"{tokenizer_path}: tokenizer folder not found (--tokenizer)")
+    template_sha = None
+    if cfg.chat_template:
+        if not Path(cfg.chat_template).is_file():
+            raise SftpackError(f"{cfg.chat_template}: chat template file not found")
+        template_sha = sha256_file(cfg.chat_template)
     input_ids = [file_identity(p) for p in inputs]
-    identity = tokenizer_identity(tokenizer, renderer.template)
+    tokenizer_files = tokenizer_files_identity(tokenizer_path)
     fp = fingerprint({
         "format": PACK_FORMAT_VERSION,
         "inputs": [{"name": p.name, "sha256": i["sha256"]} for p, i in zip(inputs, input_ids)],
-        "tokenizer": {k: v for k, v in identity.items() if k != "name_or_path"},
-        "options": cfg.output_options() | {"chat_template": identity["chat_template_sha256"]},
+        "tokenizer_files": tokenizer_files,
+        "options": cfg.output_options() | {"chat_template": template_sha},
     })
     folder = out_dir / fp
     try:
@@ -366,6 +375,10 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
             return {**manifest, "path": str(folder), "reused": True}
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
+    from pipeline.tokenizer import load_renderer
+
+    tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
+    identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files}
     _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer))
     try:
         manifest = _build(folder, inputs, input_ids, identity, fp, cfg, started)

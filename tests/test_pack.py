@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
+import sys
 
 import datasets
 import numpy as np
@@ -156,6 +159,32 @@ def test_rerun_reuses_and_any_change_rebuilds(real_inputs, model_dir, tmp_path, 
 
     assert cli(["pack", *args, "--num-proc", "2"]) == 0  # num_proc does not change the output
     assert "reused" in capsys.readouterr().out
+
+
+def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_inputs, model_dir, tmp_path):
+    tok = tmp_path / "tok"  # the tokenizer files only, in a folder of our own
+    tok.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+        (tok / name).write_bytes((model_dir / name).read_bytes())
+    cfg = PackConfig(tokenizer=str(tok), max_length=512)
+    first = run(real_inputs[:1], tmp_path / "out", cfg)
+    assert first["tokenizer"]["vocab_sha256"]  # the full identity is still recorded (train checks it)
+    assert set(first["tokenizer"]["files_sha256"]) == {"tokenizer.json", "tokenizer_config.json",
+                                                       "chat_template.jinja", "config.json"}
+    code = ("import sys; from pipeline.pack import PackConfig, run; "
+            f"m = run([{str(real_inputs[0])!r}], {str(tmp_path / 'out')!r}, PackConfig(tokenizer={str(tok)!r}, "
+            "max_length=512)); print(m['reused'], sorted({'transformers', 'jinja2', 'torch', 'pandas'} & set(sys.modules)))")
+    reused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert reused.stdout.split() == ["True", "[]"]
+
+    moved = tmp_path / "elsewhere" / "tok"  # the folder's path is not part of the fingerprint
+    moved.parent.mkdir()
+    tok.rename(moved)
+    assert run(real_inputs[:1], tmp_path / "out", dataclasses.replace(cfg, tokenizer=str(moved)))["reused"]
+    config = json.loads((moved / "tokenizer_config.json").read_text())
+    (moved / "tokenizer_config.json").write_text(json.dumps(config, indent=1))  # same meaning, other bytes
+    again = run(real_inputs[:1], tmp_path / "out", dataclasses.replace(cfg, tokenizer=str(moved)))
+    assert not again["reused"] and again["fingerprint"] != first["fingerprint"]
 
 
 def test_num_proc_gives_identical_shards(real_inputs, model_dir, tmp_path):
