@@ -43,7 +43,7 @@ from pipeline.atomic import atomic_file, write_json
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import file_identity
 from pipeline.messages import ROW_CHECKS, classify_line, control_token_check, conversation_key
-from pipeline.packing import best_fit_decreasing, lower_bound_rows
+from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
 from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest
 
 PERCENTILES = (50, 90, 95, 99)
@@ -307,11 +307,13 @@ def percentiles(values: pl.Series) -> dict[str, float]:
 
 
 def packing_estimate(lengths: np.ndarray, max_length: int) -> dict[str, Any]:
-    """Rows best-fit-decreasing would make of `lengths`, with the efficiency (tokens / capacity)."""
+    """Rows pack would make of `lengths` (the same packer), with the efficiency (tokens / capacity)
+    and two floors: ceil(tokens / max_length) and the Martello-Toth L2 bound (no packing beats it)."""
     tokens = int(lengths.sum())
-    rows = len(best_fit_decreasing(lengths, max_length)) if lengths.size else 0
+    rows = len(pack_bins(lengths, max_length)) if lengths.size else 0
     return {"examples": int(lengths.size), "tokens": tokens, "rows": rows,
             "lower_bound_rows": lower_bound_rows(tokens, max_length),
+            "l2_lower_bound_rows": l2_lower_bound(lengths, max_length) if lengths.size else 0,
             "packing_efficiency": round(tokens / (rows * max_length), 4) if rows else 0.0}
 
 
@@ -684,8 +686,8 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
                   _pairs({k: v for k, v in tokens.items() if k not in ("length_percentiles", "packing")}),
                   "<h3>Length percentiles (tokens)</h3>",
                   _table([{"part": part} | values for part, values in tokens["length_percentiles"].items()]),
-                  "<h3>Packing estimate (best-fit-decreasing)</h3>" if report["kind"] == "jsonl" else
-                  "<h3>Kept examples, repacked (best-fit-decreasing)</h3>",
+                  "<h3>Packing estimate (as pack would pack)</h3>" if report["kind"] == "jsonl" else
+                  "<h3>Kept examples, repacked</h3>",
                   _pairs(tokens["packing"])]
     elif report["kind"] == "jsonl":
         parts.append("<h2>Tokens</h2><p class=muted>no tokenizer given (--tokenizer or --config): token "
@@ -783,7 +785,7 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
         row_tokens = None
         if with_tokens and frame.height:
             kept = kept_lengths(frame, cfg)["length"].to_numpy()
-            row_tokens = np.array([kept[row].sum() for row in best_fit_decreasing(kept, cfg.max_length)])
+            row_tokens = np.array([kept[row].sum() for row in pack_bins(kept, cfg.max_length)])
         plots = make_plots(frame, cfg.max_length, row_tokens, with_tokens)
         cards = {"lines": report["counts"]["lines"], "valid": report["counts"]["valid"],
                  "rejected": report["counts"]["rejected"], "exact duplicates": report["duplicates"]["exact"]}
