@@ -78,6 +78,10 @@ class PackConfig:
     """Examples longer than max_length: drop (counted) or truncate (keep the start, counted)."""
     num_proc: int = 1
     """Encoding processes; the output is identical for any value."""
+    threads: int = 2
+    """Encoding threads when num_proc is 1: while one is inside the Rust tokenizer (which releases
+    the GIL) the other renders the next batch, so tokenizing overlaps templating on a second core;
+    1 is strictly serial. The output is identical for any value."""
     batch_size: int = 512
     """Conversations per tokenizer call."""
     shard_tokens: int = 32_000_000
@@ -93,8 +97,8 @@ class PackConfig:
             problems.append(f"truncation {self.truncation!r}: expected drop or truncate")
         if self.max_length < 8:
             problems.append(f"max_length {self.max_length}: must be at least 8")
-        if self.num_proc < 1 or self.batch_size < 1 or self.shard_tokens < 1:
-            problems.append("num_proc, batch_size and shard_tokens must be positive")
+        if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
+            problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
         if problems:
             raise SftpackError("pack options: " + "; ".join(problems))
 
@@ -108,8 +112,9 @@ class PackConfig:
         return cls(**(values | overrides))
 
     def output_options(self) -> dict[str, Any]:
-        """The options that change the output (num_proc and batch_size do not)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("num_proc", "batch_size", "tokenizer")}
+        """The options that change the output (num_proc, threads and batch_size do not)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("num_proc", "threads", "batch_size", "tokenizer")}
 
 
 # ---------------------------------------------------------------- encoding (per process)
@@ -210,6 +215,26 @@ def _line_batches(inputs: list[Path], batch_size: int) -> Iterator[tuple[str, st
             yield path.name, path.stem, batch
 
 
+def _threaded_map(fn, items: Iterator, threads: int) -> Iterator:
+    """map(fn, items) on `threads` threads, results in order, at most `threads` items in flight
+    (Executor.map would read every batch first)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="sftpack-encode") as executor:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(executor.submit(fn, item))
+                if len(pending) >= threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+
 def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_path: Path,
                 total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict]]:
     """Encode every line into the spill file; return kept lengths, drop counts, first errors."""
@@ -224,6 +249,9 @@ def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_pat
             # fork: workers inherit the loaded tokenizer and renderer in _WORKER.
             pool = multiprocessing.get_context("fork").Pool(cfg.num_proc)
             results = pool.imap(_encode_lines, batches, chunksize=1)
+        elif cfg.threads > 1:
+            pool = None
+            results = _threaded_map(_encode_lines, batches, cfg.threads)
         else:
             pool = None
             results = map(_encode_lines, batches)

@@ -192,8 +192,12 @@ def test_num_proc_gives_identical_shards(real_inputs, model_dir, tmp_path):
     cfg2 = PackConfig(tokenizer=str(model_dir), max_length=768, num_proc=2, batch_size=64)
     a = run(real_inputs, tmp_path / "a", cfg1)
     b = run(real_inputs, tmp_path / "b", cfg2)
-    assert a["fingerprint"] == b["fingerprint"]
-    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    serial = run(real_inputs, tmp_path / "c", dataclasses.replace(cfg1, threads=1))  # no tokenizer thread
+    assert a["fingerprint"] == b["fingerprint"] == serial["fingerprint"]
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] \
+        == [s["sha256"] for s in serial["shards"]]
+    stats = [pq.read_table(m["path"] + "/stats.parquet") for m in (a, serial)]
+    assert stats[0].equals(stats[1])
 
 
 def test_corrupt_shard_is_detected_and_rebuilt(real_inputs, model_dir, tmp_path, capsys):
