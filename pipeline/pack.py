@@ -22,8 +22,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
@@ -238,6 +236,7 @@ def _threaded_map(fn, items: Iterator, threads: int) -> Iterator:
 def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_path: Path,
                 total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict]]:
     """Encode every line into the spill file; return kept lengths, drop counts, first errors."""
+    import pyarrow.parquet as pq  # here, not at the top: a reused run never needs it (~60 ms with compute)
     lengths: list[int] = []
     dropped: dict[str, int] = {}
     first_errors: list[dict] = []
@@ -420,6 +419,9 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
 def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: dict, fp: str,
            cfg: PackConfig, started: float) -> dict[str, Any]:
     """Encode, pack and write the folder under a temp name; rename it into place last."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     with atomic_dir(folder) as tmp:
         spill_path = tmp / ".spill.arrow"
         lengths, dropped, first_errors = _encode_all(
