@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -81,6 +82,8 @@ class Run:
     stderr: str
     load_before: float
     load_after: float
+    cpu_s: float = 0.0
+    """User + system CPU seconds of the process and every descendant it waited for."""
     extra: dict = field(default_factory=dict)
 
     def json_tail(self) -> dict:
@@ -95,6 +98,7 @@ def run_measured(cmd: list[str], poll_s: float = 0.02, check: bool = True, timeo
     """Run `cmd` as a whole process; poll the RSS summed over it and all its descendants
     (pool workers included) every `poll_s` seconds and keep the peak."""
     load_before = os.getloadavg()[0]
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # one measured process at a time
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=bench_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -129,7 +133,9 @@ def run_measured(cmd: list[str], poll_s: float = 0.02, check: bool = True, timeo
         stop.set()
         poller.join()
     wall = time.perf_counter() - started
-    run = Run(cmd, wall, peak / 2**20, proc.returncode, out, err, load_before, os.getloadavg()[0])
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
+    run = Run(cmd, wall, peak / 2**20, proc.returncode, out, err, load_before, os.getloadavg()[0], cpu)
     if check and proc.returncode != 0:
         raise SystemExit(f"bench: command failed (rc {proc.returncode}): {' '.join(cmd)}\n{err[-3000:]}")
     return run
