@@ -159,31 +159,6 @@ def test_render_equals_apply_chat_template(family, name):
             assert renderer.render(prefix, add_generation_prompt=add_generation_prompt) == expected
 
 
-def test_fast_render_keeps_the_sandbox(smol):
-    """The memoised attribute check decides as transformers' sandbox does, the first time and from
-    the cache: unsafe attributes and mutating methods are refused, safe ones work."""
-    import jinja2
-
-    def outcome(render):
-        try:
-            return render()
-        except jinja2.exceptions.SecurityError as err:
-            return f"SecurityError: {err}"
-
-    probes = ["{{ messages.__class__ }}", "{{ messages[0].content.__class__.__mro__ }}",
-              "{% set _ = messages.append(1) %}", "{{ messages[0].content.upper() }}{{ loop }}"]
-    conversation = [{"role": "user", "content": "hi"}]
-    for source in probes:
-        renderer = ChatRenderer(smol, source + "{% for m in messages %}{{ m.content.upper() }}{% endfor %}")
-        assert renderer._fast is not renderer._compiled
-        expected = outcome(lambda: smol.apply_chat_template(conversation, chat_template=renderer.template,
-                                                            tokenize=False))
-        for _ in range(2):  # the second time comes from the cache
-            assert outcome(lambda: renderer.render(conversation)) == expected
-    assert outcome(lambda: ChatRenderer(smol, probes[2]).render(conversation)).startswith("SecurityError")
-    assert outcome(lambda: ChatRenderer(smol, probes[1]).render(conversation)).startswith("SecurityError")
-
-
 def test_render_passes_tools_and_tool_calls(family):
     tokenizer, renderer = family("qwen2_5_tools")
     record = read_real("glaive_toolcall_en_demo")[0]
