@@ -8,7 +8,7 @@ For each max length: `pipeline.pack.run` packs SMALL.jsonl for real (manifest to
 `pack_dataset(strategy="bfd")`, exactly as SFTTrainer calls it (Dataset.map, batched, default
 batch of 1000 examples), packs sequences of the very lengths pack kept. Then the same two
 algorithms on the lengths of BIG.jsonl (encoded once, at the largest max length; sequences
-longer than each max length left out): pack's `best_fit_decreasing` against TRL's bfd.
+longer than each max length left out): pack's `pack_bins` (what `sftpack pack` uses) against TRL's bfd.
 Prints one JSON line.
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
     import datasets
 
     from pipeline.pack import PackConfig, run
-    from pipeline.packing import best_fit_decreasing, lower_bound_rows
+    from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
 
     datasets.disable_caching()
     datasets.disable_progress_bars()
@@ -72,7 +72,8 @@ def main() -> None:
         assert int(lengths.sum()) == t["tokens"]
         trl = trl_rows(lengths, max_length)
         result["small"].append({"max_length": max_length, "examples": int(lengths.size), "tokens": t["tokens"],
-                                "bound": t["lower_bound_rows"], "pack_rows": t["rows"], "trl_rows": trl})
+                                "bound": t["lower_bound_rows"], "l2": l2_lower_bound(lengths, max_length),
+                                "pack_rows": t["rows"], "trl_rows": trl})
     big = run([args.lengths_from], out, PackConfig(tokenizer=args.tokenizer, max_length=max(args.max_lengths),
                                                    truncation="drop"))
     all_lengths = kept_lengths(Path(big["path"]))
@@ -81,7 +82,8 @@ def main() -> None:
         tokens = int(lengths.sum())
         result["big"].append({"max_length": max_length, "examples": int(lengths.size), "tokens": tokens,
                               "bound": lower_bound_rows(tokens, max_length),
-                              "pack_rows": len(best_fit_decreasing(lengths, max_length)),
+                              "l2": l2_lower_bound(lengths, max_length),
+                              "pack_rows": len(pack_bins(lengths, max_length)),
                               "trl_rows": trl_rows(lengths, max_length)})
     shutil.rmtree(out, ignore_errors=True)
     print(json.dumps(result))

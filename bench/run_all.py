@@ -257,23 +257,28 @@ def write_report(out, quick, rounds, max_length, small, big, big_x, train_in, co
       f"batches of 1000) on sequences of exactly the lengths pack kept. *Lengths*: the two algorithms on every "
       f"sequence of `{big.name}` that fits.")
     w("")
-    w("| data | max_length | sequences | tokens | lower bound | sftpack rows | TRL bfd rows | sftpack eff. | "
-      "TRL eff. | sftpack over bound |")
-    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    worst_over, never_below = 0.0, True
+    w("*Lower bound* is ceil(tokens / max_length); *L2* is the Martello-Toth bound, which no packing can "
+      "beat (items longer than half a row cannot share one), so rows equal to L2 are optimal.")
+    w("")
+    w("| data | max_length | sequences | tokens | lower bound | L2 | sftpack rows | TRL bfd rows | sftpack eff. | "
+      "TRL eff. | sftpack over bound | over L2 |")
+    w("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    worst_over, worst_over_l2, never_below = 0.0, 0.0, True
     for kind, label in (("small", f"real, {small.name}"), ("big", f"lengths, {big.name}")):
         for row in eff[kind]:
             cap = row["max_length"]
             over = row["pack_rows"] / row["bound"] - 1
-            worst_over = max(worst_over, over)
+            over_l2 = row["pack_rows"] / row["l2"] - 1
+            worst_over, worst_over_l2 = max(worst_over, over), max(worst_over_l2, over_l2)
             never_below &= row["pack_rows"] <= row["trl_rows"]
-            w(f"| {label} | {cap} | {row['examples']:,} | {row['tokens']:,} | {row['bound']:,} | "
+            w(f"| {label} | {cap} | {row['examples']:,} | {row['tokens']:,} | {row['bound']:,} | {row['l2']:,} | "
               f"{row['pack_rows']:,} | {row['trl_rows']:,} | {row['tokens'] / (row['pack_rows'] * cap):.2%} | "
-              f"{row['tokens'] / (row['trl_rows'] * cap):.2%} | {over:+.2%} |")
+              f"{row['tokens'] / (row['trl_rows'] * cap):.2%} | {over:+.2%} | {over_l2:+.2%} |")
     w("")
     goal("packing never below TRL's bfd", never_below, "rows <= TRL's in every case" if never_below else
          "more rows than TRL somewhere")
-    goal("packing within 0.5% of ceil(tokens/max_length)", worst_over <= 0.005, f"worst {worst_over:+.2%} rows")
+    goal("packing within 0.5% of ceil(tokens/max_length)", worst_over <= 0.005,
+         f"worst {worst_over:+.2%} rows over ceil, {worst_over_l2:+.2%} over the L2 bound (the true floor)")
 
     w("## Reuse")
     w("")

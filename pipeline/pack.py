@@ -40,7 +40,7 @@ from pipeline.shards import (
 )
 
 # Bump when the bytes pack writes for the same inputs and options change meaning.
-PACK_FORMAT_VERSION = 1
+PACK_FORMAT_VERSION = 2  # 2: rows from pack_bins (BFD + local search)
 
 SPILL_SCHEMA = pa.schema(
     [("input_ids", pa.list_(pa.int32())), ("labels", pa.list_(pa.int32())), ("example_id", pa.string())]
