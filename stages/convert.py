@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pipeline.errors import SftpackError
 from pipeline.model_convert import convert
 
 
@@ -14,11 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        manifest = convert(args.out)
-    except SftpackError as err:
-        print(f"sftpack convert: {err}", file=sys.stderr)
-        return err.exit_code
+    manifest = convert(args.out)
     verb = "reused" if manifest["reused"] else "wrote"
     print(f"{verb} {args.out} ({manifest['parameters']:,} parameters)")
     print(args.out)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.errors import SftpackError
 from pipeline.row_inspect import InspectConfig, run
 
 
@@ -20,11 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    try:
-        text = run(args.folder, InspectConfig(row=args.row, example=args.example, color=color,
-                                               tokenizer=args.tokenizer))
-    except SftpackError as err:
-        print(f"sftpack inspect: {err}", file=sys.stderr)
-        return err.exit_code
+    text = run(args.folder, InspectConfig(row=args.row, example=args.example, color=color,
+                                           tokenizer=args.tokenizer))
     sys.stdout.write(text)
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pipeline.errors import SftpackError
 from pipeline.pack import PackConfig, run
@@ -38,11 +37,7 @@ def pack_config(args: argparse.Namespace) -> PackConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        manifest = run(args.inputs, args.out_dir, pack_config(args))
-    except SftpackError as err:
-        print(f"sftpack pack: {err}", file=sys.stderr)
-        return err.exit_code
+    manifest = run(args.inputs, args.out_dir, pack_config(args))
     t = manifest["totals"]
     verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
     dropped = ", ".join(f"{k}={v}" for k, v in t["dropped"].items()) or "none"

@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 
-from pipeline.errors import SftpackError
 from pipeline.config import write_config
 from pipeline.plan import PlanRequest, format_plan, make_plan, plan_config, plan_json, write_plot
 
@@ -30,16 +29,12 @@ def main(args: argparse.Namespace) -> int:
     request = PlanRequest(model=args.model, params=args.params, gpus=args.gpus,
                           per_device_batch=args.per_device_batch, target_batch=args.target_batch,
                           examples=args.examples, data=args.data, epochs=args.epochs, config=args.config)
-    try:
-        plan = make_plan(request)
-        run_config = plan_config(plan) if args.write_config else None  # validated before writing anything
-        if args.plot:
-            write_plot(plan, args.plot)
-        if run_config is not None:
-            write_config(args.write_config, run_config)
-    except SftpackError as err:
-        print(f"sftpack plan: {err}", file=sys.stderr)
-        return err.exit_code
+    plan = make_plan(request)
+    run_config = plan_config(plan) if args.write_config else None  # validated before writing anything
+    if args.plot:
+        write_plot(plan, args.plot)
+    if run_config is not None:
+        write_config(args.write_config, run_config)
     if args.json:
         print(json.dumps(plan_json(plan)))
         for note in plan.notes:  # stdout stays one JSON object

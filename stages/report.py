@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from pipeline.errors import SftpackError
 from pipeline.report import ReportConfig, run
 
 
@@ -33,11 +31,7 @@ def report_config(args: argparse.Namespace) -> ReportConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        report = run(args.inputs, args.out, report_config(args))
-    except SftpackError as err:
-        print(f"sftpack report: {err}", file=sys.stderr)
-        return err.exit_code
+    report = run(args.inputs, args.out, report_config(args))
     for finding in report["findings"][:5]:
         print(f"  {finding['kind']}: {finding['count']} ({finding['share']:.1%}) {finding['message']}")
     print(f"wrote {report['html']} and {report['json']}")

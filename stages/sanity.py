@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-
-from pipeline.errors import SftpackError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,11 +19,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.sanity import SanityConfig, format_report, run
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-    try:
-        scfg = SanityConfig(steps=args.steps, examples=args.examples, max_new_tokens=args.max_new_tokens)
-        report = run(load_config(args.config, args.overrides), scfg)
-    except SftpackError as err:
-        print(f"sftpack sanity: {err}", file=sys.stderr)
-        return err.exit_code
+    scfg = SanityConfig(steps=args.steps, examples=args.examples, max_new_tokens=args.max_new_tokens)
+    report = run(load_config(args.config, args.overrides), scfg)
     print(format_report(report))
     return 0 if report["passed"] else 1

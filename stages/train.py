@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
-
-from pipeline.errors import SftpackError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,11 +18,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.train import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        manifest = run(load_config(args.config, args.overrides))
-    except SftpackError as err:
-        print(f"sftpack train: {err}", file=sys.stderr)
-        return err.exit_code
+    manifest = run(load_config(args.config, args.overrides))
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one summary
         return 1 if manifest["status"] == "stopped_nonfinite" else 0
     best = manifest["best_eval_loss"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.errors import SftpackError
 from pipeline.validate import ValidateConfig, run, summary
 
 
@@ -31,8 +30,5 @@ def main(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
-    except SftpackError as err:
-        print(f"sftpack validate: {err}", file=sys.stderr)
-        return err.exit_code
     print("\n".join(summary(result)), file=sys.stderr if result["totals"]["rejected"] else sys.stdout)
     return 1 if result["totals"]["rejected"] and not args.allow_rejects else 0

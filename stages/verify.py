@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from pipeline.errors import SftpackError
 from pipeline.shards import verify_folder
 
 
@@ -13,6 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    if not Path(args.folder).is_dir():
+        raise SftpackError(f"{args.folder}: no such folder; give a packed folder (out/packed/<fingerprint>)")
     problems = verify_folder(args.folder)
     for problem in problems:
         print(f"FAIL {problem}", file=sys.stderr)
