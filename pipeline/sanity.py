@@ -25,6 +25,7 @@ from pipeline.atomic import atomic_file, write_json
 from pipeline.config import RunConfig
 from pipeline.errors import SftpackError
 from pipeline.generation import greedy
+from pipeline.row_inspect import mark_trained
 from pipeline.shards import IGNORE_INDEX
 
 # "Decreased": the mean of the last ENDS losses is at least MIN_DECREASE below the median of
@@ -52,27 +53,6 @@ class SanityConfig:
             problems.append("examples and max_new_tokens must be positive, samples 0 or more")
         if problems:
             raise SftpackError("sanity options: " + "; ".join(problems))
-
-
-def mark_trained(tokenizer, input_ids: list[int], labels: list[int]) -> str:
-    """Decode a sequence with each trained span (label != -100) wrapped in [[ ]].
-
-    >>> mark_trained(tok, [u, s, e, r, a, b], [-100, -100, -100, -100, a, b])  # doctest: +SKIP
-    'user[[ab]]'
-    """
-    out, span, trained = [], [], None
-    for token, label in zip(input_ids, labels):
-        is_trained = label != IGNORE_INDEX
-        if trained is not None and is_trained != trained:
-            text = tokenizer.decode(span)
-            out.append(f"[[{text}]]" if trained else text)
-            span = []
-        span.append(token)
-        trained = is_trained
-    if span:
-        text = tokenizer.decode(span)
-        out.append(f"[[{text}]]" if trained else text)
-    return "".join(out)
 
 
 def split_sequences(row: dict[str, list[int]]) -> list[tuple[list[int], list[int]]]:
@@ -158,7 +138,7 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     for row in train_ds:
         for sequence in split_sequences(row):
             if len(samples) < scfg.samples:
-                samples.append(mark_trained(tokenizer, *sequence))
+                samples.append(mark_trained(tokenizer, *sequence, color=False))
     examples = sum(len(row) for row in train_ds["seq_lengths"])
 
     before = greedy(trainer.model, tokenizer, prompt, scfg.max_new_tokens)

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from pipeline.errors import SftpackError
-from pipeline.sanity import SanityConfig, held_out_prompt, loss_verdict, mark_trained, split_sequences
+from pipeline.row_inspect import mark_trained
+from pipeline.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
 from stages.cli import main as cli
 
 
@@ -20,8 +21,8 @@ def test_mark_trained_wraps_exactly_the_trained_spans(smol_tokenizer):
         piece = smol_tokenizer.encode(text, add_special_tokens=False)
         ids += piece
         labels += piece if trained else [-100] * len(piece)
-    assert mark_trained(smol_tokenizer, ids, labels) == "Q: hi A:[[ hello there]] Q: ok A:[[ bye]]"
-    assert mark_trained(smol_tokenizer, ids, [-100] * len(ids)) == "Q: hi A: hello there Q: ok A: bye"
+    assert mark_trained(smol_tokenizer, ids, labels, color=False) == "Q: hi A:[[ hello there]] Q: ok A:[[ bye]]"
+    assert mark_trained(smol_tokenizer, ids, [-100] * len(ids), color=False) == "Q: hi A: hello there Q: ok A: bye"
 
 
 def test_sequences_and_held_out_prompt_follow_seq_lengths():
