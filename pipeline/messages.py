@@ -25,6 +25,7 @@ template renders the conversation and every trained turn answers something:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -341,3 +342,8 @@ def conversation_key(record: Record) -> bytes:
     """Canonical bytes of a record's messages and tools: equal for exact duplicate conversations."""
     return json.dumps([record["messages"], record.get("tools") or None], sort_keys=True, ensure_ascii=False,
                       separators=(",", ":")).encode("utf-8")
+
+
+def conversation_hash(record: Record) -> int:
+    """8-byte signed hash of `conversation_key` (fits an Int64 column; collisions ~n^2/2^65)."""
+    return int.from_bytes(hashlib.blake2b(conversation_key(record), digest_size=8).digest(), signed=True)

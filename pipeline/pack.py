@@ -28,6 +28,7 @@ from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
+from pipeline.progress import progress_bar
 from pipeline.shards import (
     IGNORE_INDEX,
     MANIFEST,
@@ -241,7 +242,7 @@ def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_pat
     dropped: dict[str, int] = {}
     first_errors: list[dict] = []
     batches = _line_batches(inputs, cfg.batch_size)
-    progress = _progress(total_lines, "encode")
+    progress = progress_bar(total_lines, "pack: encode")
     with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as spill, \
             pq.ParquetWriter(str(stats_path), STATS_SCHEMA) as stats_writer:
         if cfg.num_proc > 1:
@@ -320,7 +321,7 @@ def _write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths
         row_tokens = np.fromiter((lengths[row].sum() for row in bins), dtype=np.int64, count=len(bins))
         ranges = _shard_ranges(row_tokens, cfg.shard_tokens) if bins else [range(0)]
         shards = []
-        progress = _progress(len(bins), "write")
+        progress = progress_bar(len(bins), "pack: write")
         for index, rows in enumerate(ranges):
             name = shard_name(index, len(ranges))
             trained = 0
@@ -338,12 +339,6 @@ def _write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths
                            "tokens": int(row_tokens[rows.start:rows.stop].sum()), "trained_tokens": trained})
         progress.close()
     return shards
-
-
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"pack: {desc}", unit="ex", disable=not sys.stderr.isatty(), leave=False)
 
 
 # ---------------------------------------------------------------- the stage

@@ -28,7 +28,6 @@ import hashlib
 import html
 import io
 import re
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -42,8 +41,9 @@ from pipeline import __version__
 from pipeline.atomic import atomic_file, write_json
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import file_identity
-from pipeline.messages import ROW_CHECKS, classify_line, control_token_check, conversation_key
+from pipeline.messages import ROW_CHECKS, classify_line, control_token_check, conversation_hash
 from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
+from pipeline.progress import progress_bar
 from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest
 
 PERCENTILES = (50, 90, 95, 99)
@@ -206,7 +206,7 @@ class _Scan:
     def add(self, path: Path, line: int, record: dict, tokens: tuple[int, int, int] | None, script: str) -> None:
         facts = conversation_facts(record)
         index = len(self.rows) + 1
-        key = int.from_bytes(hashlib.blake2b(conversation_key(record), digest_size=8).digest(), signed=True)
+        key = conversation_hash(record)
         duplicate_of = self.first_conversation.setdefault(key, index)
         pkey = prompt_key(facts["first_prompt"])
         similar_of = self.first_prompt.setdefault(pkey, index) if pkey is not None else index
@@ -242,13 +242,6 @@ def _line_batches(path: Path, size: int) -> Iterator[list[tuple[int, bytes]]]:
         yield batch
 
 
-def _progress(total: int, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"report: {desc}", unit="B", unit_scale=True, disable=not sys.stderr.isatty(),
-                leave=False)
-
-
 def scan_jsonl(paths: list[Path], cfg: ReportConfig, encoder: _Encoder | None) -> tuple[pl.DataFrame, _Scan]:
     """Classify, encode and describe every line of `paths`.
 
@@ -263,7 +256,7 @@ def scan_jsonl(paths: list[Path], cfg: ReportConfig, encoder: _Encoder | None) -
     """
     checks = list(ROW_CHECKS) + ([control_token_check(encoder.tokenizer)] if encoder else [])
     scan = _Scan(cfg)
-    with _progress(sum(p.stat().st_size for p in paths), "scan") as bar:
+    with progress_bar(sum(p.stat().st_size for p in paths), "report: scan", unit="B") as bar:
         for path in paths:
             for batch in _line_batches(path, cfg.batch_size):
                 valid: list[tuple[int, dict]] = []

@@ -20,7 +20,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -31,7 +30,8 @@ from pipeline import __version__
 from pipeline.atomic import atomic_file, remove_stale, write_json
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import tokenizer_identity
-from pipeline.messages import ROW_CHECKS, Check, classify_line, conversation_key, tokenizer_checks
+from pipeline.messages import ROW_CHECKS, Check, classify_line, conversation_hash, tokenizer_checks
+from pipeline.progress import progress_bar
 
 MANIFEST_SUFFIX = ".validate.json"
 REJECTS_SUFFIX = ".rejects.jsonl"
@@ -124,13 +124,6 @@ class _Warnings:
         return {kind: {"count": self.counts[kind], "first": first} for kind, first in self.first.items()}
 
 
-def _progress(path: Path):
-    from tqdm import tqdm
-
-    return tqdm(total=path.stat().st_size, desc=f"validate: {path.name}", unit="B", unit_scale=True,
-                disable=not sys.stderr.isatty(), leave=False)
-
-
 def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateConfig,
                   tokenizer_info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Validate one JSONL file into `out_dir/<name>.{jsonl,rejects.jsonl,validate.json}`.
@@ -159,7 +152,7 @@ def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateC
     digests = {"input": hashlib.sha256(), "kept": hashlib.sha256(), "rejects": hashlib.sha256()}
 
     with (open(path, "rb") as source, atomic_file(kept_path, "wb") as kept, atomic_file(rejects_path, "wb") as rejects,
-          _progress(path) as bar):
+          progress_bar(path.stat().st_size, f"validate: {path.name}", unit="B") as bar):
         for line_no, raw in enumerate(source, start=1):
             digests["input"].update(raw)
             bar.update(len(raw))
@@ -184,7 +177,7 @@ def validate_file(path: Path, out_dir: Path, checks: list[Check], cfg: ValidateC
             out = raw if raw.endswith(b"\n") else raw + b"\n"  # a last line without newline gets one
             kept.write(out)
             digests["kept"].update(out)
-            key = int.from_bytes(hashlib.blake2b(conversation_key(record), digest_size=8).digest())
+            key = conversation_hash(record)
             if key in seen:
                 warnings.add("duplicate", line=line_no, repeats=seen[key])
             else:
