@@ -17,7 +17,6 @@ Learning rates per step come from transformers' own `get_scheduler` on a dummy o
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -391,15 +390,16 @@ def write_plot(plan: Plan, path: str | Path) -> None:
 
 def _read_packed_rows(folder: str | Path, what: str) -> tuple[int, int | None]:
     """(totals.rows, options.max_length) of a packed folder's manifest."""
-    path = Path(folder) / "manifest.json"
+    from pipeline.shards import read_manifest
+
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise SftpackError(f"{what} {folder}: no manifest.json (not a packed folder, or unreadable); "
+                           "run `sftpack pack` first, or give --examples N")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
         rows = int(manifest["totals"]["rows"])
-    except FileNotFoundError:
-        raise SftpackError(f"{what} {folder}: no manifest.json (not a packed folder); "
-                           "run `sftpack pack` first, or give --examples N") from None
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise SftpackError(f"{path}: unreadable manifest (need totals.rows): {err}") from None
+    except (KeyError, TypeError, ValueError) as err:
+        raise SftpackError(f"{Path(folder) / 'manifest.json'}: unreadable manifest (need totals.rows): {err}") from None
     max_length = (manifest.get("options") or {}).get("max_length")
     return rows, int(max_length) if max_length is not None else None
 
