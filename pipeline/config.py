@@ -57,12 +57,19 @@ class DataConfig:
     """Raw messages JSONL (validated and packed on the fly, reused by fingerprint) or a packed folder."""
     validation: str | None = None
     """Same as `train`, for evaluation; null for no evaluation."""
+    format: str = "auto"
+    """Layout of raw inputs: auto (from the first record's keys) | messages | sharegpt | alpaca (pipeline/readers.py)."""
     max_length: int = 1024
     """Longest packed row in tokens; also the longest example kept."""
     packing: bool = True
     """Best-fit-decreasing packing of several examples per row; false: one example per row."""
     train_on: str = "all"
     """all: every assistant turn is trained; last: only the final assistant turn."""
+    turns: str = "auto"
+    """auto: split a conversation where its template renders a turn unlike at inference (Qwen3,
+    gpt-oss, R1); whole: train the full rendering as it is. README "Turns and reasoning"."""
+    reasoning: str = "train"
+    """Assistant reasoning: train (with the answer), mask (rendered, not trained), drop (removed)."""
     truncation: str = "drop"
     """What happens to examples longer than max_length: drop (counted) or truncate (counted)."""
     chat_template: str | None = None

@@ -26,6 +26,7 @@ import pyarrow as pa
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
+from pipeline.masking import AUDIT_KEYS, MaskOptions
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.progress import progress_bar
@@ -53,6 +54,7 @@ STATS_SCHEMA = pa.schema(
         ("input", pa.string()),
         ("line", pa.int64()),
         ("turns", pa.int32()),
+        ("sequences", pa.int32()),
         ("tokens", pa.int32()),
         ("trained_tokens", pa.int32()),
         ("truncated", pa.bool_()),
@@ -73,6 +75,11 @@ class PackConfig:
     """bfd: best-fit-decreasing packing; none: one example per row."""
     train_on: str = "all"
     """all: every assistant turn is trained; last: only the final one."""
+    turns: str = "auto"
+    """auto: a conversation whose template renders a turn unlike at inference is split into the
+    fewest sequences that train every turn as the model writes it; whole: one sequence as rendered."""
+    reasoning: str = "train"
+    """Assistant reasoning: train (with the answer), mask (rendered, not trained), drop (removed)."""
     truncation: str = "drop"
     """Examples longer than max_length: drop (counted) or truncate (keep the start, counted)."""
     num_proc: int = 1
@@ -90,8 +97,7 @@ class PackConfig:
         problems = []
         if self.strategy not in ("bfd", "none"):
             problems.append(f"strategy {self.strategy!r}: expected bfd or none")
-        if self.train_on not in ("all", "last"):
-            problems.append(f"train_on {self.train_on!r}: expected all or last")
+        problems += self.mask_options().problems()
         if self.truncation not in ("drop", "truncate"):
             problems.append(f"truncation {self.truncation!r}: expected drop or truncate")
         if self.max_length < 8:
@@ -107,8 +113,13 @@ class PackConfig:
         data = run_config.data
         values = {"tokenizer": run_config.model.name_or_path, "max_length": data.max_length,
                   "chat_template": data.chat_template, "strategy": "bfd" if data.packing else "none",
-                  "train_on": data.train_on, "truncation": data.truncation}
+                  "train_on": data.train_on, "turns": data.turns, "reasoning": data.reasoning,
+                  "truncation": data.truncation}
         return cls(**(values | overrides))
+
+    def mask_options(self) -> MaskOptions:
+        """The options that decide which tokens are trained."""
+        return MaskOptions(self.train_on, self.turns, self.reasoning)
 
     def output_options(self) -> dict[str, Any]:
         """The options that change the output (num_proc, threads and batch_size do not)."""
@@ -117,6 +128,11 @@ class PackConfig:
 
 
 # ---------------------------------------------------------------- encoding (per process)
+
+AUDIT_TOTALS = AUDIT_KEYS + ("sequences_without_stop", "examples_without_trained_tokens")
+"""manifest totals.audit: what masking counted (pipeline/masking.py AUDIT_KEYS) and the "will it
+stop" audit: kept sequences (not truncated) whose last trained token is no stop marker, and
+examples with no trained token (dropped)."""
 
 _WORKER: dict[str, Any] = {}
 
@@ -132,7 +148,7 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
 
     Returns the spill record batch (kept examples only) and one stats entry per line.
     """
-    from pipeline.chat_template import TemplateNotMaskable, encode_batch
+    from pipeline.masking import TemplateNotMaskable, encode_batch
     from pipeline.messages import parse_line
 
     cfg: PackConfig = _WORKER["cfg"]
@@ -140,7 +156,8 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
     records, stats = [], []
     for line_no, raw in lines:
         entry = {"example_id": f"{stem}:{line_no}", "source": None, "input": input_name, "line": line_no,
-                 "turns": 0, "tokens": 0, "trained_tokens": 0, "truncated": False, "dropped": None}
+                 "turns": 0, "sequences": 0, "tokens": 0, "trained_tokens": 0, "truncated": False,
+                 "dropped": None}
         record, errors = parse_line(raw)  # pack trusts validate's checks, but never crashes on a bad line
         messages = record.get("messages") if record else None
         if not isinstance(messages, list):
@@ -154,9 +171,10 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
         stats.append(entry)
 
     max_chars = cfg.max_length * _WORKER["max_token_chars"] if cfg.truncation == "drop" else None
-    encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.train_on,
+    encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.mask_options(),
                            max_chars=max_chars)
-    ids_out, labels_out, kept_ids = [], [], []
+    kept: list[tuple[str, np.ndarray, np.ndarray]] = []
+    audit: dict[str, int] = {}
     for (stat_index, _), example in zip(records, encoded):
         entry = stats[stat_index]
         if example.reason == "template_not_maskable":  # a template problem, not a data problem
@@ -165,25 +183,45 @@ def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, 
             entry["dropped"] = example.reason
             entry["error"] = example.error
             continue
-        ids, labels = example.input_ids, example.labels
-        entry["tokens"] = int(ids.size)
-        if ids.size > cfg.max_length:
-            if cfg.truncation == "drop":
-                entry["dropped"] = "too_long"
-                entry["trained_tokens"] = int((labels != IGNORE_INDEX).sum())
-                continue
-            ids, labels = ids[: cfg.max_length], labels[: cfg.max_length]
-        trained = int((labels != IGNORE_INDEX).sum())
-        entry["trained_tokens"] = trained
-        if trained == 0:
-            entry["dropped"] = "no_trained_tokens"
-            continue
-        entry["truncated"] = ids.size < entry["tokens"]
-        entry["tokens"] = int(ids.size)
-        ids_out.append(ids)
-        labels_out.append(labels)
-        kept_ids.append(entry["example_id"])
-    return {"spill": _spill_batch(ids_out, labels_out, kept_ids), "stats": stats}
+        sequences = _fit(example, cfg, entry)
+        if sequences:
+            names = [entry["example_id"]] if len(sequences) == 1 else \
+                [f"{entry['example_id']}#{k}" for k in range(1, len(sequences) + 1)]
+            kept += [(name, ids, labels) for name, (ids, labels) in zip(names, sequences)]
+            for key, value in example.audit.items():
+                audit[key] = audit.get(key, 0) + value
+            if not entry["truncated"]:
+                without = sum(not _ends_with_stop(labels, _WORKER["stop_ids"]) for _, labels in sequences)
+                if without:
+                    audit["sequences_without_stop"] = audit.get("sequences_without_stop", 0) + without
+    ids_out, labels_out, kept_ids = [k[1] for k in kept], [k[2] for k in kept], [k[0] for k in kept]
+    return {"spill": _spill_batch(ids_out, labels_out, kept_ids), "stats": stats, "audit": audit}
+
+
+def _ends_with_stop(labels: np.ndarray, stop_ids: np.ndarray) -> bool:
+    trained = labels[labels != IGNORE_INDEX]
+    return bool(trained.size) and bool(np.isin(trained[-1], stop_ids))
+
+
+def _fit(example: Any, cfg: PackConfig, entry: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The example's sequences cut to max_length (truncate) or none (drop), with `entry` counted:
+    tokens and trained tokens over its sequences, the number of sequences, truncated, dropped."""
+    sequences = [(s.input_ids, s.labels) for s in example.sequences]
+    entry["tokens"] = sum(int(ids.size) for ids, _ in sequences)
+    entry["trained_tokens"] = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in sequences)
+    entry["sequences"] = len(sequences)
+    if any(ids.size > cfg.max_length for ids, _ in sequences):
+        if cfg.truncation == "drop":
+            entry["dropped"] = "too_long"
+            return []
+        sequences = [(ids[: cfg.max_length], labels[: cfg.max_length]) for ids, labels in sequences]
+        entry["truncated"] = True  # unless nothing trained is left (below)
+        entry["tokens"] = sum(int(ids.size) for ids, _ in sequences)
+        entry["trained_tokens"] = sum(int((labels != IGNORE_INDEX).sum()) for _, labels in sequences)
+    if entry["trained_tokens"] == 0:
+        entry["dropped"], entry["truncated"] = "no_trained_tokens", False
+        return []
+    return sequences
 
 
 def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
@@ -235,12 +273,14 @@ def _threaded_map(fn, items: Iterator, threads: int) -> Iterator:
 
 
 def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_path: Path,
-                total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict]]:
-    """Encode every line into the spill file; return kept lengths, drop counts, first errors."""
+                total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict], dict[str, int]]:
+    """Encode every line into the spill file; return sequence lengths, drop counts, first errors
+    and the audit counts (AUDIT_TOTALS)."""
     import pyarrow.parquet as pq  # here, not at the top: a reused run never needs it (~60 ms with compute)
     lengths: list[int] = []
     dropped: dict[str, int] = {}
     first_errors: list[dict] = []
+    audit = dict.fromkeys(AUDIT_TOTALS, 0)
     batches = _line_batches(inputs, cfg.batch_size)
     progress = progress_bar(total_lines, "pack: encode")
     with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as spill, \
@@ -258,6 +298,8 @@ def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_pat
         try:
             for result in results:
                 spill.write_batch(result["spill"])
+                for key, value in result["audit"].items():
+                    audit[key] += value
                 lengths.extend(np.asarray(result["spill"].column("input_ids").value_lengths()).tolist())
                 for entry in result["stats"]:
                     reason = entry["dropped"]
@@ -272,7 +314,8 @@ def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_pat
             progress.close()
             if pool is not None:
                 pool.terminate()
-    return np.asarray(lengths, dtype=np.int64), dropped, first_errors
+    audit["examples_without_trained_tokens"] = dropped.get("no_trained_tokens", 0)
+    return np.asarray(lengths, dtype=np.int64), dropped, first_errors, audit
 
 
 # ---------------------------------------------------------------- rows and shards
@@ -401,7 +444,9 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
 
     tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
     identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files}
-    _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer))
+    stop_ids = np.array([tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers], dtype=np.int32)
+    _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer),
+                   stop_ids=stop_ids)
     try:
         manifest = _build(folder, inputs, input_ids, identity, fp, cfg, started)
     except OSError as err:  # disk full, file size limit, permissions: nothing is left behind
@@ -419,7 +464,7 @@ def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: di
 
     with atomic_dir(folder) as tmp:
         spill_path = tmp / ".spill.arrow"
-        lengths, dropped, first_errors = _encode_all(
+        lengths, dropped, first_errors, audit = _encode_all(
             inputs, cfg, spill_path, tmp / "stats.parquet", sum(i["lines"] for i in input_ids))
         if lengths.size == 0:
             raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
@@ -443,7 +488,8 @@ def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: di
             "shards": shards,
             "totals": {
                 "examples_read": stats.num_rows,
-                "examples_packed": int(lengths.size),
+                "examples_packed": int(pc.sum(pc.is_null(stats.column("dropped"))).as_py() or 0),
+                "sequences_packed": int(lengths.size),
                 "dropped": dict(sorted(dropped.items())),
                 "truncated": int(pc.sum(stats.column("truncated")).as_py() or 0),
                 "rows": rows,
@@ -453,9 +499,29 @@ def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: di
                 "capacity": rows * cfg.max_length,
                 "packing_efficiency": round(tokens / (rows * cfg.max_length), 6),
                 "lower_bound_rows": lower_bound_rows(tokens, cfg.max_length),
+                "audit": audit,
             },
             "first_drops": first_errors,
             "seconds": round(time.time() - started, 3),
         }
         write_json(tmp / MANIFEST, manifest)
     return manifest
+
+
+def audit_warnings(audit: dict[str, int]) -> list[str]:
+    """One sentence per audit count that needs a user's attention, each with a fix."""
+    fixes = {
+        "reasoning_not_rendered": "assistant turns carry reasoning the chat template does not render, so it is not "
+                                  "trained; use a template that renders reasoning_content, or --reasoning drop to say so",
+        "tool_calls_not_rendered": "assistant turns call tools the chat template does not render; they are left "
+                                   "untrained; use a template that renders tool_calls (--chat-template)",
+        "turns_rendered_differently": "assistant turns are trained as the full conversation renders them, not as the "
+                                      "model writes them at inference (--turns whole); --turns auto splits them",
+        "turns_without_stop": "trained turns end in no stop marker the tokenizer knows: the model may not learn "
+                              "to stop; check the template's end-of-turn token",
+        "sequences_without_stop": "sequences' last trained token is not a stop token: the model may not learn to "
+                                  "stop; check the template's end-of-turn token",
+        "spans_with_role_header": "trained spans hold a user or system role header: the template's turns cannot be "
+                                  "told apart; check the template",
+    }
+    return [f"{audit[key]} {text}" for key, text in fixes.items() if audit.get(key)]

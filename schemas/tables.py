@@ -27,6 +27,8 @@ class ExampleStats(pa.DataFrameModel):
     input: str
     line: pl.Int64 = pa.Field(ge=1)
     turns: pl.Int32 = pa.Field(ge=0)
+    sequences: pl.Int32 = pa.Field(ge=0)
+    """Trained sequences the example became (more than 1 when --turns auto splits it)."""
     tokens: pl.Int32 = pa.Field(ge=0)
     trained_tokens: pl.Int32 = pa.Field(ge=0)
     truncated: bool

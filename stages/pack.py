@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipeline.errors import SftpackError
-from pipeline.pack import PackConfig, run
+from pipeline.pack import PackConfig, audit_warnings, run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,12 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-proc", type=int, default=1)
     parser.add_argument("--train-on", choices=["all", "last"])
     parser.add_argument("--truncation", choices=["drop", "truncate"])
+    parser.add_argument("--turns", choices=["auto", "whole"],
+                        help="auto: split where the template renders a turn unlike at inference; whole: as rendered")
+    parser.add_argument("--reasoning", choices=["train", "mask", "drop"], help="assistant reasoning: train, mask or drop")
 
 
 def pack_config(args: argparse.Namespace) -> PackConfig:
     """Flags override the run config, which overrides PackConfig's defaults."""
     flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template,
              "strategy": args.strategy, "train_on": args.train_on, "truncation": args.truncation,
+             "turns": args.turns, "reasoning": args.reasoning,
              "num_proc": args.num_proc}
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.config:
@@ -45,5 +50,11 @@ def main(args: argparse.Namespace) -> int:
           f"(lower bound {t['lower_bound_rows']}), {t['tokens']:,} tokens, {t['trained_tokens']:,} trained "
           f"({t['trained_share']:.1%}), packing efficiency {t['packing_efficiency']:.2%}, "
           f"truncated {t['truncated']}, dropped: {dropped}")
+    audit = t.get("audit", {})
+    if audit.get("split_conversations"):
+        print(f"split: {audit['split_conversations']} conversations into {t['sequences_packed']} sequences in all, "
+              f"{audit['split_extra_tokens']:,} extra tokens (--turns auto: every turn trained as the model writes it)")
+    for warning in audit_warnings(audit):
+        print(f"warning: {warning}", file=sys.stderr)
     print(manifest["path"])
     return 0

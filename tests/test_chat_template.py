@@ -18,13 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from pipeline.chat_template import (
-    ChatRenderer,
-    TemplateNotMaskable,
-    encode_batch,
-    token_mask,
-    turn_spans,
-)
+from pipeline.chat_template import ChatRenderer
+from pipeline.masking import MaskOptions, TemplateNotMaskable, conversation_sequences, encode_batch, token_mask
 from pipeline.errors import SftpackError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -114,15 +109,25 @@ def read_real(name: str) -> list[dict]:
 
 
 def trained_pieces(tokenizer, example) -> list[str]:
-    """Decoded text of each run of consecutive trained tokens."""
+    """Decoded text of each run of consecutive trained tokens (of a conversation's one sequence)."""
+    example = single(example)
     trained = np.flatnonzero(example.labels != -100)
     runs = np.split(trained, np.flatnonzero(np.diff(trained) != 1) + 1) if trained.size else []
     return [tokenizer.decode(example.input_ids[run].tolist(), clean_up_tokenization_spaces=False) for run in runs]
 
 
+def single(example):
+    """The one sequence of a conversation that needs no split."""
+    if hasattr(example, "sequences"):
+        assert example.error is None, example.error
+        assert len(example.sequences) == 1, [s.text for s in example.sequences]
+        return example.sequences[0]
+    return example
+
+
 def assert_consistent(tokenizer, example) -> None:
     """input_ids are plain tokenization of the rendering; labels are ids or -100."""
-    assert example.error is None, example.error
+    example = single(example)
     plain = tokenizer(example.text, add_special_tokens=False).input_ids
     assert example.input_ids.tolist() == plain
     assert example.input_ids.dtype == np.int32 and example.labels.dtype == np.int32
@@ -137,14 +142,14 @@ def assert_consistent(tokenizer, example) -> None:
 def test_golden_trained_text(family, name):
     tokenizer, renderer = family(name)
     _, conversation, expected = FAMILIES[name]
-    full, last = (encode_batch(renderer, tokenizer, [{"messages": conversation}], train_on)[0]
+    full, last = (encode_batch(renderer, tokenizer, [{"messages": conversation}], MaskOptions(train_on))[0]
                   for train_on in ("all", "last"))
     for example in (full, last):
         assert_consistent(tokenizer, example)
     assert trained_pieces(tokenizer, full) == expected
     assert trained_pieces(tokenizer, last) == expected[-1:]
     if name in GOLDEN_RENDERINGS:
-        assert full.text == GOLDEN_RENDERINGS[name]
+        assert single(full).text == GOLDEN_RENDERINGS[name]
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -171,7 +176,7 @@ def test_render_passes_tools_and_tool_calls(family):
 def test_qwen_tool_call_turn_is_trained_as_rendered(family):
     tokenizer, renderer = family("qwen2_5_tools")
     record = read_real("glaive_toolcall_en_demo")[0]
-    example = encode_batch(renderer, tokenizer, [record], "all")[0]
+    example = encode_batch(renderer, tokenizer, [record], MaskOptions("all"))[0]
     assert_consistent(tokenizer, example)
     pieces = trained_pieces(tokenizer, example)
     assistant = [m for m in record["messages"] if m["role"] == "assistant"]
@@ -186,8 +191,7 @@ def test_qwen_tool_call_turn_is_trained_as_rendered(family):
 
 def test_phi3_final_eos_is_conversation_boilerplate(family):
     tokenizer, renderer = family("phi3")
-    assert renderer.end_text == "<|endoftext|>"
-    example = encode_batch(renderer, tokenizer, [{"messages": CONVERSATION}], "all")[0]
+    example = single(encode_batch(renderer, tokenizer, [{"messages": CONVERSATION}], MaskOptions("all"))[0])
     assert example.text.endswith("Paris.<|end|>\n<|endoftext|>")
     assert example.labels[-1] == -100 and example.labels[-2] == -100  # eos and "\n" untrained
 
@@ -195,17 +199,11 @@ def test_phi3_final_eos_is_conversation_boilerplate(family):
 # ---------------------------------------------------------------- generation tags
 
 
-def test_prefix_method_agrees_with_generation_tags_and_transformers_mask(family):
+def test_masks_agree_with_generation_tags_and_transformers_mask(family):
     tokenizer, renderer = family("chatml_generation")
-    assert renderer.has_generation_tags
     conversations = [CONVERSATION] + [r["messages"] for r in read_real("fastchat_dummy_conversation")[:60]]
-    for messages in conversations:
-        by_tags = turn_spans(renderer, messages, method="tags")
-        assert turn_spans(renderer, messages, method="prefix") == by_tags
-        for train_on in ("all", "last"):
-            assert (turn_spans(renderer, messages, train_on=train_on, method="tags")
-                    == turn_spans(renderer, messages, train_on=train_on, method="prefix"))
-    examples = encode_batch(renderer, tokenizer, [{"messages": m} for m in conversations], "all")
+    examples = [single(e) for e in
+                encode_batch(renderer, tokenizer, [{"messages": m} for m in conversations], MaskOptions("all"))]
     reference = tokenizer.apply_chat_template(conversations, chat_template=renderer.template, tokenize=True,
                                               return_dict=True, return_assistant_tokens_mask=True)
     for example, ids, mask in zip(examples, reference["input_ids"], reference["assistant_masks"]):
@@ -221,35 +219,44 @@ def test_system_prompt_shown_last_raises(family):
     _, renderer = family("bad_system_last")
     with pytest.raises(TemplateNotMaskable, match=r"conversation 'c1', assistant turn messages\[2\].*"
                                                    r"not prefix-preserving.*differ at character 46"):
-        turn_spans(renderer, CONVERSATION, name="conversation 'c1'")
-    turn_spans(renderer, NO_SYSTEM)  # without a system prompt the template is prefix-preserving
+        conversation_sequences(renderer, CONVERSATION, name="conversation 'c1'")
+    conversation_sequences(renderer, NO_SYSTEM)  # without a system prompt the template is prefix-preserving
 
 
-def test_dropped_reasoning_raises_but_last_turn_alone_is_exact(family):
+def test_dropped_reasoning_is_split_into_faithful_sequences(family):
     tokenizer, renderer = family("bad_drop_reasoning")
     messages = copy.deepcopy(CONVERSATION)
     messages[2]["reasoning_content"] = "They greeted me."
-    messages[4]["reasoning_content"] = "France's capital."
-    with pytest.raises(TemplateNotMaskable, match=r"messages\[2\]: the turn renders differently once later "
-                                                   r"messages follow.*<think>"):
-        turn_spans(renderer, messages)
-    last = encode_batch(renderer, tokenizer, [{"messages": messages}], "last")[0]
+    messages[4]["content"] = "<think>\nFrance's capital.\n</think>\n\nParis."  # the inline form
+    split = encode_batch(renderer, tokenizer, [{"messages": messages}], MaskOptions("all"))[0]
+    first, full = split.sequences
+    assert first.text == renderer.render(messages[:2], add_generation_prompt=True) + \
+        "<think>\nThey greeted me.\n</think>\n\nHi there!<|im_end|>"
+    assert trained_pieces(tokenizer, first) == ["<think>\nThey greeted me.\n</think>\n\nHi there!<|im_end|>"]
+    assert trained_pieces(tokenizer, full) == ["<think>\nFrance's capital.\n</think>\n\nParis.<|im_end|>"]
+    assert split.audit["split_conversations"] == 1
+    assert split.audit["split_extra_tokens"] == first.input_ids.size
+    last = encode_batch(renderer, tokenizer, [{"messages": messages}], MaskOptions("last"))[0]
     assert trained_pieces(tokenizer, last) == ["<think>\nFrance's capital.\n</think>\n\nParis.<|im_end|>"]
+    whole = encode_batch(renderer, tokenizer, [{"messages": messages}], MaskOptions("all", "whole"))[0]
+    assert trained_pieces(tokenizer, whole) == ["Hi there!<|im_end|>",
+                                                "<think>\nFrance's capital.\n</think>\n\nParis.<|im_end|>"]
+    assert whole.audit == {"turns_rendered_differently": 1}
 
 
 def test_failures_are_per_conversation(family):
     tokenizer, renderer = family("gemma")
     batch = [{"id": "ok", "messages": NO_SYSTEM}, {"id": "sys", "messages": CONVERSATION},
              {"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}]
-    ok, system, alternating = encode_batch(renderer, tokenizer, batch, "all")
+    ok, system, alternating = encode_batch(renderer, tokenizer, batch, MaskOptions("all"))
     assert trained_pieces(tokenizer, ok) == FAMILIES["gemma"][2]
-    assert system.reason == "template_error" and system.input_ids.size == 0
+    assert system.reason == "template_error" and system.sequences == ()
     assert system.error == "conversation 'sys': the chat template failed: TemplateError: System role not supported"
     assert alternating.reason == "template_error" and "conversation #2 of the batch" in alternating.error
 
     _, bad = family("bad_system_last")
     failed, fine = encode_batch(bad, tokenizer, [{"id": "x", "messages": CONVERSATION},
-                                                 {"id": "y", "messages": NO_SYSTEM}], "all")
+                                                 {"id": "y", "messages": NO_SYSTEM}], MaskOptions("all"))
     assert failed.reason == "template_not_maskable" and failed.error.startswith("conversation 'x'")
     assert fine.error is None
 
@@ -257,10 +264,10 @@ def test_failures_are_per_conversation(family):
 def test_renderer_errors_and_identity(smol):
     with pytest.raises(SftpackError, match="chat template line 1"):
         ChatRenderer(smol, "{% for m in messages %}{{ m }")
-    with pytest.raises(ValueError, match="train_on"):
-        encode_batch(ChatRenderer(smol), smol, [], "first")
+    with pytest.raises(SftpackError, match="train_on 'first': expected one of all, last"):
+        encode_batch(ChatRenderer(smol), smol, [], MaskOptions("first"))
     renderer = ChatRenderer(smol)
-    assert renderer.template == smol.chat_template and not renderer.has_generation_tags
+    assert renderer.template == smol.chat_template
     assert len(renderer.template_sha256) == 64
     assert ChatRenderer(smol, smol.chat_template + " ").template_sha256 != renderer.template_sha256
 
@@ -284,7 +291,8 @@ def expected_assistant_mask(text: str, token_starts: np.ndarray, messages: list[
     for message in messages:
         if message["role"] != "assistant":
             continue
-        # SmolLM2's template ignores tool_calls: a tool-call turn renders as its (empty) content
+        if message.get("tool_calls"):  # SmolLM2's template ignores tool_calls: such turns stay untrained
+            continue
         target = header + message["content"] + IM_END
         found = text.index(target, cursor)
         cursor = found + len(target)
@@ -296,15 +304,14 @@ def expected_assistant_mask(text: str, token_starts: np.ndarray, messages: list[
 def test_smollm2_template_on_real_data(smol, name):
     records = read_real(name)
     renderer = ChatRenderer(smol)
-    examples = encode_batch(renderer, smol, records, "all")
+    examples = [single(e) for e in encode_batch(renderer, smol, records, MaskOptions("all"))]
     offsets = smol([e.text for e in examples], add_special_tokens=False, return_offsets_mapping=True)
     for record, example, offs in zip(records, examples, offsets["offset_mapping"]):
-        assert example.error is None, example.error
         assert example.text == smol.apply_chat_template(record["messages"], tools=record.get("tools"),
                                                         tokenize=False)
         assert example.input_ids.tolist() == smol(example.text, add_special_tokens=False).input_ids
         starts = np.array([start for start, _ in offs])
         trained = example.labels != -100
         assert (trained == expected_assistant_mask(example.text, starts, record["messages"])).all(), record["id"]
-        assistant = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+        assistant = [m["content"] for m in record["messages"] if m["role"] == "assistant" and not m.get("tool_calls")]
         assert trained_pieces(smol, example) == [content + IM_END for content in assistant]

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.chat_template import ChatRenderer, encode_batch
+from pipeline.chat_template import ChatRenderer
+from pipeline.masking import encode_batch
 from pipeline.pack import PackConfig, run
 from pipeline.packing import best_fit_decreasing, lower_bound_rows, one_per_row
 from pipeline.shards import read_shard, row_invariant_errors, verify_folder
@@ -120,7 +121,8 @@ def test_packed_sequences_equal_standalone_encoding(packed, real_inputs, smol_to
         start = 0
         for example_id, length in zip(row["example_ids"], row["seq_lengths"]):
             record = records[example_id]
-            alone = encode_batch(renderer, smol_tokenizer, [{"messages": record["messages"], "tools": record.get("tools")}], "all")[0]
+            [alone] = encode_batch(renderer, smol_tokenizer, [{"messages": record["messages"],
+                                                               "tools": record.get("tools")}])[0].sequences
             text = smol_tokenizer.apply_chat_template(record["messages"], tools=record.get("tools"), tokenize=False)
             plain = smol_tokenizer(text, add_special_tokens=False)["input_ids"]
             assert row["input_ids"][start:start + length] == plain == alone.input_ids.tolist()

@@ -14,7 +14,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.chat_template import ChatRenderer, encode_batch
+from pipeline.chat_template import ChatRenderer
+from pipeline.masking import encode_batch
 from pipeline.messages import classify_line
 from stages.cli import main as cli
 
@@ -74,10 +75,11 @@ def test_valid_conversations_with_nasty_text_encode_exactly(smol_tokenizer, turn
     encoder: either a named error, or ids equal to tokenizing the rendering."""
     renderer = ChatRenderer(smol_tokenizer, None)
     conversation = [m for q, a in turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
-    [example] = encode_batch(renderer, smol_tokenizer, [{"messages": conversation}], "all")
-    if example.error:
-        assert example.reason in ("template_error", "template_not_maskable")
+    [encoded] = encode_batch(renderer, smol_tokenizer, [{"messages": conversation}])
+    if encoded.error:
+        assert encoded.reason in ("template_error", "template_not_maskable")
         return
+    [example] = encoded.sequences
     plain = smol_tokenizer(example.text, add_special_tokens=False)["input_ids"]
     assert example.input_ids.tolist() == plain
     assert np.all((example.labels == -100) | (example.labels == example.input_ids))
