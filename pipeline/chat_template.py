@@ -4,9 +4,9 @@
 renderer knows the template's control text, measured from the tokenizer and a few probe renders,
 never from the template's source:
 
-  stop_markers   the texts a model emits to end a turn: the tokenizer's eos, the ids of the folder's
-                 generation_config.json `eos_token_id`, and the added tokens in KNOWN_STOP_MARKERS
-                 (<|im_end|>, <|eot_id|>, <|return|>, <end_of_turn>, </s>, <|END_OF_TURN_TOKEN|>...)
+  stop_markers   the texts a model emits to end a turn: the tokenizer's eos and the ids of the
+                 folder's generation_config.json `eos_token_id`; without that file, the added tokens
+                 in KNOWN_STOP_MARKERS (<|im_end|>, <|eot_id|>, <end_of_turn>, </s>, <|end|>...)
   implied_stop   for templates that write no end marker after a turn (GLM), the stop marker that
                  opens the next turn (<|user|>), which is what the model emits to stop
   role_headers   the text that opens a user or system message (<|im_start|>user, [INST], ...),
@@ -119,7 +119,7 @@ class ChatRenderer:
         self._variables = _plain_template_data(dict(tokenizer.special_tokens_map))
         added = sorted(map(str, tokenizer.added_tokens_encoder), key=len, reverse=True)
         self._added = frozenset(added)
-        self._added_re = re.compile("|".join(map(re.escape, added)) or "(?!)")  # (?!): never matches
+        self.added_re = re.compile("|".join(map(re.escape, added)) or "(?!)")  # (?!): never matches
         self._added_max = max(map(len, added), default=1)
         self.stop_markers: tuple[str, ...] = _stop_markers(tokenizer, self._added)
         self.arguments_as_string = False
@@ -188,22 +188,27 @@ class ChatRenderer:
         end = common_prefix_len(a, b)
         for text in (a, b):
             window = max(0, end - self._added_max + 1)
-            for match in self._added_re.finditer(text, window, end + self._added_max):
+            for match in self.added_re.finditer(text, window, end + self._added_max):
                 if match.start() < end < match.end():
                     end = match.start()
                     break
         return end
 
-    def stop_end(self, text: str) -> int | None:
-        """End of a turn's stop marker: the first marker of the run of markers and whitespace that
-        ends `text` ("Paris.<|end|>\\n<|endoftext|>" -> after <|end|>); None when none ends it."""
-        end, found = len(text), None
-        while True:
-            end = len(text[:end].rstrip())
-            marker = next((m for m in self.stop_markers if text.endswith(m, 0, end)), None)
-            if marker is None:
-                return found
-            found, end = end, end - len(marker)
+    def first_stop_end(self, text: str) -> int | None:
+        """Where the first stop marker in `text` ends: a turn is trained up to there, and what the
+        template writes after it (Phi-3's final eos, Command-R's next-turn opener) never is."""
+        found = [text.find(m) + len(m) for m in self.stop_markers if m in text]
+        return min(found) if found else None
+
+    def _probe(self, messages: list[dict]) -> str | None:
+        """A probe conversation rendered, with no tools or an empty list (Hermes needs one); None
+        when the template refuses both."""
+        for tools in (None, []):
+            try:
+                return self.render(messages, tools)
+            except RENDER_ERRORS:
+                continue
+        return None
 
     @property
     def implied_stop(self) -> str | None:
@@ -212,12 +217,8 @@ class ChatRenderer:
         if "implied_stop" not in self._probed:
             plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
             found = None
-            try:
-                text = self.render(plain)
-                continued = self.render(plain + [PROBE_MESSAGE])
-            except RENDER_ERRORS:
-                text = continued = ""
-            if text and self.stop_end(text) is None:
+            text, continued = self._probe(plain), self._probe(plain + [PROBE_MESSAGE])
+            if text and continued and self.first_stop_end(text[text.rfind("Hello"):]) is None:
                 at = self.split_point(text, continued)
                 follows = continued[at:].lstrip()
                 found = next((m for m in self.stop_markers if follows.startswith(m)), None)
@@ -232,10 +233,9 @@ class ChatRenderer:
         if "role_headers" not in self._probed:
             headers = set()
             for role in ("system", "user"):
-                try:
-                    text = self.render([{"role": role, "content": _SENTINEL}, *([] if role == "user" else [
-                        {"role": "user", "content": "Hi"}])])
-                except RENDER_ERRORS:
+                text = self._probe([{"role": role, "content": _SENTINEL}]
+                                   + ([] if role == "user" else [{"role": "user", "content": "Hi"}]))
+                if text is None:
                     continue
                 at = text.find(_SENTINEL)
                 if at < 0:
@@ -247,24 +247,27 @@ class ChatRenderer:
                 cut = max((search.rfind(m) + len(m) for m in self.stop_markers if m in search), default=0)
                 header = before[cut:].strip()
                 bos = self._variables.get("bos_token")
-                if cut == 0 and isinstance(bos, str) and bos and header.startswith(bos):
+                if cut == 0 and isinstance(bos, str) and bos and header.startswith(bos) \
+                        and self.added_re.search(header[len(bos):]):  # ChatML's bos is <|im_start|> itself
                     header = header[len(bos):].strip()
-                if header and self._added_re.search(header):
+                if header and self.added_re.search(header):
                     headers.add(header)
             self._probed["role_headers"] = tuple(sorted(headers))
         return self._probed["role_headers"]
 
 
 def _stop_markers(tokenizer: Any, added: frozenset[str]) -> tuple[str, ...]:
-    """eos, generation_config.json's eos ids, and the known end markers the tokenizer defines;
-    longest first, so a marker that contains another is matched whole."""
-    markers = {m for m in KNOWN_STOP_MARKERS if m in added}
+    """The tokenizer's eos and the ids of its folder's generation_config.json `eos_token_id` (what
+    generate() stops on); without that file, eos and the known end markers the tokenizer defines.
+    Longest first, so a marker that contains another is matched whole."""
+    markers = set()
     if isinstance(getattr(tokenizer, "eos_token", None), str) and tokenizer.eos_token:
         markers.add(tokenizer.eos_token)
     folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
     try:
         ids = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
+        markers |= {m for m in KNOWN_STOP_MARKERS if m in added}
         ids = None
     for token_id in ids if isinstance(ids, list) else [ids] if isinstance(ids, int) else []:
         token = tokenizer.convert_ids_to_tokens(token_id)

@@ -148,28 +148,50 @@ def _continue_think_block(opened: str, body: str, thought: str | None, where: st
     return block[len(opened):] + body.lstrip()
 
 
+def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | None, where: str) -> str:
+    """The text the model writes after `prompt` for the turn that `alone` (the conversation ending
+    at it) renders last, still with whatever follows its stop marker."""
+    at = renderer.split_point(prompt, alone)
+    body = alone[at:]
+    opened = prompt[at:]
+    if opened.startswith(THINK_OPEN) or (not opened and prompt.rstrip().endswith(THINK_OPEN) and THINK_CLOSE not in body):
+        # The generation prompt opens a think block the rendered turn lacks or never closes (R1, Nemotron).
+        opened = opened or prompt[prompt.rindex(THINK_OPEN):]
+        return _continue_think_block(opened, body, thought, where, prompt)
+    if not opened:
+        return body
+    # The prompt renders differently at inference (Mistral Nemo moves the system prompt into the last
+    # user turn, Hermes closes grouped tool results otherwise): the turn is what `alone` renders after
+    # the prompt's last control token and its text ("[/INST]", "<|im_start|>assistant\n"), trained
+    # after the inference prompt.
+    last = list(renderer.added_re.finditer(prompt))
+    header = prompt[last[-1].start():] if last else ""
+    found = alone.rfind(header) if header else -1
+    if found < 0:
+        raise TemplateNotMaskable(
+            f"{where}: the template is not prefix-preserving: rendering messages[:i] with "
+            f"add_generation_prompt=True is not a prefix of the conversation ending at the turn, and the "
+            f"prompt's last header {header!r} is not in it; "
+            f"{_differ('the prompt', prompt, 'the conversation', alone, at)}; use --turns whole or pass a "
+            f"template whose generation prompt matches its assistant turns with --chat-template")
+    return alone[found + len(header):]
+
+
 def _turn_target(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str, i: int,
                  thought: str | None, where: str) -> tuple[_Target, dict[str, int]]:
     """F_i for assistant message i (module docstring), and what it could not render."""
     prompt = renderer.render_prepared(msgs[:i], tools, True)
     alone = full if i == len(msgs) - 1 else renderer.render_prepared(msgs[: i + 1], tools, False)
-    at = renderer.split_point(prompt, alone)
-    body = alone[at:]
-    if at < len(prompt):
-        opened = prompt[at:]
-        if not opened.startswith(THINK_OPEN):
-            raise TemplateNotMaskable(
-                f"{where}: the template is not prefix-preserving: rendering messages[:i] with "
-                f"add_generation_prompt=True is not a prefix of the conversation ending at the turn; "
-                f"{_differ('the prompt', prompt, 'the conversation', alone, at)}; pass a template whose "
-                f"generation prompt matches its assistant turns with --chat-template")
-        body = _continue_think_block(opened, body, thought, where, prompt)
+    body = _turn_start(renderer, prompt, alone, thought, where)
     audit: dict[str, int] = {}
-    end = renderer.stop_end(body)
-    if end is None:
-        body = body.rstrip() + (renderer.implied_stop or "")
+    end = renderer.first_stop_end(body)
+    if end is None:  # no end marker of its own (GLM): the marker that opens what follows stops it
+        body = body.rstrip()
+        follows = full[len(prompt) + len(body):].lstrip() if full.startswith(prompt + body) else ""
+        stop = next((m for m in renderer.stop_markers if follows.startswith(m)), renderer.implied_stop)
+        body += stop or ""
         end = len(body)
-        if renderer.implied_stop is None:
+        if stop is None:
             audit["turns_without_stop"] = 1
     text = prompt + body[:end]
     turn = text[len(prompt):]
@@ -187,18 +209,13 @@ def _turn_target(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str
     return _Target(i, len(prompt), text, reasoning, trained), audit
 
 
-def _first_stop_end(renderer: ChatRenderer, text: str) -> int | None:
-    found = [text.find(m) + len(m) for m in renderer.stop_markers if m in text]
-    return min(found) if found else None
-
-
-def _whole_span(renderer: ChatRenderer, full: str, target: _Target, last: bool) -> tuple[Span, Span | None, bool]:
+def _whole_span(renderer: ChatRenderer, full: str, target: _Target) -> tuple[Span, Span | None, bool]:
     """Turn `target` as the full rendering S has it: (span, reasoning span, rendered as F_i)."""
     if full.startswith(target.text):
         return (target.prompt_end, len(target.text)), target.reasoning, True
     start = renderer.split_point(target.text[: target.prompt_end], full)
     rest = full[start:]
-    end = renderer.stop_end(rest) if last else _first_stop_end(renderer, rest)
+    end = renderer.first_stop_end(rest)
     end = len(rest.rstrip()) if end is None else end
     reasoning = None
     if target.reasoning is not None:
@@ -297,7 +314,7 @@ def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] |
         for key, value in counts.items():
             audit[key] = audit.get(key, 0) + value
     if options.turns == "whole":
-        trained = [_whole_span(renderer, full, t, t.index == len(msgs) - 1) for t in targets]
+        trained = [_whole_span(renderer, full, t) for t in targets]
         differently = sum(not faithful for _, _, faithful in trained)
         if differently:
             audit["turns_rendered_differently"] = differently
