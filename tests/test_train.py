@@ -359,3 +359,32 @@ def test_two_process_ddp_on_cpu(tiny_model_dir, packed_chat, tmp_path):
     rows = datasets.load_from_disk(str(packed_chat[0])).num_rows
     assert manifest["epochs"] == pytest.approx(4 / math.ceil(rows / 2))
     assert proc.stdout.count("completed: 4 steps") == 1  # one summary, from rank 0
+
+
+# ---------------------------------------------------------------- reasoning data, split by the template
+
+def test_default_model_trains_on_split_reasoning_data(model_dir, tmp_path):
+    """Multi-turn reasoning data under Qwen3's real template: every conversation is split into one
+    sequence per turn (Qwen3 strips earlier reasoning), and the default model trains on it."""
+    from pipeline.pack import PackConfig
+    from pipeline.pack import run as pack
+
+    lines = []
+    for k in range(12):
+        lines.append({"id": f"r{k}", "messages": [
+            {"role": "user", "content": f"What is {k} plus {k}?"},
+            {"role": "assistant", "content": f"{2 * k}.", "reasoning_content": f"{k} and {k} make {2 * k}."},
+            {"role": "user", "content": "And doubled?"},
+            {"role": "assistant", "content": f"<think>\nTwice {2 * k} is {4 * k}.\n</think>\n\n{4 * k}."}]})
+    data = tmp_path / "reasoning.jsonl"
+    data.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    template = REPO / "tests" / "fixtures" / "templates" / "real" / "qwen3.jinja"
+    packed = pack([data], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), max_length=256,
+                                                          chat_template=str(template)))
+    audit = packed["totals"]["audit"]
+    assert audit["split_conversations"] == 12 and packed["totals"]["sequences_packed"] == 24
+    assert audit["sequences_without_stop"] == 0 and audit["spans_with_role_header"] == 0
+    cfg = make_config(model_dir, (packed["path"], None), tmp_path / "run", validation=False, max_steps=3,
+                      save_strategy="no", learning_rate=1e-4)
+    result = run(cfg)
+    assert result["status"] == "completed" and result["steps"] == 3
