@@ -13,10 +13,11 @@ import sys
 
 from pipeline.errors import SftpackError
 
-# subcommand -> one-line help; the module is stages/<subcommand>.py
+# subcommand -> one-line help; the module is stages/<subcommand>.py (a dash in the name is `_` there)
 STAGES = {
     "convert": "convert the embedded GGUF default model into a plain HF folder",
-    "validate": "check messages JSONL; write valid lines, rejects and counts",
+    "validate": "check conversations (any container and layout); write valid lines, rejects and counts",
+    "convert-data": "convert Parquet, sharegpt, alpaca, ... into messages JSONL",
     "pack": "template, mask and pack conversations into Arrow shards",
     "report": "dataset QA report (HTML + JSON)",
     "inspect": "print packed rows with trained tokens highlighted",
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_text in STAGES.items():
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
         if chosen not in STAGES or name == chosen:  # import only the stage that runs: fast start-up
-            importlib.import_module(f"stages.{name}").add_arguments(stage_parser)
+            importlib.import_module(f"stages.{name.replace('-', '_')}").add_arguments(stage_parser)
     args = parser.parse_args(argv)
     try:
-        return int(importlib.import_module(f"stages.{args.stage}").main(args) or 0)
+        return int(importlib.import_module(f"stages.{args.stage.replace('-', '_')}").main(args) or 0)
     except SftpackError as err:  # what went wrong, where and how to fix it
         print(f"sftpack {args.stage}: {err}", file=sys.stderr)
         return err.exit_code

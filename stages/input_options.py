@@ -1,0 +1,29 @@
+"""Command-line options for how raw conversations are read, shared by `validate` and `convert-data`."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.readers import FORMATS, TARGETS, ColumnMap, ReadOptions, parse_role_map
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("input layout (README \"Input formats\")")
+    group.add_argument("--format", choices=FORMATS,
+                       help="layout of the inputs (default: data.format of --config, else auto: from the first "
+                            "record's keys)")
+    group.add_argument("--split", help="split of a dataset name or DatasetDict folder (default: train)")
+    group.add_argument("--messages-field", help="field holding the list of turns (messages / conversations)")
+    group.add_argument("--role-key", help="key of a turn naming its speaker (role / from)")
+    group.add_argument("--content-key", help="key of a turn holding its text (content / value)")
+    group.add_argument("--role-map", help=f"ROLE=NAME pairs, e.g. user=human,assistant=gpt; ROLE is one of "
+                                          f"{', '.join(TARGETS)}")
+    group.add_argument("--system-field", help="column holding a system prompt (sharegpt, alpaca: system)")
+    group.add_argument("--tools-field", help="column holding tool definitions (default: tools)")
+
+
+def read_options(args: argparse.Namespace, default_format: str = "auto") -> ReadOptions:
+    """The ReadOptions the flags give; `default_format` (a config's data.format) when --format is absent."""
+    columns = ColumnMap(messages=args.messages_field, role=args.role_key, content=args.content_key,
+                        roles=parse_role_map(args.role_map or ""), system=args.system_field, tools=args.tools_field)
+    return ReadOptions(format=args.format or default_format, split=args.split, columns=columns)
