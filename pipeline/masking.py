@@ -325,6 +325,8 @@ def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] |
                      for text, members in _cover(full, targets)]
         if len(sequences) > 1:
             audit["split_conversations"] = 1
+        if not sequences:  # no assistant turn: the rendering, with nothing trained (pack drops it)
+            sequences = [(full, ())]
     headers = renderer.role_headers
     with_header = sum(any(_holds(text, s, e, h) for h in headers) for text, spans in sequences for s, e in spans)
     if with_header:

@@ -166,16 +166,17 @@ class _Encoder:
 
     def encode(self, records: list[dict]) -> list[tuple[int, int, int] | str]:
         """Per record (tokens, trained tokens, trained tokens beyond max_length), or the error."""
-        from pipeline.chat_template import encode_batch
+        from pipeline.masking import MaskOptions, encode_batch
 
         conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id")} for r in records]
         out: list[tuple[int, int, int] | str] = []
-        for example in encode_batch(self.renderer, self.tokenizer, conversations, self.train_on):
+        for example in encode_batch(self.renderer, self.tokenizer, conversations, MaskOptions(self.train_on)):
             if example.error:
                 out.append(f"{example.reason or 'template_error'}\t{example.error}")
                 continue
-            trained = example.labels != IGNORE_INDEX
-            out.append((int(example.labels.size), int(trained.sum()), int(trained[self.max_length:].sum())))
+            trained = [s.labels != IGNORE_INDEX for s in example.sequences]
+            out.append((sum(t.size for t in trained), sum(int(t.sum()) for t in trained),
+                        sum(int(t[self.max_length:].sum()) for t in trained)))
         return out
 
 
@@ -363,13 +364,24 @@ def source_summary(frame: pl.DataFrame, cfg: ReportConfig, with_tokens: bool) ->
     return out
 
 
-def _where(frame: pl.DataFrame, mask: pl.Expr | pl.Series, cfg: ReportConfig, note: pl.Expr | None = None) -> list[str]:
-    """`input:line` (plus a note) of the first `cfg.examples` rows where mask holds."""
-    cols = [pl.format("{}:{}", "input", "line").alias("at")] + ([note.alias("note")] if note is not None else [])
-    hits = frame.filter(mask).head(cfg.examples).select(cols)
-    if note is None:
-        return hits["at"].to_list()
-    return [f"{at} ({n})" for at, n in hits.iter_rows()]
+def _where(frame: pl.DataFrame, mask: pl.Expr | pl.Series, cfg: ReportConfig, note: str | None = None,
+           column: str | None = None) -> list[str]:
+    """`input:line` (plus `note` formatted with `column`) of the first `cfg.examples` rows where mask holds.
+
+    The strings are built in Python from those few rows, never with pl.format: polars 2.1's
+    pl.format panics (`assertion failed: i < self.len()`, issue 14) on a string column split into
+    chunks of some layouts, e.g. an empty first chunk left by a filter after a multi-threaded join.
+    """
+    hits = frame.filter(mask).head(cfg.examples).select("input", "line", *([column] if column else []))
+    return [f"{row[0]}:{row[1]}" + (f" ({note.format(row[2])})" if note else "") for row in hits.iter_rows()]
+
+
+def _repeats(frame: pl.DataFrame, mask: pl.Expr, column: str, cfg: ReportConfig, word: str) -> list[str]:
+    """`input:line (word input:line)` of the first rows where mask holds, naming the earlier
+    example that `column` points at (1-based index into frame); a lookup of a few rows, no join."""
+    inputs, lines = frame["input"], frame["line"]
+    hits = frame.filter(mask).head(cfg.examples).select("input", "line", column)
+    return [f"{at}:{line} ({word} {inputs[k - 1]}:{lines[k - 1]})" for at, line, k in hits.iter_rows()]
 
 
 def _finding(kind: str, count: int, total: int, message: str, rows: list[str], advice: str) -> dict[str, Any]:
@@ -389,46 +401,38 @@ def findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, with_to
                             rows, "fix or drop them (sftpack validate writes each reject with its rule)"))
     if frame.height == 0:
         return out
-    indexed = frame.with_row_index("index", offset=1)
-    at = pl.format("{}:{}", "input", "line")
-    position = indexed.select("index", at.alias("first"))
-
-    def repeats(column: str) -> pl.DataFrame:
-        return indexed.join(position, left_on=column, right_on="index", how="left")
-
     dup = int(frame["duplicate_of"].is_not_null().sum())
     if dup:
         out.append(_finding("exact_duplicates", dup, total, "conversations repeat an earlier one exactly",
-                            _where(repeats("duplicate_of"), pl.col("duplicate_of").is_not_null(), cfg,
-                                   pl.format("repeats {}", "first")),
+                            _repeats(frame, pl.col("duplicate_of").is_not_null(), "duplicate_of", cfg, "repeats"),
                             "deduplicate: repeats weigh those examples double in training"))
     similar_mask = pl.col("similar_prompt_of").is_not_null() & pl.col("duplicate_of").is_null()
     similar = int(frame.select(similar_mask.sum()).item())
     if similar:
         out.append(_finding("similar_prompts", similar, total,
                             "first user prompts repeat an earlier one (after lowercasing and collapsing punctuation)",
-                            _where(repeats("similar_prompt_of"), similar_mask, cfg, pl.format("like {}", "first")),
+                            _repeats(frame, similar_mask, "similar_prompt_of", cfg, "like"),
                             "check the answers agree; keep one or a few per prompt"))
     short_mask = pl.col("shortest_answer_chars") < cfg.short_answer_chars
     short = int(frame.select(short_mask.sum()).item())
     if short:
         out.append(_finding("short_answers", short, total,
                             f"conversations with an assistant answer under {cfg.short_answer_chars} characters",
-                            _where(frame, short_mask, cfg, pl.format("{} chars", "shortest_answer_chars")),
+                            _where(frame, short_mask, cfg, "{} chars", "shortest_answer_chars"),
                             "very short answers teach terse replies; check they are intended"))
     if with_tokens:
         over_mask = pl.col("tokens") > cfg.max_length
         over = int(frame.select(over_mask.sum()).item())
         if over and cfg.truncation == "drop":
             out.append(_finding("too_long", over, total, f"examples over max_length {cfg.max_length} would be dropped",
-                                _where(frame, over_mask, cfg, pl.format("{} tokens", "tokens")),
+                                _where(frame, over_mask, cfg, "{} tokens", "tokens"),
                                 "raise --max-length or split the conversations"))
         cut_mask = over_mask & (pl.col("trained_beyond_max") > 0)
         cut = int(frame.select(cut_mask.sum()).item())
         if cut and cfg.truncation == "truncate":
             out.append(_finding("answers_truncated", cut, total,
                                 f"answers cut by max_length {cfg.max_length} (the model learns to stop mid-answer)",
-                                _where(frame, cut_mask, cfg, pl.format("{} trained tokens cut", "trained_beyond_max")),
+                                _where(frame, cut_mask, cfg, "{} trained tokens cut", "trained_beyond_max"),
                                 "raise --max-length or drop these examples (truncation: drop)"))
     scripts = frame["script"].filter(frame["script"] != "none").value_counts(sort=True)
     if scripts.height > 1:
@@ -437,7 +441,7 @@ def findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, with_to
         mix = int(frame.select(mix_mask.sum()).item())
         mix_text = ", ".join(f"{s} {n}" for s, n in scripts.iter_rows())
         out.append(_finding("language_mix", mix, total, f"examples not mostly in {main} script ({mix_text})",
-                            _where(frame, mix_mask, cfg, pl.col("script")),
+                            _where(frame, mix_mask, cfg, "{}", "script"),
                             "check the mix is intended; a few stray languages teach switching"))
     length = pl.col("tokens") if with_tokens else None
     if length is not None:
@@ -448,7 +452,7 @@ def findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, with_to
             out.append(_finding("extreme_lengths", extreme, total,
                                 f"examples over {cfg.extreme_factor:g}x or under 1/{cfg.extreme_factor:g} of the "
                                 f"median length ({median:g} tokens)",
-                                _where(frame, extreme_mask, cfg, pl.format("{} tokens", "tokens")),
+                                _where(frame, extreme_mask, cfg, "{} tokens", "tokens"),
                                 "look for pasted documents, logs or truncated answers"))
     return sorted(out, key=lambda f: (-f["impact"], f["kind"]))
 
@@ -554,7 +558,7 @@ def describe_packed(folder: Path, manifest: dict[str, Any], cfg: ReportConfig) -
         if n:
             found.append(_finding("extreme_lengths", n, total, f"examples over {cfg.extreme_factor:g}x or under "
                                   f"1/{cfg.extreme_factor:g} of the median length ({median:g} tokens)",
-                                  _where(kept, mask, cfg, pl.format("{} tokens", "tokens")),
+                                  _where(kept, mask, cfg, "{} tokens", "tokens"),
                                   "look for pasted documents, logs or truncated answers"))
     report["findings"] = sorted(found, key=lambda f: (-f["impact"], f["kind"]))
     return report, kept, tokens
