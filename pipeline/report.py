@@ -84,6 +84,10 @@ class ReportConfig:
     """Jinja template file replacing the tokenizer's own."""
     train_on: str = "all"
     """all: every assistant turn is trained; last: only the final one (as in pack)."""
+    turns: str = "auto"
+    """auto: split where the template renders a turn unlike at inference; whole: as rendered (as in pack)."""
+    reasoning: str = "train"
+    """Assistant reasoning: train, mask or drop (as in pack)."""
     truncation: str = "drop"
     """What pack would do with examples over max_length: drop or truncate."""
     batch_size: int = 512
@@ -99,8 +103,9 @@ class ReportConfig:
         problems = []
         if self.max_length < 8:
             problems.append(f"max_length {self.max_length}: must be at least 8")
-        if self.train_on not in ("all", "last"):
-            problems.append(f"train_on {self.train_on!r}: expected all or last")
+        from pipeline.masking import MaskOptions
+
+        problems += MaskOptions(self.train_on, self.turns, self.reasoning).problems()
         if self.truncation not in ("drop", "truncate"):
             problems.append(f"truncation {self.truncation!r}: expected drop or truncate")
         if self.batch_size < 1 or self.examples < 0 or self.short_answer_chars < 0:
@@ -162,15 +167,21 @@ class _Encoder:
         from pipeline.tokenizer import load_renderer
 
         self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
-        self.train_on, self.max_length = cfg.train_on, cfg.max_length
+        from pipeline.masking import AUDIT_KEYS, MaskOptions
+
+        self.options, self.max_length = MaskOptions(cfg.train_on, cfg.turns, cfg.reasoning), cfg.max_length
+        self.audit = dict.fromkeys(AUDIT_KEYS, 0)
+        """Masking's counts over every encoded conversation (split conversations, unrendered reasoning...)."""
 
     def encode(self, records: list[dict]) -> list[tuple[int, int, int] | str]:
         """Per record (tokens, trained tokens, trained tokens beyond max_length), or the error."""
-        from pipeline.masking import MaskOptions, encode_batch
+        from pipeline.masking import encode_batch
 
         conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id")} for r in records]
         out: list[tuple[int, int, int] | str] = []
-        for example in encode_batch(self.renderer, self.tokenizer, conversations, MaskOptions(self.train_on)):
+        for example in encode_batch(self.renderer, self.tokenizer, conversations, self.options):
+            for key, value in example.audit.items():
+                self.audit[key] += value
             if example.error:
                 out.append(f"{example.reason or 'template_error'}\t{example.error}")
                 continue
@@ -689,6 +700,11 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     elif report["kind"] == "jsonl":
         parts.append("<h2>Tokens</h2><p class=muted>no tokenizer given (--tokenizer or --config): token "
                      "statistics skipped</p>")
+    if report.get("mask_audit"):
+        parts += ["<h2>Masks: will it stop</h2><p class=muted>split conversations and their extra tokens; turns whose "
+                  "reasoning or tool calls the template does not render; turns or sequences that end in no stop "
+                  "token; trained spans holding a role header (these last must be 0)</p>",
+                  _pairs(report["mask_audit"])]
     if report.get("rows"):
         parts += ["<h2>Packed rows</h2>", _pairs({k: v for k, v in report["rows"].items()})]
     if report.get("sources"):
@@ -758,6 +774,7 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
         cfg = dataclasses.replace(cfg, max_length=max_length)
         numbers, frame, row_tokens = describe_packed(folder, manifest, cfg)
         report = {"kind": "packed"} | numbers
+        mask_audit = (manifest.get("totals") or {}).get("audit")  # pack's own counts (format 2 folders lack them)
         provenance = {"inputs": [{"path": str(folder), "fingerprint": manifest.get("fingerprint"),
                                   "inputs": manifest.get("inputs")}], "tokenizer": manifest.get("tokenizer")}
         plots = make_plots(frame, max_length, row_tokens, frame is not None)
@@ -768,6 +785,7 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
     else:
         encoder = _Encoder(cfg) if cfg.tokenizer else None
         frame, scan = scan_jsonl(paths, cfg, encoder)
+        mask_audit = encoder.audit if encoder else None
         from schemas.tables import ReportExamples, validate_table
 
         validate_table(ReportExamples, frame, "report examples table")
@@ -790,6 +808,8 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
             t = report["tokens"]
             cards |= {"tokens": t["tokens"], "trained share": f"{t['trained_share']:.1%}",
                       f"over {cfg.max_length}": t["over_max_length"], "est. packed rows": t["packing"]["rows"]}
+    if mask_audit is not None:
+        report["mask_audit"] = mask_audit
     report = {"stage": "report", "version": __version__, **provenance, "options": dataclasses.asdict(cfg)} | report
     report["seconds"] = round(time.perf_counter() - started, 3)
     json_path = out.with_suffix(".json")

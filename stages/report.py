@@ -24,7 +24,8 @@ def report_config(args: argparse.Namespace) -> ReportConfig:
         from pipeline.pack import PackConfig
 
         packing = PackConfig.from_run_config(load_config(args.config))
-        values = {k: getattr(packing, k) for k in ("tokenizer", "max_length", "chat_template", "train_on", "truncation")}
+        values = {k: getattr(packing, k) for k in ("tokenizer", "max_length", "chat_template", "train_on", "turns",
+                                                     "reasoning", "truncation")}
     flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template}
     values.update({k: v for k, v in flags.items() if v is not None})
     return ReportConfig(**values)

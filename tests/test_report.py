@@ -192,3 +192,25 @@ def test_example_stats_schema_names_the_rows():
     assert "trained_within_tokens fails at rows [1] (line 2)" in message
     assert "dropped: isin" in message and "rows [2] (line 3): 'nope'" in message
     assert "kept_examples_have_trained_tokens" not in message  # row 2 is dropped (with a bad reason)
+
+
+def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
+    """Reasoning data under Qwen3's template: the report's mask audit shows what pack will do."""
+    import json as _json
+
+    from pipeline.pack import PackConfig
+    from pipeline.pack import run as pack
+    from pipeline.report import ReportConfig, run as report
+
+    template = Path(__file__).resolve().parent / "fixtures" / "templates" / "real" / "qwen3.jinja"
+    data = tmp_path / "r.jsonl"
+    data.write_text(_json.dumps({"messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "reasoning_content": "Greet."},
+        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye!"}]}) + "\n")
+    result = report([data], tmp_path / "r.html", ReportConfig(tokenizer=str(model_dir), chat_template=str(template)))
+    packed = pack([data], tmp_path / "p", PackConfig(tokenizer=str(model_dir), chat_template=str(template)))
+    audit = packed["totals"]["audit"]
+    assert result["mask_audit"]["split_conversations"] == audit["split_conversations"] == 1
+    assert result["mask_audit"]["split_extra_tokens"] == audit["split_extra_tokens"] > 0
+    assert "Masks: will it stop" in (tmp_path / "r.html").read_text()
+    assert report([packed["path"]], tmp_path / "p.html", ReportConfig())["mask_audit"] == audit
