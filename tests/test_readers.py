@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +27,7 @@ from pipeline.readers import ColumnMap, ReadOptions, open_input, parse_role_map
 from pipeline.validate import ValidateConfig
 from pipeline.validate import run as validate
 from stages.cli import main as cli
+from tests.conftest import REPO
 
 CALL = {"name": "get_weather", "arguments": {"city": "Oslo"}}
 SHAREGPT = {
@@ -176,7 +179,7 @@ def test_plain_jsonl_identity_matches_file_identity(tmp_path):
         file_identity(path)
 
 
-def test_folder_glob_save_to_disk_and_dataset_name(tmp_path, monkeypatch):
+def test_folder_glob_and_save_to_disk(tmp_path):
     import datasets
 
     records = [dict(SHAREGPT, id=f"s-{i}") for i in range(5)]
@@ -196,12 +199,56 @@ def test_folder_glob_save_to_disk_and_dataset_name(tmp_path, monkeypatch):
     with pytest.raises(SftpackError, match="no split 'dev'"):
         open_input(tmp_path / "dd", split="dev")
 
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda name, split, streaming=False: calls.append(
-        (name, split, streaming)) or datasets.Dataset.from_list(records).to_iterable_dataset())
-    source = open_input("org/chat-data", split="validation")
-    assert _records(source) == expected and calls[0] == ("org/chat-data", "validation", True)
-    assert source.stem == "chat-data-validation" and source.identity()["rows"] == 5
+
+_READ_DATASET_NAME = """
+import json, sys
+from pipeline.readers import open_input
+out = {}
+for split in ("train", "validation"):
+    source = open_input("someuser/tiny_chat", split=split)
+    out[split] = {"records": [r.record if r.error is None else str(r.error) for b in source.batches(7) for r in b],
+                  "stem": source.stem, "rows": source.identity()["rows"], "container": source.container,
+                  "dataset": type(source.dataset).__name__}
+json.dump(out, sys.stdout)
+"""
+
+
+def test_dataset_name_loads_offline_from_the_local_cache(tmp_path, monkeypatch):
+    """A dataset name reads, offline, what an earlier online load_dataset left in the datasets cache.
+
+    With HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, datasets 5.2.0 never looks at the hub cache
+    (datasets--org--name/snapshots/...): load_dataset raises OfflineModeIsEnabled before any hub
+    call and falls back to CachedDatasetModuleFactory, which reads the prepared Arrow cache
+    HF_DATASETS_CACHE/org___name/<config>/<version>/<hash>/ (dataset_info.json, name-<split>.arrow).
+    That cache is written here by datasets' own Parquet builder (the one an online load of a Parquet
+    repo runs), then put where an online load of "someuser/tiny_chat" leaves it. The env vars are read
+    into constants when datasets is imported, so the load runs in a fresh interpreter.
+    """
+    from datasets.packaged_modules.parquet.parquet import Parquet
+
+    records = [dict(SHAREGPT, id=f"s-{i}") for i in range(5)]
+    expected = [dict(SHAREGPT_AS_MESSAGES, id=f"s-{i}") for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(records[:3]), tmp_path / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(records[3:]), tmp_path / "validation.parquet")
+    builder = Parquet(cache_dir=str(tmp_path / "staging"), dataset_name="tiny_chat",
+                      data_files={split: str(tmp_path / f"{split}.parquet") for split in ("train", "validation")})
+    builder.download_and_prepare()
+    hf = tmp_path / "hf"
+    cached = hf / "datasets" / "someuser___tiny_chat" / "default" / "0.0.0" / ("3f" * 20)
+    cached.mkdir(parents=True)
+    for name in ("dataset_info.json", "tiny_chat-train.arrow", "tiny_chat-validation.arrow"):
+        (cached / name).write_bytes((Path(builder.cache_dir) / name).read_bytes())
+
+    for name, value in {"HF_HOME": hf, "HF_HUB_CACHE": hf / "hub", "HF_DATASETS_CACHE": hf / "datasets",
+                        "HF_HUB_OFFLINE": 1, "HF_DATASETS_OFFLINE": 1}.items():
+        monkeypatch.setenv(name, str(value))
+    proc = subprocess.run([sys.executable, "-c", _READ_DATASET_NAME], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout)
+    assert got["train"] == {"records": expected[:3], "stem": "tiny_chat-train", "rows": 3, "container": "dataset",
+                            "dataset": "IterableDataset"}  # streamed: the cache allows it
+    assert got["validation"]["records"] == expected[3:] and got["validation"]["stem"] == "tiny_chat-validation"
 
 
 def test_missing_inputs(tmp_path, monkeypatch):
