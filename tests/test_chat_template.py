@@ -215,12 +215,23 @@ def test_masks_agree_with_generation_tags_and_transformers_mask(family):
 # ---------------------------------------------------------------- unmaskable templates and errors
 
 
-def test_system_prompt_shown_last_raises(family):
-    _, renderer = family("bad_system_last")
+def test_system_prompt_shown_last_is_trained_after_the_inference_prompt(family):
+    tokenizer, renderer = family("bad_system_last")
+    example = encode_batch(renderer, tokenizer, [{"messages": CONVERSATION}])[0]
+    assert [s.text[a:b] for s in example.sequences for a, b in s.trained_spans] == FAMILIES["smollm2"][2]
+    for sequence, i in zip(example.sequences, (2, 4)):  # each turn after its own prompt, system last
+        start = sequence.trained_spans[0][0]
+        assert sequence.text[:start] == renderer.render(CONVERSATION[:i], add_generation_prompt=True)
+    assert example.audit["split_conversations"] == 1
+    assert len(encode_batch(renderer, tokenizer, [{"messages": NO_SYSTEM}])[0].sequences) == 1
+
+
+def test_unmaskable_template_raises_naming_the_turn(family):
+    _, renderer = family("bad_generation_prompt")
     with pytest.raises(TemplateNotMaskable, match=r"conversation 'c1', assistant turn messages\[2\].*"
-                                                   r"not prefix-preserving.*differ at character 46"):
+                                                   r"not prefix-preserving.*'<\|im_start\|>assistant\\n'.*"
+                                                   r"differ at character"):
         conversation_sequences(renderer, CONVERSATION, name="conversation 'c1'")
-    conversation_sequences(renderer, NO_SYSTEM)  # without a system prompt the template is prefix-preserving
 
 
 def test_dropped_reasoning_is_split_into_faithful_sequences(family):
@@ -254,11 +265,11 @@ def test_failures_are_per_conversation(family):
     assert system.error == "conversation 'sys': the chat template failed: TemplateError: System role not supported"
     assert alternating.reason == "template_error" and "conversation #2 of the batch" in alternating.error
 
-    _, bad = family("bad_system_last")
-    failed, fine = encode_batch(bad, tokenizer, [{"id": "x", "messages": CONVERSATION},
-                                                 {"id": "y", "messages": NO_SYSTEM}], MaskOptions("all"))
+    _, bad = family("bad_generation_prompt")
+    failed, empty = encode_batch(bad, tokenizer, [{"id": "x", "messages": CONVERSATION},
+                                                  {"id": "y", "messages": CONVERSATION[:2]}], MaskOptions("all"))
     assert failed.reason == "template_not_maskable" and failed.error.startswith("conversation 'x'")
-    assert fine.error is None
+    assert empty.error is None and empty.sequences[0].trained_spans == ()  # no assistant turn: nothing to mask
 
 
 def test_renderer_errors_and_identity(smol):
