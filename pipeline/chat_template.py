@@ -125,6 +125,8 @@ class ChatRenderer:
         self.arguments_as_string = False
         """Tool-call arguments go to the template as JSON strings (set when objects make it raise)."""
         self._probed: dict[str, Any] = {}
+        self.memo: dict[str, Any] = {}
+        """What masking learns once per template (pipeline/masking.py: skeletons per conversation shape)."""
 
     @property
     def template_sha256(self) -> str:

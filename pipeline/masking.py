@@ -38,6 +38,8 @@ turn. A token is trained iff its character range overlaps a trained span (transf
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -302,6 +304,14 @@ def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] |
                name: str) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
     msgs, tools, thoughts = renderer.prepare(messages, tools, options.reasoning)
     full = renderer.render_prepared(msgs, tools, False)
+    known = _from_skeleton(renderer, msgs, tools, full, options)
+    return known if known is not None else _located(renderer, msgs, tools, thoughts, full, options, name)
+
+
+def _located(renderer: ChatRenderer, msgs: list[dict], tools: Any, thoughts: list[str | None], full: str,
+             options: MaskOptions, name: str) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
+    """The module docstring's method: renders of every turn's prompt and of the conversation ending
+    at it, for prepared messages whose full rendering is `full`."""
     assistant = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"]
     if options.train_on == "last":
         assistant = assistant[-1:]
@@ -435,3 +445,89 @@ def _labelled(encoding: Any, text: str, spans: tuple[Span, ...]) -> EncodedSeque
                           count=2 * len(token_offsets)).reshape(-1, 2)
     labels = np.where(token_mask(offsets, spans), ids, np.int32(IGNORE_INDEX)).astype(np.int32)
     return EncodedSequence(ids, labels, text, spans)
+
+
+# ---------------------------------------------------------------- one render per conversation
+
+_SKELETON_CONTENT = "\ue000{}\ue001"
+"""Message k's content in a skeleton: private-use characters no template treats specially."""
+_SKELETON_SPLIT = re.compile("\ue000(\\d+)\ue001")
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A conversation shape's masks, learnt once on contents replaced by placeholders.
+
+    `parts` is the full rendering as literal text and message indices (placeholders); `spans`
+    are trained spans as (part index, offset in that literal part).
+    """
+
+    parts: tuple[str | int, ...]
+    spans: tuple[tuple[tuple[int, int], tuple[int, int]], ...]
+    audit: dict[str, int]
+
+    def fill(self, contents: list[str]) -> tuple[str, tuple[Span, ...]]:
+        """The rendering with `contents` in place, and the spans moved with it."""
+        starts, pieces, at = [], [], 0
+        for part in self.parts:
+            piece = part if isinstance(part, str) else contents[part]
+            starts.append(at)
+            pieces.append(piece)
+            at += len(piece)
+        return "".join(pieces), tuple((starts[a] + da, starts[b] + db) for (a, da), (b, db) in self.spans)
+
+
+def _skeleton(renderer: ChatRenderer, roles: tuple[str, ...], tools: Any, options: MaskOptions) -> _Skeleton | None:
+    """Masks for this shape on placeholder contents; None when they are not one sequence of the full
+    rendering (split conversations and refusals take the per-turn method every time)."""
+    from pipeline.chat_template import RENDER_ERRORS
+
+    msgs = [{"role": role, "content": _SKELETON_CONTENT.format(k)} for k, role in enumerate(roles)]
+    try:
+        full = renderer.render_prepared(msgs, tools, False)
+        sequences, audit = _located(renderer, msgs, tools, [None] * len(msgs), full, options, "skeleton")
+    except (TemplateNotMaskable, *RENDER_ERRORS):
+        return None
+    if len(sequences) != 1 or sequences[0][0] != full:
+        return None
+    pieces = _SKELETON_SPLIT.split(full)  # literal, index, literal, index, ..., literal
+    parts = tuple(int(p) if k % 2 else p for k, p in enumerate(pieces))
+    bounds, at = [], 0
+    for index, part in enumerate(parts):
+        size = len(part) if isinstance(part, str) else len(_SKELETON_CONTENT.format(part))
+        bounds.append((at, index, isinstance(part, str)))
+        at += size
+    bounds.append((at, len(parts), True))
+
+    def where(offset: int) -> tuple[int, int] | None:
+        for start, index, literal in reversed(bounds):
+            if start <= offset:
+                return (index, offset - start) if literal or offset == start else None
+        return None
+
+    spans = [(where(a), where(b)) for a, b in sequences[0][1]]
+    if any(a is None or b is None for a, b in spans):
+        return None
+    parts += ("",)  # the end bound's part
+    return _Skeleton(parts, tuple(spans), audit)
+
+
+def _from_skeleton(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str,
+                   options: MaskOptions) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]] | None:
+    """Masks from the shape's skeleton when `full` is exactly the skeleton with this conversation's
+    contents in place (one string comparison proves the template treated them as opaque text);
+    None otherwise (tool calls, reasoning, names, contents the template reads, splits)."""
+    if any(m.keys() - {"role", "content"} or not isinstance(m.get("content"), str) for m in msgs):
+        return None
+    roles = tuple(m["role"] for m in msgs)
+    key = (options, roles, None if tools is None else json.dumps(tools, sort_keys=True))
+    cache = renderer.memo.setdefault("skeletons", {})
+    if key not in cache:
+        cache[key] = _skeleton(renderer, roles, tools, options)
+    skeleton = cache[key]
+    if skeleton is None:
+        return None
+    text, spans = skeleton.fill([m["content"] for m in msgs])
+    if text != full:
+        return None
+    return [(full, spans)], dict(skeleton.audit)

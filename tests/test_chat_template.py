@@ -326,3 +326,24 @@ def test_smollm2_template_on_real_data(smol, name):
         assert (trained == expected_assistant_mask(example.text, starts, record["messages"])).all(), record["id"]
         assistant = [m["content"] for m in record["messages"] if m["role"] == "assistant" and not m.get("tool_calls")]
         assert trained_pieces(smol, example) == [content + IM_END for content in assistant]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "llama3", "phi3", "mistral", "zephyr"])
+def test_one_render_skeleton_path_equals_the_per_turn_method(family, name):
+    """Conversations whose shape was learnt on placeholders are masked from one render; the result
+    must be exactly what rendering every turn's prompt gives."""
+    from pipeline.masking import _from_skeleton, _located
+
+    tokenizer, renderer = family(name)
+    records = read_real("alpaca_en_demo")[:80] + read_real("fastchat_dummy_conversation")[:80]
+    records += [{"messages": [{"role": "user", "content": "  padded  "}, {"role": "assistant", "content": " x "}]}]
+    used = 0
+    for record in records:
+        msgs, tools, thoughts = renderer.prepare(record["messages"], record.get("tools"))
+        full = renderer.render(record["messages"], record.get("tools"))
+        located = _located(renderer, msgs, tools, thoughts, full, MaskOptions(), "c")
+        fast = _from_skeleton(renderer, msgs, tools, full, MaskOptions())
+        if fast is not None:
+            used += 1
+            assert fast == located, record.get("id")
+    assert used >= len(records) // 2
