@@ -67,7 +67,8 @@ def test_demo_config_loads_with_overrides():
 
 
 @pytest.mark.parametrize("overrides, expected", [
-    (["data.maxlength=3"], "data.maxlength: unknown key; valid keys here: chat_template,"),
+    (["data.maxlength=3"], "data.maxlength: unknown key; valid keys here: "),
+    (["data.maxlength=3"], ", max_length, "),
     (["data.maxlength=3"], "Did you mean max_length?"),
     (["train.learnin_rate=0.1"], "train.learnin_rate: not a TRL SFTConfig field. Did you mean learning_rate?"),
     (["train.num_train_epochs=three"], "train.num_train_epochs: 'three' is not of type"),
