@@ -47,28 +47,51 @@ demo-data: data/demo/train.jsonl
 data/demo/train.jsonl data/demo/val.jsonl &: data/generate_demo.py $(STAMP)
 	$(PY) data/generate_demo.py --out-dir data/demo
 
+# Config sections as files: validate, pack and report read only the config's `model` and
+# `data`, so they depend on $(OUT)/config/{model,data}.json, not on $(CONFIG): editing a
+# `train` value re-runs train alone. The sections are refreshed each time make reads this
+# file (a fraction of a second: the `train` section is not checked there) and rewritten only
+# when their resolved content changed, so their mtime moves exactly when what those stages
+# read moves. A rule instead of this refresh would either re-run every time (a section left
+# unchanged stays older than $(CONFIG)) or need a stamp newer than the sections, and
+# `make -q` would never call the DAG up to date. Skipped for goals that read no config, and
+# before the venv exists (the rule below writes them once it does).
+SECTIONS := $(OUT)/config/model.json $(OUT)/config/data.json
+WRITE_SECTIONS = $(PY) -m stages.config_sections --config $(CONFIG) --out-dir $(OUT)/config
+ifneq ($(filter-out setup model demo-data test bench clean,$(MAKECMDGOALS)),)
+ifneq ($(wildcard $(STAMP)),)
+_sections_refresh := $(shell $(WRITE_SECTIONS))
+ifneq ($(.SHELLSTATUS),0)
+$(error $(CONFIG): cannot resolve its model and data sections (message above))
+endif
+endif
+endif
+
+$(SECTIONS) &: | $(STAMP)
+	$(WRITE_SECTIONS)
+
 # validate: raw JSONL -> $(OUT)/validated/{train,val}.jsonl (+ .rejects.jsonl, .validate.json)
 VALIDATED := $(OUT)/validated/train.validate.json $(OUT)/validated/val.validate.json
 validate: $(VALIDATED)
 
-$(OUT)/validated/%.validate.json: $(DATA)/%.jsonl $(MODEL) $(CONFIG)
+$(OUT)/validated/%.validate.json: $(DATA)/%.jsonl $(MODEL) $(SECTIONS)
 	$(SFTPACK) validate $< --out-dir $(OUT)/validated --config $(CONFIG)
 
 # pack: validated JSONL -> $(OUT)/packed/<fingerprint>/; the .path file records which folder.
 PACKED := $(OUT)/packed/train.path $(OUT)/packed/val.path
 pack: $(PACKED)
 
-$(OUT)/packed/%.path: $(OUT)/validated/%.validate.json $(CONFIG)
+$(OUT)/packed/%.path: $(OUT)/validated/%.validate.json $(SECTIONS)
 	mkdir -p $(@D)
 	$(SFTPACK) pack $(OUT)/validated/$*.jsonl --out-dir $(OUT)/packed --config $(CONFIG) | tee /dev/stderr | tail -n 1 > $@.tmp
 	mv $@.tmp $@
 
 report: $(OUT)/report/report.html
 
-$(OUT)/report/report.html: $(OUT)/validated/train.validate.json $(CONFIG)
+$(OUT)/report/report.html: $(OUT)/validated/train.validate.json $(SECTIONS)
 	$(SFTPACK) report $(DATA)/train.jsonl --config $(CONFIG) --out $@
 
-# train reads the packed folders named in the .path files; the run folder gets its own stamp.
+# train reads the packed folders named in the .path files and every section of the config.
 TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
 train: $(TRAINED)
 
@@ -77,16 +100,27 @@ $(TRAINED): $(PACKED) $(CONFIG)
 	  train --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
 	  data.validation=$$(cat $(OUT)/packed/val.path) train.output_dir=$(OUT)/runs/$(notdir $(basename $(CONFIG)))
 
-sanity: $(PACKED)
-	$(SFTPACK) sanity --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
+# sanity writes sanity.txt, then sanity.json. A FAIL exits 1 and .DELETE_ON_ERROR removes
+# sanity.json, so the next make runs the check again; sanity.txt keeps the failed report.
+SANITY := $(OUT)/sanity/sanity.json
+sanity: $(SANITY)
+
+$(SANITY): $(PACKED) $(CONFIG)
+	$(SFTPACK) sanity --config $(CONFIG) --out-dir $(@D) data.train=$$(cat $(OUT)/packed/train.path) \
 	  data.validation=$$(cat $(OUT)/packed/val.path)
 
-plan: $(OUT)/packed/train.path
-	$(SFTPACK) plan --model $(MODEL_DIR) --config $(CONFIG) --data $$(cat $<) --plot $(OUT)/plan/lr.png
+# plan writes lr.png, then plan.json (the --json object) last.
+PLANNED := $(OUT)/plan/plan.json
+plan: $(PLANNED)
+
+$(PLANNED): $(OUT)/packed/train.path $(CONFIG) $(MODEL)
+	$(SFTPACK) plan --model $(MODEL_DIR) --config $(CONFIG) --data $$(cat $<) --plot $(@D)/lr.png --write-json $@
 
 demo: $(TRAINED)
 
 test: $(STAMP) $(MODEL)
+	@# tests/test_ray.py runs its Ray cluster inside a network namespace (ip netns, iproute2)
+	command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
 	$(PY) -m pytest -q
 
 bench: $(STAMP) $(MODEL)

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from pipeline.config import write_config
-from pipeline.plan import PlanRequest, format_plan, make_plan, plan_config, plan_json, write_plot
+from pipeline.plan import PlanRequest, run
+from pipeline.plan_format import format_plan, plan_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", help="PNG of the LR per step for cosine, linear, constant-with-warmup")
     parser.add_argument("--json", action="store_true", help="print only the planned values as one JSON object")
     parser.add_argument("--write-config", help="write a run config YAML with the planned train values")
+    parser.add_argument("--write-json", help="also write the planned values (the --json object) to this file, last")
     parser.add_argument("--config", help="base run config: its model/data/train values fill what flags leave out")
 
 
@@ -29,19 +30,14 @@ def main(args: argparse.Namespace) -> int:
     request = PlanRequest(model=args.model, params=args.params, gpus=args.gpus,
                           per_device_batch=args.per_device_batch, target_batch=args.target_batch,
                           examples=args.examples, data=args.data, epochs=args.epochs, config=args.config)
-    plan = make_plan(request)
-    run_config = plan_config(plan) if args.write_config else None  # validated before writing anything
-    if args.plot:
-        write_plot(plan, args.plot)
-    if run_config is not None:
-        write_config(args.write_config, run_config)
+    plan = run(request, plot=args.plot, config_out=args.write_config, json_out=args.write_json)
     if args.json:
         print(json.dumps(plan_json(plan)))
         for note in plan.notes:  # stdout stays one JSON object
             print(f"note: {note}", file=sys.stderr)
     else:
         print(format_plan(plan))
-    for label, path in (("plot", args.plot), ("config", args.write_config)):
+    for label, path in (("plot", args.plot), ("config", args.write_config), ("json", args.write_json)):
         if path:
             print(f"wrote {label}: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0

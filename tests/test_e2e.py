@@ -1,4 +1,5 @@
-"""The DAG end to end: `make validate pack train` on tiny fixtures, then again: nothing rebuilt."""
+"""The DAG end to end: `make validate pack train` on tiny fixtures, then again: nothing rebuilt;
+then a `train` edit re-runs train only and a `data` edit re-packs."""
 
 from __future__ import annotations
 
@@ -56,3 +57,64 @@ def test_make_validate_pack_train_then_nothing_to_rebuild(tiny_model_dir, shared
     assert again.returncode == 0
     assert "sftpack" not in again.stdout, again.stdout  # no stage ran again
     assert _make("-q", "validate", "pack", "train", *variables).returncode == 0  # make agrees: up to date
+
+    _edits_rebuild_only_what_reads_them(config, out, variables)
+
+
+def _edits_rebuild_only_what_reads_them(config: Path, out: Path, variables: list[str]) -> None:
+    """After a full build: a `train` edit re-runs train alone, a `data` edit re-packs."""
+    # A training hyperparameter re-runs train only: validate and pack depend on the model and
+    # data sections ($(OUT)/config/{model,data}.json), which keep their mtime when unchanged.
+    upstream = [out / "config" / "model.json", out / "config" / "data.json",
+                *(out / "validated" / f"{split}.validate.json" for split in ("train", "val")),
+                *(out / "packed" / f"{split}.path" for split in ("train", "val"))]
+    before = {path: path.stat().st_mtime_ns for path in upstream}
+    trained = out / "runs" / "tiny" / "final" / "model.safetensors"
+    trained_at = trained.stat().st_mtime_ns
+    _edit(config, "train", learning_rate=2e-3)
+    retrain = _make("validate", "pack", "train", *variables)
+    assert retrain.returncode == 0, retrain.stdout[-3000:] + retrain.stderr[-3000:]
+    assert "train --config" in retrain.stdout  # the recipe echoes `sftpack \` then `train --config ...`
+    assert "sftpack validate" not in retrain.stdout and "sftpack pack" not in retrain.stdout
+    assert {path: path.stat().st_mtime_ns for path in upstream} == before
+    assert trained.stat().st_mtime_ns > trained_at
+
+    # A data value re-packs (into a new fingerprint folder), and train is out of date again;
+    # train itself is not re-run here, `make -q` shows it would be.
+    packed_before = (out / "packed" / "train.path").read_text()
+    _edit(config, "data", max_length=200)
+    repack = _make("pack", *variables)
+    assert repack.returncode == 0, repack.stdout[-3000:] + repack.stderr[-3000:]
+    assert "sftpack pack" in repack.stdout
+    assert (out / "packed" / "train.path").read_text() != packed_before
+    assert json.loads((out / "config" / "data.json").read_text())["max_length"] == 200
+    assert _make("-q", "train", *variables).returncode == 1
+
+
+def test_config_sections_are_rewritten_only_when_they_change(tmp_path):
+    """What make sees: a section file keeps its mtime until its resolved content changes."""
+    from pipeline.config_sections import write_sections
+
+    config, sections = tmp_path / "run.yaml", tmp_path / "config"
+    raw = {"model": {"name_or_path": "m"}, "data": {"max_length": 256}, "train": {"learning_rate": 1e-3}}
+    config.write_text(yaml.safe_dump(raw))
+    assert write_sections(config, sections) == [sections / "model.json", sections / "data.json"]
+    mtimes = {path: path.stat().st_mtime_ns for path in sections.iterdir()}
+
+    raw["train"]["learning_rate"] = 2e-3  # not a section validate or pack reads
+    raw["data"]["packing"] = True  # the default, written out: the resolved section is the same
+    config.write_text(yaml.safe_dump(raw))
+    assert write_sections(config, sections) == []
+    assert {path: path.stat().st_mtime_ns for path in sections.iterdir()} == mtimes
+
+    raw["data"]["max_length"] = 128
+    config.write_text(yaml.safe_dump(raw))
+    assert write_sections(config, sections) == [sections / "data.json"]
+    assert json.loads((sections / "data.json").read_text())["max_length"] == 128
+    assert (sections / "model.json").stat().st_mtime_ns == mtimes[sections / "model.json"]
+
+
+def _edit(config: Path, section: str, **values) -> None:
+    raw = yaml.safe_load(config.read_text())
+    raw[section].update(values)
+    config.write_text(yaml.safe_dump(raw))

@@ -10,21 +10,16 @@ import pytest
 import yaml
 
 from pipeline.errors import SftpackError
-from pipeline.plan import (
-    PLAN_KEYS,
-    SCHEDULES,
-    SIZE_TABLE,
-    PlanRequest,
-    count_parameters,
-    draw_schedules,
-    make_plan,
+from pipeline.plan import PlanRequest, make_plan
+from pipeline.plan_arithmetic import (
     micro_batches_per_epoch,
     optimizer_steps_per_epoch,
-    parse_params,
     plan_batch,
     total_steps,
     warmup_steps_for,
 )
+from pipeline.plan_format import PLAN_KEYS, SCHEDULES, draw_schedules
+from pipeline.plan_table import SIZE_TABLE, count_parameters, parse_params
 from stages.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -345,3 +340,12 @@ def test_errors_are_one_clear_message_exit_2(tmp_path, capsys, argv, message):
     assert code == 2
     assert out == ""
     assert err.count("\n") == 1 and err.startswith("sftpack plan: ") and message in err
+
+
+def test_write_json_is_the_json_object(tmp_path, capsys):
+    """`--write-json` (what `make plan` depends on) holds exactly what `--json` prints."""
+    out_file = tmp_path / "plan" / "plan.json"
+    code, out, err = run_cli(capsys, "--params", "7B", "--examples", 6400, "--json", "--write-json", out_file)
+    assert code == 0, err
+    assert json.loads(out_file.read_text()) == json.loads(out)
+    assert f"wrote json: {out_file}" in err
