@@ -1,5 +1,7 @@
-"""The tokenization floor: read JSONL, render every conversation once with the chat template,
-tokenize in batches with the fast tokenizer. No masks, no packing, nothing written.
+"""The preparation floor: read JSONL, render every conversation once with the compiled chat template
+(transformers' sandboxed environment, the variables apply_chat_template gives it), and call the
+Rust tokenizer's `encode_batch(texts, add_special_tokens=False)` per batch (offsets included, as
+exact masks need them). No masks, no packing, nothing written.
 
     .venv/bin/python bench/floor.py IN.jsonl --tokenizer models/smollm2-135m-instruct
 
@@ -30,9 +32,10 @@ def main() -> None:
     started = time.perf_counter()
     examples = tokens = 0
 
+    backend = tokenizer.backend_tokenizer
+
     def flush(texts: list[str]) -> int:
-        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
-        return sum(len(row) for row in ids)
+        return sum(len(encoding.ids) for encoding in backend.encode_batch(texts, add_special_tokens=False))
 
     texts: list[str] = []
     with open(args.input, "rb") as handle:

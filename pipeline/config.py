@@ -76,6 +76,12 @@ class DataConfig:
     """Path to a Jinja chat template overriding the tokenizer's own."""
     out_dir: str = "out"
     """Where validate/pack write when `train` is given raw JSONL."""
+    allow_rejects: bool = False
+    """Raw `train`/`validation` data with lines validate rejects: false stops with the rejects
+    file's path (as `make validate` stops); true trains on the kept lines, rejects counted."""
+    ray: str | None = None
+    """Ray cluster address for validate and pack (local, auto, HOST:PORT, ray://HOST:PORT); null runs
+    on this machine. The outputs are the same (README "More than one machine")."""
 
 
 @dataclass(frozen=True)

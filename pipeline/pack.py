@@ -1,6 +1,9 @@
-"""The pack stage: validated messages JSONL -> packed Arrow shard folder named by fingerprint.
+"""The pack stage: conversations -> packed Arrow shard folder named by fingerprint.
 
-    inputs ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
+    inputs ──readers.open_input (any container and layout, streamed in batches)──> records
+           ──validate's checks (schema, ROW_CHECKS, control tokens); a failing record is dropped
+             as rejected_<rule>──> checked records
+           ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
            ──best-fit-decreasing over lengths──> bins
            ──gather rows from the memory-mapped spill──> data-*.arrow, stats.parquet, manifest.json
 
@@ -8,11 +11,19 @@ Only lengths stay in memory for packing; token data goes to disk as it is produc
 output folder `out_dir/<fingerprint>/` is built under a temp name and renamed when complete,
 manifest last. Running again with the same inputs and options reuses it after checking every
 shard's checksum; a corrupt folder is rebuilt.
+
+Inputs are read as validate reads them (JSONL, .jsonl.gz/.zst, Parquet, a save_to_disk folder,
+a cached dataset; messages, sharegpt or alpaca layout), and every record gets validate's checks
+without the template one (encoding renders it anyway): pack never trusts its input, so a user
+turn holding `<|im_end|>\n<|im_start|>assistant\n` is never packed as a real turn boundary. The
+same data in any container or layout packs to the same input_ids and labels; the fingerprint
+covers the input's bytes as stored plus how they were read (layout, column map, split).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import multiprocessing
 import sys
 import time
@@ -27,9 +38,11 @@ from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
 from pipeline.masking import AUDIT_KEYS, MaskOptions
+from pipeline.messages import ROW_CHECKS, Check, RowError, control_token_check, schema_errors
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.progress import progress_bar
+from pipeline.readers import InputSource, ReadOptions
 from pipeline.shards import (
     IGNORE_INDEX,
     MANIFEST,
@@ -92,6 +105,9 @@ class PackConfig:
     """Conversations per tokenizer call."""
     shard_tokens: int = 32_000_000
     """Tokens per shard file (about 256 MB of ids and labels)."""
+    ray: str | None = None
+    """Encode and write on a Ray cluster (pipeline/distributed.py): local, auto, HOST:PORT or
+    ray://HOST:PORT; None runs here. The output is identical either way."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -114,7 +130,7 @@ class PackConfig:
         values = {"tokenizer": run_config.model.name_or_path, "max_length": data.max_length,
                   "chat_template": data.chat_template, "strategy": "bfd" if data.packing else "none",
                   "train_on": data.train_on, "turns": data.turns, "reasoning": data.reasoning,
-                  "truncation": data.truncation}
+                  "truncation": data.truncation, "ray": data.ray}
         return cls(**(values | overrides))
 
     def mask_options(self) -> MaskOptions:
@@ -122,9 +138,9 @@ class PackConfig:
         return MaskOptions(self.train_on, self.turns, self.reasoning)
 
     def output_options(self) -> dict[str, Any]:
-        """The options that change the output (num_proc, threads and batch_size do not)."""
+        """The options that change the output (num_proc, threads, batch_size and ray do not)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("num_proc", "threads", "batch_size", "tokenizer")}
+                if k not in ("num_proc", "threads", "batch_size", "tokenizer", "ray")}
 
 
 # ---------------------------------------------------------------- encoding (per process)
@@ -143,32 +159,71 @@ def max_token_chars(tokenizer) -> int:
     return max(len(tokenizer.convert_tokens_to_string([token])) for token in vocab if token is not None)
 
 
-def _encode_lines(batch: tuple[str, str, list[tuple[int, bytes]]]) -> dict[str, Any]:
-    """Encode one batch of (line number, raw line) from one input file.
+Batch = tuple[str, str, list[tuple[int, "dict | None", "RowError | None"]]]
+"""(input file name, example-id stem, [(line or row number, record in messages form, reader's error)])."""
 
-    Returns the spill record batch (kept examples only) and one stats entry per line.
+
+def first_reject(record: dict | None, error: RowError | None, checks: list[Check]) -> RowError | None:
+    """The first problem validate would report for one record, or None when validate keeps it.
+
+    The same layers in the same order as validate's `check_row` (the reader's parse or conversion
+    error, the JSON Schema, then `checks`), stopping at the first error: pack and report count a
+    record once, under its first rule.
+
+    Args:
+        record: the record in messages form; None when it could not be read or converted.
+        error: the reader's error for it (`Row.error`), if any.
+        checks: conversation checks for a schema-valid record, in order (ROW_CHECKS, then
+            control_token_check for the tokenizer in use).
+
+    Returns:
+        The first RowError, or None.
     """
-    from pipeline.masking import TemplateNotMaskable, encode_batch
-    from pipeline.messages import parse_line
+    if error is not None:
+        return error
+    errors = schema_errors(record)  # the fast path decides almost every row; jsonschema only for bad ones
+    if errors:
+        return errors[0]
+    for check in checks:
+        for found in check(record):
+            return found
+    return None
 
-    cfg: PackConfig = _WORKER["cfg"]
-    input_name, stem, lines = batch
+
+def _check_rows(input_name: str, stem: str, rows: list) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:
+    """One stats entry per row, and (entry index, conversation) for the rows validate would keep.
+
+    A rejected row is dropped as `rejected_<rule>`, its rule and field kept for first_drops.
+    """
     records, stats = [], []
-    for line_no, raw in lines:
-        entry = {"example_id": f"{stem}:{line_no}", "source": None, "input": input_name, "line": line_no,
+    for number, record, error in rows:
+        entry = {"example_id": f"{stem}:{number}", "source": None, "input": input_name, "line": number,
                  "turns": 0, "sequences": 0, "tokens": 0, "trained_tokens": 0, "truncated": False,
                  "dropped": None}
-        record, errors = parse_line(raw)  # pack trusts validate's checks, but never crashes on a bad line
-        messages = record.get("messages") if record else None
-        if not isinstance(messages, list):
-            entry["dropped"] = "invalid_record"
-            entry["error"] = errors[0].message if errors else "no `messages` list"
+        reject = first_reject(record, error, _WORKER["checks"])
+        if reject is not None:
+            entry.update(dropped=f"rejected_{reject.rule}", rule=reject.rule,
+                         error=f"{reject.path or '(line)'}: {reject.message}")
         else:
+            messages = record["messages"]
             entry["example_id"] = str(record.get("id", entry["example_id"]))
             entry["source"] = None if record.get("source") is None else str(record["source"])
             entry["turns"] = len(messages)
             records.append((len(stats), {"messages": messages, "tools": record.get("tools")}))
         stats.append(entry)
+    return records, stats
+
+
+def _encode_lines(batch: Batch) -> dict[str, Any]:
+    """Check and encode one batch of rows from one input file.
+
+    Returns the spill record batch (kept examples only) and one stats entry per row.
+    """
+    from pipeline.masking import TemplateNotMaskable, encode_batch
+
+    cfg: PackConfig = _WORKER["cfg"]
+    input_name, stem, rows = batch
+    records, stats = _check_rows(input_name, stem, rows)
 
     max_chars = cfg.max_length * _WORKER["max_token_chars"] if cfg.truncation == "drop" else None
     encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.mask_options(),
@@ -237,19 +292,76 @@ def _spill_batch(ids: list[np.ndarray], labels: list[np.ndarray], example_ids: l
     )
 
 
-def _line_batches(inputs: list[Path], batch_size: int) -> Iterator[tuple[str, str, list[tuple[int, bytes]]]]:
-    """Stream (input name, stem, [(line number, raw bytes)]) batches; blank lines skipped."""
-    for path in inputs:
-        batch: list[tuple[int, bytes]] = []
-        with open(path, "rb") as handle:
-            for line_no, raw in enumerate(handle, start=1):
-                if raw.strip():
-                    batch.append((line_no, raw))
-                if len(batch) == batch_size:
-                    yield path.name, path.stem, batch
-                    batch = []
-        if batch:
-            yield path.name, path.stem, batch
+def _line_batches(sources: list[InputSource], batch_size: int) -> Iterator[Batch]:
+    """Stream every input's rows (readers: parsed and converted to messages form) in batches.
+
+    Blank lines are skipped. A batch names one file: the reader's batches of a folder or glob
+    may span two files, so they are split there (batch sizes do not change the output).
+
+    Args:
+        sources: the opened inputs, in order.
+        batch_size: rows per batch at most.
+
+    Returns:
+        An iterator of Batch.
+    """
+    for source in sources:
+        for rows in source.batches(batch_size):
+            for label, group in itertools.groupby(rows, key=lambda row: row.file):
+                yield label, example_stem(source, label), [(row.number, row.record, row.error) for row in group]
+
+
+def example_stem(source: InputSource, label: str) -> str:
+    """What names an example without an id, before `:line`: `x` for x.jsonl (x:12, as pack has
+    always named them); a file of a folder or glob is named under it (data/part-0:12), so ids
+    stay unique across its files."""
+    if len(source.files) <= 1:
+        return source.stem
+    return f"{source.stem}/{label.split('.', 1)[0]}"
+
+
+def _is_plain(source: InputSource) -> bool:
+    """A single messages JSONL file read as it is: identified and fingerprinted as pack always did."""
+    return source.container == "jsonl" and source.verbatim
+
+
+def input_identity(source: InputSource) -> dict[str, Any]:
+    """What a manifest records for one input.
+
+    Args:
+        source: the opened input.
+
+    Returns:
+        fingerprint.file_identity of a plain messages JSONL file (what pack has always recorded),
+        else `InputSource.identity()`: sha256 of the bytes as stored, lines or rows, container,
+        layout, column map and split.
+    """
+    return file_identity(source.files[0]) if _is_plain(source) else source.identity()
+
+
+def _fingerprint_input(source: InputSource, identity: dict[str, Any]) -> dict[str, Any]:
+    # A plain JSONL file keeps its old entry, so folders packed before stay reused. Anything else
+    # adds how it was read: the same bytes read with another layout, column map or split give
+    # other records. The stem names examples without an id, so it stands in for the file name.
+    if _is_plain(source):
+        return {"name": source.files[0].name, "sha256": identity["sha256"]}
+    reading = {key: identity.get(key) for key in ("container", "layout", "columns", "split")}
+    return {"name": source.stem, "sha256": identity["sha256"]} | reading
+
+
+def _open_sources(inputs: list[str | Path], read: ReadOptions) -> list[InputSource]:
+    """Open every input (readers.open_input); collect every problem and raise once (exit 2)."""
+    if not inputs:
+        raise SftpackError("pack: no input files given")
+    sources, problems = [], []
+    for spec in inputs:
+        try:
+            sources.append(read.open(spec))
+        except SftpackError as err:
+            problems.append(str(err))
+    if problems:
+        raise SftpackError("\n".join(problems))
+    return sources
 
 
 def _threaded_map(fn, items: Iterator, threads: int) -> Iterator:
@@ -272,7 +384,7 @@ def _threaded_map(fn, items: Iterator, threads: int) -> Iterator:
                 future.cancel()
 
 
-def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_path: Path,
+def _encode_all(sources: list[InputSource], cfg: PackConfig, spill_path: Path, stats_path: Path,
                 total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict], dict[str, int]]:
     """Encode every line into the spill file; return sequence lengths, drop counts, first errors
     and the audit counts (AUDIT_TOTALS)."""
@@ -281,7 +393,7 @@ def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_pat
     dropped: dict[str, int] = {}
     first_errors: list[dict] = []
     audit = dict.fromkeys(AUDIT_TOTALS, 0)
-    batches = _line_batches(inputs, cfg.batch_size)
+    batches = _line_batches(sources, cfg.batch_size)
     progress = progress_bar(total_lines, "pack: encode")
     with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as spill, \
             pq.ParquetWriter(str(stats_path), STATS_SCHEMA) as stats_writer:
@@ -307,7 +419,8 @@ def _encode_all(inputs: list[Path], cfg: PackConfig, spill_path: Path, stats_pat
                         dropped[reason] = dropped.get(reason, 0) + 1
                         if len(first_errors) < 20:
                             first_errors.append({"input": entry["input"], "line": entry["line"], "reason": reason,
-                                                 "message": entry.get("error", reason)})
+                                                 "message": entry.get("error", reason)}
+                                                | ({"rule": entry["rule"]} if "rule" in entry else {}))
                 stats_writer.write_table(pa.Table.from_pylist(result["stats"], schema=STATS_SCHEMA))
                 progress.update(len(result["stats"]))
         finally:
@@ -386,31 +499,16 @@ def _write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths
 
 # ---------------------------------------------------------------- the stage
 
-def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[str, Any]:
-    """Pack `inputs` into `out_dir/<fingerprint>/`, or reuse that folder when sound.
+def _fingerprint_of(sources: list[InputSource], cfg: PackConfig) -> tuple[str, list[dict], dict[str, str]]:
+    """The packed folder's fingerprint, the inputs' identities and the tokenizer files' hashes.
 
-    Args:
-        inputs: messages JSONL files (usually the validate stage's output).
-        out_dir: parent folder of packed folders.
-        cfg: pack options.
-
-    Returns:
-        The manifest, with `path` (the packed folder) and `reused` added.
+    Reuse is decided from file hashes alone: the tokenizer folder's files and the override
+    template stand in for the loaded tokenizer, so a reused run loads neither transformers nor
+    the template (the full tokenizer identity is still recorded in the manifest at build time).
 
     Raises:
-        SftpackError: missing input, unusable tokenizer or template, nothing left to pack.
+        SftpackError: no tokenizer folder, or no template file where one is named.
     """
-    started = time.time()
-    inputs = [Path(p) for p in inputs]
-    if not inputs:
-        raise SftpackError("pack: no input files given")
-    for path in inputs:
-        if not path.is_file():
-            raise SftpackError(f"{path}: input file not found")
-    out_dir = Path(out_dir)
-    # Reuse is decided from file hashes alone: the tokenizer folder's files and the override
-    # template stand in for the loaded tokenizer, so a reused run loads neither transformers nor
-    # the template (the full tokenizer identity is still recorded in the manifest at build time).
     tokenizer_path = Path(cfg.tokenizer)
     if not tokenizer_path.is_dir():
         raise SftpackError(f"{tokenizer_path}: tokenizer folder not found (--tokenizer)")
@@ -419,14 +517,38 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
         if not Path(cfg.chat_template).is_file():
             raise SftpackError(f"{cfg.chat_template}: chat template file not found")
         template_sha = sha256_file(cfg.chat_template)
-    input_ids = [file_identity(p) for p in inputs]
+    input_ids = [input_identity(source) for source in sources]
     tokenizer_files = tokenizer_files_identity(tokenizer_path)
     fp = fingerprint({
         "format": PACK_FORMAT_VERSION,
-        "inputs": [{"name": p.name, "sha256": i["sha256"]} for p, i in zip(inputs, input_ids)],
+        "inputs": [_fingerprint_input(source, i) for source, i in zip(sources, input_ids)],
         "tokenizer_files": tokenizer_files,
         "options": cfg.output_options() | {"chat_template": template_sha},
     })
+    return fp, input_ids, tokenizer_files
+
+
+def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
+        read: ReadOptions | None = None) -> dict[str, Any]:
+    """Pack `inputs` into `out_dir/<fingerprint>/`, or reuse that folder when sound.
+
+    Args:
+        inputs: files, folders, globs or dataset names in any layout (readers.open_input);
+            usually the validate stage's output. Records validate would reject are dropped.
+        out_dir: parent folder of packed folders.
+        cfg: pack options.
+        read: how inputs are read (layout, split, column map); auto-detected layout by default.
+
+    Returns:
+        The manifest, with `path` (the packed folder) and `reused` added.
+
+    Raises:
+        SftpackError: missing or unreadable input, unusable tokenizer or template, nothing left to pack.
+    """
+    started = time.time()
+    sources = _open_sources(list(inputs), read or ReadOptions())
+    out_dir = Path(out_dir)
+    fp, input_ids, tokenizer_files = _fingerprint_of(sources, cfg)
     folder = out_dir / fp
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -445,10 +567,13 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
     tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
     identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files}
     stop_ids = np.array([tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers], dtype=np.int32)
+    # validate's checks but the template one (encoding renders every record anyway); built once here,
+    # forked workers inherit them
+    checks = list(ROW_CHECKS) + [control_token_check(tokenizer)]
     _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer),
-                   stop_ids=stop_ids)
+                   stop_ids=stop_ids, checks=checks)
     try:
-        manifest = _build(folder, inputs, input_ids, identity, fp, cfg, started)
+        manifest = _build(folder, sources, input_ids, identity, fp, cfg, started, tokenizer_files)
     except OSError as err:  # disk full, file size limit, permissions: nothing is left behind
         raise SftpackError(f"{folder}: writing the packed folder failed: {err.strerror or err} "
                            f"({err.filename or 'shard data'}); free space or choose another --out-dir",
@@ -456,22 +581,35 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig) -> dict[
     return {**manifest, "path": str(folder), "reused": False}
 
 
-def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: dict, fp: str,
-           cfg: PackConfig, started: float) -> dict[str, Any]:
+def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], identity: dict, fp: str,
+           cfg: PackConfig, started: float, tokenizer_files: dict | None = None) -> dict[str, Any]:
     """Encode, pack and write the folder under a temp name; rename it into place last."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     with atomic_dir(folder) as tmp:
         spill_path = tmp / ".spill.arrow"
-        lengths, dropped, first_errors, audit = _encode_all(
-            inputs, cfg, spill_path, tmp / "stats.parquet", sum(i["lines"] for i in input_ids))
+        if cfg.ray:  # encode and write on a Ray cluster, the same bytes (pipeline/distributed.py)
+            from pipeline.distributed import RayPack
+
+            cluster = RayPack(tmp, sources, input_ids, cfg, tokenizer_files)
+            engine = cluster.engine
+            lengths, dropped, first_errors, audit = cluster.encode()
+        else:
+            engine = {"name": "local", "num_proc": cfg.num_proc, "threads": cfg.threads}
+            lengths, dropped, first_errors, audit = _encode_all(
+                sources, cfg, spill_path, tmp / "stats.parquet",
+                sum(i.get("lines", i.get("rows", 0)) for i in input_ids))
         if lengths.size == 0:
             raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
                                f"first: {first_errors[:3]}")
         bins = pack_bins(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
-        shards = _write_shards(tmp, spill_path, bins, lengths, cfg)
-        spill_path.unlink()
+        if cfg.ray:
+            shards = cluster.write_shards(bins, lengths)
+            cluster.close()
+        else:
+            shards = _write_shards(tmp, spill_path, bins, lengths, cfg)
+            spill_path.unlink()
         write_dataset_metadata(tmp, [s["file"] for s in shards], fp)
         stats = pq.read_table(tmp / "stats.parquet", columns=["truncated", "dropped"])
         tokens = int(lengths.sum())
@@ -485,6 +623,7 @@ def _build(folder: Path, inputs: list[Path], input_ids: list[dict], identity: di
             "inputs": input_ids,
             "tokenizer": identity,
             "options": dataclasses.asdict(cfg),
+            "engine": engine,  # information only: not in the fingerprint, the output is the same
             "shards": shards,
             "totals": {
                 "examples_read": stats.num_rows,

@@ -1,8 +1,8 @@
 """The report stage: a dataset QA report (one self-contained HTML file + report.json), no training.
 
-Raw messages JSONL:
+Raw conversations (any container and layout validate reads: pipeline/readers.py, streamed in batches):
 
-    x.jsonl --classify_line (the validate checks)--> rejects: counted per rule, lines kept
+    x.jsonl --readers, pack.first_reject (the validate checks)--> rejects: counted per rule, lines kept
             --encode_batch (template, mask, tokenize; batched)--> template errors join the rejects
             --conversation_facts + token counts--> examples table (polars, one row per valid example)
             --summaries, findings, plots--> report.json, report.html (written atomically)
@@ -40,10 +40,11 @@ import polars as pl
 from pipeline import __version__
 from pipeline.atomic import atomic_file, write_json
 from pipeline.errors import SftpackError
-from pipeline.fingerprint import file_identity
-from pipeline.messages import ROW_CHECKS, classify_line, control_token_check, conversation_hash
+from pipeline.messages import ROW_CHECKS, control_token_check, conversation_hash
+from pipeline.pack import example_stem, first_reject, input_identity
 from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
 from pipeline.progress import progress_bar
+from pipeline.readers import DATA_SUFFIXES, InputSource, ReadOptions, Row
 from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest
 
 PERCENTILES = (50, 90, 95, 99)
@@ -215,7 +216,9 @@ class _Scan:
             lines.append(where)
         self.reason_message.setdefault(rule, f"{where}: {message}")
 
-    def add(self, path: Path, line: int, record: dict, tokens: tuple[int, int, int] | None, script: str) -> None:
+    def add(self, where: tuple[str, str, int], record: dict, tokens: tuple[int, int, int] | None, script: str) -> None:
+        """Count one valid example; `where` is (input file name, example-id stem, line or row)."""
+        input_name, stem, line = where
         facts = conversation_facts(record)
         index = len(self.rows) + 1
         key = conversation_hash(record)
@@ -230,8 +233,8 @@ class _Scan:
         self.tools["tool_calls"] += facts["tool_calls"]
         self.tools["tool_results"] += facts["roles"]["tool"]
         self.rows.append({
-            "input": path.name, "line": line,
-            "example_id": str(record["id"]) if record.get("id") is not None else f"{path.stem}:{line}",
+            "input": input_name, "line": line,
+            "example_id": str(record["id"]) if record.get("id") is not None else f"{stem}:{line}",
             "source": str(record["source"]) if record.get("source") is not None else NO_SOURCE,
             "turns": facts["turns"], "tool_calls": facts["tool_calls"], "has_system": facts["system"] is not None,
             "shortest_answer_chars": facts["shortest_answer_chars"], "script": script,
@@ -242,23 +245,29 @@ class _Scan:
         })
 
 
-def _line_batches(path: Path, size: int) -> Iterator[list[tuple[int, bytes]]]:
-    batch: list[tuple[int, bytes]] = []
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            batch.append((line_no, raw))
-            if len(batch) == size:
-                yield batch
-                batch = []
-    if batch:
-        yield batch
+def _valid_rows(rows: list[Row], checks: list, scan: _Scan) -> list[Row]:
+    """The rows validate would keep; the others counted as rejects, blank lines as blank."""
+    valid = []
+    for row in rows:
+        if row.blank:
+            scan.counts["blank"] += 1
+            continue
+        scan.counts["lines"] += 1
+        error = first_reject(row.record, row.error, checks)  # a line counts once, under its first rule
+        if error is not None:
+            scan.reject(row.where(), error.rule, f"{error.path or '(line)'} {error.message}")
+        else:
+            valid.append(row)
+    return valid
 
 
-def scan_jsonl(paths: list[Path], cfg: ReportConfig, encoder: _Encoder | None) -> tuple[pl.DataFrame, _Scan]:
-    """Classify, encode and describe every line of `paths`.
+def scan_jsonl(inputs: list[InputSource | Path], cfg: ReportConfig,
+               encoder: _Encoder | None) -> tuple[pl.DataFrame, _Scan]:
+    """Check, encode and describe every record of `inputs`, streamed in batches.
 
     Args:
-        paths: messages JSONL files.
+        inputs: opened inputs (readers.open_input: any container and layout); a plain path is
+            opened with the default ReadOptions.
         cfg: the options.
         encoder: the tokenizer and template; None for no token counts (and no control-token check).
 
@@ -266,35 +275,25 @@ def scan_jsonl(paths: list[Path], cfg: ReportConfig, encoder: _Encoder | None) -
         (examples table in EXAMPLE_SCHEMA, one row per valid example in input order; the scan
         with counts, reject rules, roles, system prompts and tool counts).
     """
+    sources = [s if isinstance(s, InputSource) else ReadOptions().open(s) for s in inputs]
     checks = list(ROW_CHECKS) + ([control_token_check(encoder.tokenizer)] if encoder else [])
     scan = _Scan(cfg)
-    with progress_bar(sum(p.stat().st_size for p in paths), "report: scan", unit="B") as bar:
-        for path in paths:
-            for batch in _line_batches(path, cfg.batch_size):
-                valid: list[tuple[int, dict]] = []
-                for line_no, raw in batch:
-                    bar.update(len(raw))
-                    if not raw.strip():
-                        scan.counts["blank"] += 1
-                        continue
-                    scan.counts["lines"] += 1
-                    record, errors = classify_line(raw, checks)
-                    if errors:
-                        error = errors[0]  # a line counts once, under its first rule
-                        scan.reject(f"{path.name}:{line_no}", error.rule, f"{error.path or '(line)'} {error.message}")
-                    else:
-                        valid.append((line_no, record))
-                encoded = encoder.encode([r for _, r in valid]) if encoder else [None] * len(valid)
+    for source in sources:
+        with progress_bar(None, f"report: {source.name}", unit="ex") as bar:
+            for rows in source.batches(cfg.batch_size, blanks=True):
+                bar.update(len(rows))
+                valid = _valid_rows(rows, checks, scan)
+                encoded = encoder.encode([row.record for row in valid]) if encoder else [None] * len(valid)
                 kept = []
-                for (line_no, record), tokens in zip(valid, encoded):
+                for row, tokens in zip(valid, encoded):
                     if isinstance(tokens, str):
                         rule, message = tokens.split("\t", 1)
-                        scan.reject(f"{path.name}:{line_no}", rule, message)
+                        scan.reject(row.where(), rule, message)
                     else:
-                        kept.append((line_no, record, tokens))
+                        kept.append(((row.file, example_stem(source, row.file), row.number), row.record, tokens))
                 texts = ["\n".join(m["content"] for m in r["messages"]) for _, r, _ in kept]
-                for (line_no, record, tokens), script in zip(kept, dominant_scripts(texts)):
-                    scan.add(path, line_no, record, tokens, script)
+                for (where, record, tokens), script in zip(kept, dominant_scripts(texts)):
+                    scan.add(where, record, tokens, script)
     scan.counts["valid"] = len(scan.rows)
     return pl.DataFrame(scan.rows, schema=EXAMPLE_SCHEMA, orient="row") if scan.rows else \
         pl.DataFrame(schema=EXAMPLE_SCHEMA), scan
@@ -729,33 +728,45 @@ def render_html(report: dict[str, Any], plots: dict[str, str]) -> str:
 
 # ---------------------------------------------------------------- the stage
 
-def _check_inputs(paths: list[Path], out: Path) -> bool:
-    """Collect usage problems; return True for one packed folder, False for JSONL files."""
-    problems = []
-    if not paths:
-        problems.append("give at least one input JSONL file or one packed folder")
-    for path in paths:
-        if not path.exists():
-            problems.append(f"{path}: input not found")
-        elif path.is_dir() and not (path / MANIFEST).is_file():
-            problems.append(f"{path}: a folder without {MANIFEST}: not a packed folder (give the JSONL files inside)")
-    folders = [p for p in paths if p.is_dir()]
-    if folders and len(paths) > 1:
-        problems.append("give one packed folder, or JSONL files, not both or several folders")
+def _open_inputs(inputs: list[str | Path], out: Path, read: ReadOptions) -> tuple[Path | None, list[InputSource]]:
+    """Open the inputs, collecting every usage problem and raising once (exit 2).
+
+    Returns:
+        (the packed folder, []) for one packed folder, else (None, the inputs opened with `read`).
+    """
+    problems, sources, specs = [], [], [str(p) for p in inputs]
+    if not specs:
+        problems.append("give at least one input (JSONL, Parquet, a folder, a glob or a dataset name) or one "
+                        "packed folder")
+    packed = [Path(spec) for spec in specs if (Path(spec) / MANIFEST).is_file()]
+    if packed and len(specs) > 1:
+        problems.append("give one packed folder, or data inputs, not both or several packed folders")
+    for spec in specs if not packed else []:
+        if spec.endswith(DATA_SUFFIXES) and not Path(spec).exists() and not any(ch in spec for ch in "*?["):
+            problems.append(f"{spec}: input not found")  # a file name: never looked up as a dataset name
+            continue
+        try:
+            sources.append(read.open(spec))
+        except SftpackError as err:
+            folder = f"{spec}: not a packed folder (no {MANIFEST} inside); " if Path(spec).is_dir() else ""
+            problems.append(folder + str(err))
     if out.suffix.lower() != ".html":
         problems.append(f"--out {out}: expected an .html path (report.json is written beside it)")
     if problems:
         raise SftpackError("report: " + "\n  ".join(problems), exit_code=2)
-    return bool(folders)
+    return (packed[0] if packed else None), sources
 
 
-def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[str, Any]:
-    """Write the QA report of raw messages JSONL files or of one packed folder.
+def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig,
+        read: ReadOptions | None = None) -> dict[str, Any]:
+    """Write the QA report of raw conversations or of one packed folder.
 
     Args:
-        inputs: JSONL files, or one packed folder (`manifest.json` inside).
+        inputs: files, folders, globs or dataset names in any layout (readers.open_input), or
+            one packed folder (`manifest.json` inside).
         out: the HTML path; the same numbers go to `<out without .html>.json` beside it.
         cfg: the options. For a packed folder, max_length comes from its manifest.
+        read: how raw inputs are read (layout, split, column map); auto-detected layout by default.
 
     Returns:
         What report.json holds (plus `html` and `json`: the paths written).
@@ -765,10 +776,9 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
             unusable tokenizer or template; a table failing its pandera schema.
     """
     started = time.perf_counter()
-    paths, out = [Path(p) for p in inputs], Path(out)
-    packed = _check_inputs(paths, out)
-    if packed:
-        folder = paths[0]
+    out = Path(out)
+    folder, sources = _open_inputs(list(inputs), out, read or ReadOptions())
+    if folder is not None:
         manifest = read_manifest(folder) or {}
         max_length = int((manifest.get("options") or {}).get("max_length") or cfg.max_length)
         cfg = dataclasses.replace(cfg, max_length=max_length)
@@ -784,7 +794,7 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
                  "trained share": f"{report['rows']['trained_share']:.1%}"}
     else:
         encoder = _Encoder(cfg) if cfg.tokenizer else None
-        frame, scan = scan_jsonl(paths, cfg, encoder)
+        frame, scan = scan_jsonl(sources, cfg, encoder)
         mask_audit = encoder.audit if encoder else None
         from schemas.tables import ReportExamples, validate_table
 
@@ -796,7 +806,7 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
             from pipeline.fingerprint import tokenizer_identity
 
             identity = tokenizer_identity(encoder.tokenizer, encoder.renderer.template)
-        provenance = {"inputs": [file_identity(p) for p in paths], "tokenizer": identity}
+        provenance = {"inputs": [input_identity(source) for source in sources], "tokenizer": identity}
         row_tokens = None
         if with_tokens and frame.height:
             kept = kept_lengths(frame, cfg)["length"].to_numpy()
@@ -814,7 +824,7 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig) -> dict[st
     report["seconds"] = round(time.perf_counter() - started, 3)
     json_path = out.with_suffix(".json")
     write_json(json_path, report)
-    page = render_html(report | {"cards": cards, "inputs_label": ", ".join(map(str, paths))}, plots)
+    page = render_html(report | {"cards": cards, "inputs_label": ", ".join(map(str, inputs))}, plots)
     with atomic_file(out, "w", encoding="utf-8") as handle:
         handle.write(page)
     return report | {"html": str(out), "json": str(json_path)}

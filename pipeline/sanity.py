@@ -6,7 +6,8 @@
     report: trained spans marked [[...]], loss trajectory PASS/FAIL, peak memory, answers
 
 Training settings come from the config's `train` section with these replaced: max_steps,
-logging every step, no evaluation, no checkpoints, no trackers, output_dir/sanity.
+logging every step, no evaluation, no checkpoints, no trackers, output_dir/sanity (or
+`SanityConfig.out_dir`, which `make sanity` sets so make sees sanity.json).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class SanityConfig:
     """Training sequences printed with their trained spans marked."""
     max_new_tokens: int = 40
     """Length of the greedy answers to the held-out prompt."""
+    out_dir: str | None = None
+    """Where the short run and its sanity.{txt,json} go; None: the config's train.output_dir/sanity."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,7 +103,7 @@ def sanity_run_config(cfg: RunConfig, scfg: SanityConfig) -> RunConfig:
                 "save_steps", "save_total_limit", "resume_from_checkpoint", "num_train_epochs"):
         train.pop(key, None)
     train.update(
-        output_dir=str(Path(train.get("output_dir", "out/runs/run")) / "sanity"),
+        output_dir=scfg.out_dir or str(Path(train.get("output_dir", "out/runs/run")) / "sanity"),
         max_steps=scfg.steps, logging_steps=1, eval_strategy="no", save_strategy="no",
         report_to="none", logging_first_step=True,
     )
@@ -112,65 +115,87 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     """Train briefly and report; see the module docstring.
 
     Returns:
-        The report (also written as output_dir/sanity/sanity.json and sanity.txt): `passed`,
-        `verdict`, `losses`, `samples`, `prompt`, `answer_before`, `answer_after`, memory.
+        The report (also written as sanity.json and sanity.txt in the run's output_dir, see
+        `sanity_run_config`): `passed`, `verdict`, `losses`, `samples`, `prompt`,
+        `answer_before`, `answer_after`, memory.
 
     Raises:
         SftpackError: config, model or data problems.
     """
-    from pipeline.train import build_trainer, load_packed, prepare_data, rows_holding
+    from pipeline.train import build_trainer, prepare_data
 
     train_dir, val_dir = prepare_data(cfg)
-    session = build_trainer(sanity_run_config(cfg, scfg), train_examples=scfg.examples)
+    # Prepared once, through train's one path and reject policy: the trainer gets the packed folder.
+    prepared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=str(train_dir)))
+    session = build_trainer(sanity_run_config(prepared, scfg), train_examples=scfg.examples)
     trainer, tokenizer = session.trainer, session.trainer.processing_class
-    train_ds = trainer.train_dataset
+    prompt = _held_out(train_dir, val_dir, tokenizer, scfg.examples)
+    samples = _samples(trainer.train_dataset, tokenizer, scfg.samples)
 
-    # The held-out prompt: first validation sequence, else the first row after the subset.
+    before = greedy(trainer.model, tokenizer, prompt, scfg.max_new_tokens)
+    trainer.train()
+    after = greedy(trainer.model, tokenizer, prompt, scfg.max_new_tokens)
+
+    report = _report(session, samples, tokenizer.decode(prompt), before, after)
+    if trainer.is_world_process_zero():
+        _write_report(report, Path(trainer.args.output_dir))
+    return report
+
+
+def _held_out(train_dir: Path, val_dir: Path | None, tokenizer, examples: int) -> list[int]:
+    """The held-out prompt: the first validation sequence's, else the first row's after the subset."""
+    from pipeline.train import load_packed, rows_holding
+
     if val_dir is not None:
         held = load_packed(val_dir, tokenizer, "data.validation")[0]
     else:
         full = load_packed(train_dir, tokenizer, "data.train")
-        after = rows_holding(full, scfg.examples)
+        after = rows_holding(full, examples)
         held = full[after] if after < len(full) else full[0]
-    prompt = held_out_prompt(split_sequences(held)[0])
+    return held_out_prompt(split_sequences(held)[0])
 
-    samples = []
+
+def _samples(train_ds, tokenizer, count: int) -> list[str]:
+    """The first `count` training sequences with their trained spans marked [[...]]."""
+    samples: list[str] = []
     for row in train_ds:
         for sequence in split_sequences(row):
-            if len(samples) < scfg.samples:
-                samples.append(mark_trained(tokenizer, *sequence, color=False))
-    examples = sum(len(row) for row in train_ds["seq_lengths"])
+            if len(samples) == count:
+                return samples
+            samples.append(mark_trained(tokenizer, *sequence, color=False))
+    return samples
 
-    before = greedy(trainer.model, tokenizer, prompt, scfg.max_new_tokens)
-    trainer.train()
-    after_answer = greedy(trainer.model, tokenizer, prompt, scfg.max_new_tokens)
+
+def _report(session, samples: list[str], prompt: str, before: str, after: str) -> dict[str, Any]:
+    """The report of a finished short run (keys: see `run`)."""
+    trainer = session.trainer
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     if session.health.stopped_nonfinite:
         losses.append(math.nan)
     verdict, reason = loss_verdict(losses)
-
-    report = {
+    return {
         "passed": verdict == "PASS",
         "verdict": verdict,
         "reason": reason,
         "steps": trainer.state.global_step,
-        "rows": len(train_ds),
-        "examples": examples,
+        "rows": len(trainer.train_dataset),
+        "examples": sum(len(row) for row in trainer.train_dataset["seq_lengths"]),
         "losses": losses,
         "memory": peak_memory_mb(),
         "runtime": dataclasses.asdict(session.runtime),
         "samples": samples,
-        "prompt": tokenizer.decode(prompt),
+        "prompt": prompt,
         "answer_before": before,
-        "answer_after": after_answer,
+        "answer_after": after,
         "health_warnings": [dataclasses.asdict(w) for w in session.health.warnings],
     }
-    out = Path(trainer.args.output_dir)
-    if trainer.is_world_process_zero():
-        with atomic_file(out / "sanity.txt", "w", encoding="utf-8") as handle:
-            handle.write(format_report(report))
-        write_json(out / "sanity.json", report)
-    return report
+
+
+def _write_report(report: dict[str, Any], out: Path) -> None:
+    """sanity.txt, then sanity.json last: a make target on the JSON sees both complete."""
+    with atomic_file(out / "sanity.txt", "w", encoding="utf-8") as handle:
+        handle.write(format_report(report))
+    write_json(out / "sanity.json", report)
 
 
 def format_report(report: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """The train stage: packed shard folders -> a fine-tuned model, with TRL's SFTTrainer.
 
-    data.train / data.validation ──prepare_data──> packed folders (JSONL goes through
-                                                    validate + pack, reused by fingerprint)
+    data.train / data.validation ──prepare_data──> packed folders (raw data goes through
+                                                    validate + pack, reused by fingerprint;
+                                                    rejects stop it unless data.allow_rejects)
     model.name_or_path ──resolve_runtime, load_model──> model (dtype, attention), tokenizer
     train section + sftpack's settings ──sft_config──> SFTConfig
     PackedSFTTrainer(+ monitors).train() ──> output_dir/checkpoint-*, output_dir/final,
@@ -160,17 +161,20 @@ def is_packed_folder(path: str | Path) -> bool:
 
 
 def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
-    """Packed folders for `data.train` and `data.validation`.
+    """Packed folders for `data.train` and `data.validation`: the one way into training.
 
-    A packed folder is used as it is. A raw messages JSONL goes through validate and pack
-    into `data.out_dir` (`validated/`, `packed/`); pack reuses an existing folder with the
-    same fingerprint, so a second run re-tokenizes nothing.
+    A packed folder is used as it is. Anything else (a file, a folder or glob of data, a cached
+    dataset name; any layout validate reads, `data.format` naming it) goes through validate and
+    pack into `data.out_dir` (`validated/`, `packed/`); pack reuses an existing folder with the
+    same fingerprint, so a second run re-tokenizes nothing. One reject policy, `data.allow_rejects`:
+    false (default, as `make validate`) stops on a rejected line naming the rejects file.
 
-    Uses (imported lazily): pipeline.validate.run (rejected lines are counted and left
-    out; training goes on with the kept ones) and pipeline.pack.run (manifest with `path`).
+    Returns:
+        (train folder, validation folder or None).
 
     Raises:
-        SftpackError: data.train missing, or a path that is neither a file nor a packed folder.
+        SftpackError: data.train missing, an input that cannot be read, a folder left by a pack
+            that did not finish, rejected lines without data.allow_rejects, no valid line at all.
     """
     data = cfg.data
     if not data.train:
@@ -182,35 +186,48 @@ def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
 
 
 def _packed_path(key: str, value: str, cfg: RunConfig) -> Path:
+    """`value` itself when it is a packed folder, else what validate and pack make of it."""
     path = Path(value)
     if is_packed_folder(path):
         return path
-    if path.is_dir():
+    if path.is_dir() and (path / "stats.parquet").is_file():  # pack writes it; only a packed folder has one
         raise SftpackError(f"{key} {path}: a folder without {MANIFEST}; not a (complete) packed folder. "
-                           f"Re-run `sftpack pack`, or give the raw JSONL")
-    if not path.is_file():
-        raise SftpackError(f"{key} {path}: not found")
-    return _validate_and_pack(path, cfg)
+                           f"Re-run `sftpack pack`, or give the raw data")
+    return _validate_and_pack(key, value, cfg)
 
 
-def _validate_and_pack(raw: Path, cfg: RunConfig) -> Path:
-    """raw JSONL -> data.out_dir/validated/<name>.jsonl -> data.out_dir/packed/<fingerprint>/."""
+def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
+    """Raw data -> data.out_dir/validated/<name>.jsonl -> data.out_dir/packed/<fingerprint>/.
+
+    Raises:
+        SftpackError: unreadable input; rejected lines unless data.allow_rejects; no valid line.
+    """
     from pipeline import pack, validate
+    from pipeline.readers import ReadOptions
 
     out = Path(cfg.data.out_dir)
-    checked = validate.run([raw], out / "validated",
-                           validate.ValidateConfig(tokenizer=cfg.model.name_or_path, allow_rejects=True))
+    try:
+        checked = validate.run([spec], out / "validated", validate.ValidateConfig(
+            tokenizer=cfg.model.name_or_path, allow_rejects=cfg.data.allow_rejects), ReadOptions(cfg.data.format))
+    except SftpackError as err:
+        raise SftpackError(f"{key}: {err}", exit_code=err.exit_code) from None
     result = checked["files"][0]
     counts = result["counts"]
-    if counts["rejected"]:
-        logger.warning("%s: %d of %d lines rejected (see %s); training on the %d kept", raw, counts["rejected"],
-                       counts["read"], out / "validated" / result["outputs"]["rejects"]["path"], counts["kept"])
+    rejects = out / "validated" / result["outputs"]["rejects"]["path"]
     if not counts["kept"]:
-        raise SftpackError(f"{raw}: no valid line (all {counts['read']} rejected); see "
-                           f"{out / 'validated' / result['outputs']['rejects']['path']}")
+        raise SftpackError(f"{key} {spec}: no valid line (all {counts['read'] - counts['blank']} rejected); see "
+                           f"{rejects}", exit_code=1)
+    if counts["rejected"] and not cfg.data.allow_rejects:
+        rules = ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in counts.items() if k.startswith("rejected_"))
+        raise SftpackError(f"{key} {spec}: {counts['rejected']} of {counts['read']} lines rejected ({rules}); see "
+                           f"{rejects}. Fix or drop them, or set data.allow_rejects=true to train on the "
+                           f"{counts['kept']} kept", exit_code=1)
+    if counts["rejected"]:
+        logger.warning("%s: %d of %d lines rejected (see %s); training on the %d kept (data.allow_rejects)", spec,
+                       counts["rejected"], counts["read"], rejects, counts["kept"])
     kept = out / "validated" / result["outputs"]["kept"]["path"]
     manifest = pack.run([kept], out / "packed", pack.PackConfig.from_run_config(cfg))
-    logger.info("%s -> %s (%s)", raw, manifest["path"], "reused" if manifest.get("reused") else "packed")
+    logger.info("%s -> %s (%s)", spec, manifest["path"], "reused" if manifest.get("reused") else "packed")
     return Path(manifest["path"])
 
 

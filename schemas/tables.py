@@ -15,7 +15,18 @@ import polars as pl
 
 from pipeline.errors import SftpackError
 
-DROP_REASONS = ["invalid_record", "template_error", "too_long", "no_trained_tokens"]
+DROP_REASONS = [
+    "invalid_record",  # packed folders made before pack ran validate's checks
+    "template_error", "too_long", "no_trained_tokens",
+    # pack drops what validate rejects, under the first rule (tests/test_inputs_everywhere.py keeps this complete)
+    "rejected_invalid_utf8", "rejected_invalid_json", "rejected_not_object", "rejected_trailing_garbage",
+    "rejected_lone_surrogate", "rejected_schema_type", "rejected_schema_required", "rejected_schema_enum",
+    "rejected_schema_const", "rejected_schema_minItems", "rejected_schema_minLength", "rejected_no_assistant_turn",
+    "rejected_empty_assistant", "rejected_tool_calls_not_assistant", "rejected_reasoning_not_assistant",
+    "rejected_system_not_first", "rejected_tool_without_call", "rejected_role_order", "rejected_control_token",
+    "rejected_convert_missing", "rejected_convert_type", "rejected_convert_role", "rejected_convert_tool_call",
+    "rejected_convert_tools",
+]
 ROLES = ["system", "user", "assistant", "tool"]
 
 

@@ -1,4 +1,4 @@
-"""Command-line options for how raw conversations are read, shared by `validate` and `convert-data`."""
+"""Command-line options for how raw conversations are read, shared by validate, convert-data, pack and report."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`sftpack pack`: template, mask and pack messages JSONL into a reusable shard folder."""
+"""`sftpack pack`: check, template, mask and pack conversations (any container, any layout) into a reusable shard folder."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import argparse
 import sys
 
 from pipeline.errors import SftpackError
+from pipeline.readers import ReadOptions
 from pipeline.pack import PackConfig, audit_warnings, run
+from stages.input_options import add_input_arguments, read_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="messages JSONL files (validated)")
+    parser.add_argument("inputs", nargs="+", help="conversations as validate reads them: JSONL (.gz, .zst), Parquet, "
+                                                  "folders, globs or dataset names (usually validate's output)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
     parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
     parser.add_argument("--tokenizer", help="tokenizer (model) folder")
@@ -23,26 +26,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--turns", choices=["auto", "whole"],
                         help="auto: split where the template renders a turn unlike at inference; whole: as rendered")
     parser.add_argument("--reasoning", choices=["train", "mask", "drop"], help="assistant reasoning: train, mask or drop")
+    parser.add_argument("--ray", metavar="ADDRESS", help="encode and write on a Ray cluster: local, auto, HOST:PORT "
+                                                         "or ray://HOST:PORT (same output; README \"More than one machine\")")
+    add_input_arguments(parser)
 
 
-def pack_config(args: argparse.Namespace) -> PackConfig:
-    """Flags override the run config, which overrides PackConfig's defaults."""
+def pack_config(args: argparse.Namespace) -> tuple[PackConfig, ReadOptions]:
+    """Flags override the run config, which overrides PackConfig's defaults (and data.format --format's)."""
     flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template,
              "strategy": args.strategy, "train_on": args.train_on, "truncation": args.truncation,
              "turns": args.turns, "reasoning": args.reasoning,
-             "num_proc": args.num_proc}
+             "num_proc": args.num_proc, "ray": args.ray}
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.config:
         from pipeline.config import load_config
 
-        return PackConfig.from_run_config(load_config(args.config), **flags)
+        config = load_config(args.config)
+        return PackConfig.from_run_config(config, **flags), read_options(args, config.data.format)
     if "tokenizer" not in flags:
         raise SftpackError("pack: give --tokenizer PATH (or --config FILE with model.name_or_path)")
-    return PackConfig(**flags)
+    return PackConfig(**flags), read_options(args)
 
 
 def main(args: argparse.Namespace) -> int:
-    manifest = run(args.inputs, args.out_dir, pack_config(args))
+    manifest = run(args.inputs, args.out_dir, *pack_config(args))
     t = manifest["totals"]
     verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
     dropped = ", ".join(f"{k}={v}" for k, v in t["dropped"].items()) or "none"
@@ -56,5 +63,11 @@ def main(args: argparse.Namespace) -> int:
               f"{audit['split_extra_tokens']:,} extra tokens (--turns auto: every turn trained as the model writes it)")
     for warning in audit_warnings(audit):
         print(f"warning: {warning}", file=sys.stderr)
+    rejected = sum(v for k, v in t["dropped"].items() if k.startswith("rejected_"))
+    if rejected:  # pack never trains on what validate rejects; say where to look
+        first = next((d for d in manifest["first_drops"] if d["reason"].startswith("rejected_")), None)
+        where = f" (first: {first['input']}:{first['line']} [{first['rule']}] {first['message']})" if first else ""
+        print(f"warning: {rejected} examples failed validate's checks and were left out{where}; "
+              "`sftpack validate` lists them all", file=sys.stderr)
     print(manifest["path"])
     return 0

@@ -12,6 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=15, help="optimizer steps (10-20)")
     parser.add_argument("--examples", type=int, default=64, help="conversations to train on (50-100)")
     parser.add_argument("--max-new-tokens", type=int, default=40, help="length of the greedy answers")
+    parser.add_argument("--out-dir", help="where the run and sanity.{txt,json} go (default: train.output_dir/sanity)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -19,7 +20,8 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.sanity import SanityConfig, format_report, run
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
-    scfg = SanityConfig(steps=args.steps, examples=args.examples, max_new_tokens=args.max_new_tokens)
+    scfg = SanityConfig(steps=args.steps, examples=args.examples, max_new_tokens=args.max_new_tokens,
+                        out_dir=args.out_dir)
     report = run(load_config(args.config, args.overrides), scfg)
     print(format_report(report))
     return 0 if report["passed"] else 1

@@ -18,19 +18,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "data.format the default --format")
     parser.add_argument("--max-turn-chars", type=int, default=ValidateConfig.max_turn_chars,
                         help="warn about messages longer than this many characters")
+    parser.add_argument("--ray", metavar="ADDRESS", help="check on a Ray cluster: local, auto, HOST:PORT or "
+                                                         "ray://HOST:PORT (same outputs; README \"More than one machine\")")
     add_input_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        tokenizer, data_format = args.tokenizer, "auto"
+        tokenizer, data_format, ray = args.tokenizer, "auto", args.ray
         if args.config:
             from pipeline.config import load_config
 
             config = load_config(args.config)
             tokenizer, data_format = tokenizer or config.model.name_or_path, config.data.format
+            ray = ray or config.data.ray
         cfg = ValidateConfig(tokenizer=tokenizer, max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects)
-        result = run(args.inputs, args.out_dir, cfg, read_options(args, data_format))
+        if ray:  # the same outputs, checked on a Ray cluster
+            from pipeline.distributed_validate import run as run_on_ray
+
+            result = run_on_ray(args.inputs, args.out_dir, cfg, read_options(args, data_format), ray)
+        else:
+            result = run(args.inputs, args.out_dir, cfg, read_options(args, data_format))
     except OSError as err:
         print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2

@@ -83,7 +83,10 @@ def test_sanity_report_passes_on_a_learning_setup(tmp_path, tiny_model_dir, pack
 def test_sanity_exits_nonzero_when_training_diverges(tmp_path, tiny_model_dir, packed_chat, capsys):
     config = _config(tmp_path, tiny_model_dir, packed_chat)
     assert cli(["sanity", "--config", str(config), "train.learning_rate=1000.0", "--steps", "6",
-                "--examples", "20", "--max-new-tokens", "4"]) == 1
+                "--examples", "20", "--max-new-tokens", "4", "--out-dir", str(tmp_path / "checked")]) == 1
     out = capsys.readouterr().out
     assert "FAIL: " in out and ("did not decrease" in out or "non-finite" in out)
     assert "WARN step" in out and "grad norm" in out  # the health monitor saw it too
+    # --out-dir (what `make sanity` uses): the report goes there, not under train.output_dir.
+    assert json.loads((tmp_path / "checked" / "sanity.json").read_text())["verdict"] == "FAIL"
+    assert not (tmp_path / "run").exists()
