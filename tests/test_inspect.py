@@ -15,9 +15,9 @@ from pipeline.row_inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trai
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "conversations.jsonl"
 
 # Line 4 of the fixture, packed with SmolLM2's template (which adds its default system prompt):
-# only the answer and its <|im_end|> are trained.
+# only the answer and its <|im_end|> are trained. (Lines 8 and 9 fail validate's checks, so pack drops them.)
 EXPECTED_R4 = """\
-══ row 3: 123/128 tokens, 3 sequences, 13 trained ══
+══ row 3: 121/128 tokens, 3 sequences, 18 trained ══
 ── example r4 (42 tokens, 3 trained) ──
 <|im_start|>system
 You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>

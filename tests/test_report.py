@@ -162,7 +162,7 @@ def test_packed_folder_report(tmp_path, model_dir):
 # ---------------------------------------------------------------- the tables against their schemas
 
 def _examples_table() -> pl.DataFrame:
-    from pipeline.report import scan_jsonl
+    from pipeline.report_scan import scan_jsonl
 
     frame, _ = scan_jsonl([FIXTURE], ReportConfig(), None)
     return frame

@@ -21,8 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pipeline.report as report_module
-from pipeline.report import EXAMPLE_SCHEMA, ReportConfig, findings, run
+import pipeline.report_findings as report_findings
+import pipeline.report_html as report_html
+from pipeline.report import ReportConfig, run
+from pipeline.report_findings import findings
+from pipeline.report_scan import EXAMPLE_SCHEMA
 
 # No "<" so no text can spell a control token (`<|im_end|>`); Cyrillic and Han for the script mix.
 ALPHABET = list("abcdeXYZ019 ,.!?-_'") + ["é", "д", "ж", "中"]
@@ -199,7 +202,7 @@ def _no_png(fig) -> str:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=datasets())
 def test_counts_match_the_generated_file_without_tokenizer(lines):
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_module, "_png", _no_png):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_html, "_png", _no_png):
         path = write_lines(Path(tmp) / "gen.jsonl", lines)
         result = run([path], Path(tmp) / "report.html", ReportConfig(examples=100))
         check_report(result, expected(path.name, lines))
@@ -212,7 +215,7 @@ def test_counts_match_the_generated_file_without_tokenizer(lines):
 def test_counts_and_tokens_with_the_tokenizer(model_dir, lines, max_length, train_on, truncation):
     cfg = ReportConfig(tokenizer=str(model_dir), max_length=max_length, train_on=train_on, truncation=truncation,
                        examples=100)
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_module, "_png", _no_png):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_html, "_png", _no_png):
         path = write_lines(Path(tmp) / "gen.jsonl", lines)
         result = run([path], Path(tmp) / "report.html", cfg)
         check_report(result, expected(path.name, lines))
@@ -283,7 +286,7 @@ def test_where_survives_an_empty_chunk_left_by_a_filter():
 
     frame = pl.concat([part(range(1, 5)), part(range(5, 9))], rechunk=False)
     mask = pl.Series([False] * 5 + [True] * 3)
-    assert report_module._where(frame, mask, ReportConfig()) == ["a.jsonl:6", "a.jsonl:7", "a.jsonl:8"]
+    assert report_findings._where(frame, mask, ReportConfig()) == ["a.jsonl:6", "a.jsonl:7", "a.jsonl:8"]
 
 
 def test_findings_name_repeats_late_in_a_large_frame():
