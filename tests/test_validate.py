@@ -341,3 +341,16 @@ def test_killed_run_leaves_no_output_that_looks_complete(tmp_path, big_file):
     assert (out / "big.jsonl").stat().st_size < 10_000
     run([MIXED], out, ValidateConfig())  # a later run clears the dead run's temp files
     assert not [p for p in out.iterdir() if p.name.startswith(".incomplete-")]
+
+
+def test_reasoning_fields_are_strings_on_assistant_turns_only():
+    from pipeline.messages import classify_line
+
+    def rules(messages):
+        return [(e.rule, e.path) for e in classify_line(json.dumps({"messages": messages}).encode())[1]]
+
+    user, answer = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}
+    assert rules([user, answer | {"reasoning_content": "Greet back."}]) == []
+    assert rules([user, answer | {"thinking": "Greet back."}]) == []
+    assert rules([user | {"reasoning": "x"}, answer]) == [("reasoning_not_assistant", "/messages/0/reasoning")]
+    assert rules([user, answer | {"reasoning_content": 3}]) == [("schema_type", "/messages/1/reasoning_content")]
