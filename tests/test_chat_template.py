@@ -332,7 +332,8 @@ def test_smollm2_template_on_real_data(smol, name):
 def test_one_render_skeleton_path_equals_the_per_turn_method(family, name):
     """Conversations whose shape was learnt on placeholders are masked from one render; the result
     must be exactly what rendering every turn's prompt gives."""
-    from pipeline.masking import _from_skeleton, _located
+    from pipeline.one_render import from_skeleton
+    from pipeline.turn_targets import located_sequences
 
     tokenizer, renderer = family(name)
     records = read_real("alpaca_en_demo")[:80] + read_real("fastchat_dummy_conversation")[:80]
@@ -341,8 +342,8 @@ def test_one_render_skeleton_path_equals_the_per_turn_method(family, name):
     for record in records:
         msgs, tools, thoughts = renderer.prepare(record["messages"], record.get("tools"))
         full = renderer.render(record["messages"], record.get("tools"))
-        located = _located(renderer, msgs, tools, thoughts, full, MaskOptions(), "c")
-        fast = _from_skeleton(renderer, msgs, tools, full, MaskOptions())
+        located = located_sequences(renderer, msgs, tools, thoughts, full, MaskOptions(), "c")
+        fast = from_skeleton(renderer, msgs, tools, full, MaskOptions())
         if fast is not None:
             used += 1
             assert fast == located, record.get("id")
