@@ -122,7 +122,8 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     Raises:
         SftpackError: config, model or data problems.
     """
-    from pipeline.train import build_trainer, prepare_data
+    from pipeline.train_data import prepare_data
+    from pipeline.trainer import build_trainer
 
     train_dir, val_dir = prepare_data(cfg)
     # Prepared once, through train's one path and reject policy: the trainer gets the packed folder.
@@ -144,7 +145,7 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
 
 def _held_out(train_dir: Path, val_dir: Path | None, tokenizer, examples: int) -> list[int]:
     """The held-out prompt: the first validation sequence's, else the first row's after the subset."""
-    from pipeline.train import load_packed, rows_holding
+    from pipeline.train_data import load_packed, rows_holding
 
     if val_dir is not None:
         held = load_packed(val_dir, tokenizer, "data.validation")[0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.readers import FORMATS, TARGETS, ColumnMap, ReadOptions, parse_role_map
+from pipeline.input_layouts import FORMATS, TARGETS, ColumnMap, parse_role_map
+from pipeline.readers import ReadOptions
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:

@@ -204,7 +204,8 @@ def _schema_keywords(node) -> set[str]:
 
 
 def test_drop_reasons_name_every_rule_pack_can_reject_under():
-    rules = _rules_in(REPO / "pipeline" / "messages.py") | _rules_in(REPO / "pipeline" / "readers.py")
+    rules = set().union(*(_rules_in(REPO / "pipeline" / name)
+                          for name in ("messages.py", "readers.py", "input_layouts.py")))
     rules -= {"too_many_errors", "template_error", "reserved_key"}  # first rule only; pack renders; validate writes
     schema = json.loads((REPO / "schemas" / "messages.schema.json").read_text(encoding="utf-8"))
     rules |= {f"schema_{keyword}" for keyword in _schema_keywords(schema)}
@@ -220,7 +221,7 @@ def _run_config(model_dir: Path, train: str, out: Path, **data) -> RunConfig:
 
 
 def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
-    from pipeline.train import prepare_data
+    from pipeline.train_data import prepare_data
 
     raw = _bad_file(tmp_path)
     with pytest.raises(SftpackError) as caught:
@@ -235,13 +236,13 @@ def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
 
 
 def test_train_and_sanity_prepare_any_layout_once(shared_data, model_dir, tmp_path, monkeypatch):
-    from pipeline import sanity, train, validate as validate_module
+    from pipeline import sanity, train_data, trainer, validate as validate_module
     from pipeline.sanity import SanityConfig
 
     original = _real(shared_data, tmp_path, "fastchat_dummy_conversation", 80)
     parquet = _rewritten(original, _as_sharegpt, tmp_path / "pq", "parquet")
     direct = pack([original], tmp_path / "direct", PackConfig(tokenizer=str(model_dir), max_length=256))
-    folder, _ = train.prepare_data(_run_config(model_dir, str(parquet), tmp_path / "out", format="sharegpt"))
+    folder, _ = train_data.prepare_data(_run_config(model_dir, str(parquet), tmp_path / "out", format="sharegpt"))
     assert _rows(str(folder)) == _rows(direct["path"])  # validated (normalised) then packed: the same rows
 
     calls, seen = [], []
@@ -253,10 +254,10 @@ def test_train_and_sanity_prepare_any_layout_once(shared_data, model_dir, tmp_pa
 
     def fake_build_trainer(cfg, **kwargs):
         seen.append(cfg)
-        train.prepare_data(cfg)  # what build_trainer does first
+        train_data.prepare_data(cfg)  # what build_trainer does first
         raise Stop
 
-    monkeypatch.setattr(train, "build_trainer", fake_build_trainer)
+    monkeypatch.setattr(trainer, "build_trainer", fake_build_trainer)
     with pytest.raises(Stop):
         sanity.run(_run_config(model_dir, str(parquet), tmp_path / "out"), SanityConfig())
     assert calls == [[str(parquet)]]  # validated once, through train's path

@@ -18,12 +18,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline import readers
 from pipeline.convert_data import ConvertConfig
 from pipeline.convert_data import run as convert
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import file_identity
-from pipeline.readers import ColumnMap, ReadOptions, open_input, parse_role_map
+from pipeline.input_layouts import convert_alpaca, parse_role_map
+from pipeline.readers import ColumnMap, ReadOptions, open_input
 from pipeline.validate import ValidateConfig
 from pipeline.validate import run as validate
 from stages.cli import main as cli
@@ -104,17 +104,17 @@ def test_sharegpt_call_lists_string_arguments_and_errors(tmp_path):
 def test_alpaca_rules():
     record = {"instruction": "Translate.", "input": "Hallo", "output": "Hello", "system": "Be exact.",
               "history": [["Hi", "Hello!"]], "source": "alp"}
-    converted, error = readers.convert_alpaca(record, ColumnMap())
+    converted, error = convert_alpaca(record, ColumnMap())
     assert error is None and converted == {"source": "alp", "messages": [
         {"role": "system", "content": "Be exact."},
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": "Translate.\nHallo"},  # LLaMA-Factory's single "\n"
         {"role": "assistant", "content": "Hello"}]}
-    converted, _ = readers.convert_alpaca({"instruction": "Name a color.", "input": "", "output": "Red"}, ColumnMap())
+    converted, _ = convert_alpaca({"instruction": "Name a color.", "input": "", "output": "Red"}, ColumnMap())
     assert converted["messages"][0] == {"role": "user", "content": "Name a color."}
-    _, error = readers.convert_alpaca({"instruction": "x", "output": "y", "history": [["only one"]]}, ColumnMap())
+    _, error = convert_alpaca({"instruction": "x", "output": "y", "history": [["only one"]]}, ColumnMap())
     assert (error.path, error.rule) == ("/history/0", "convert_type")
-    _, error = readers.convert_alpaca({"instruction": "x"}, ColumnMap())
+    _, error = convert_alpaca({"instruction": "x"}, ColumnMap())
     assert (error.path, error.rule) == ("/output", "convert_missing")
 
 

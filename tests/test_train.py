@@ -22,7 +22,9 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 from pipeline.config import ModelConfig, MonitorConfig, build_config
 from pipeline.errors import SftpackError
 from pipeline.monitoring import HealthCallback
-from pipeline.train import FINAL_DIR, RUN_CONFIG, RUN_MANIFEST, Runtime, resolve_runtime, run, sft_config
+from pipeline.train import FINAL_DIR, RUN_CONFIG, RUN_MANIFEST, run
+from pipeline.train_args import sft_config
+from pipeline.train_runtime import Runtime, resolve_runtime
 from stages.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
