@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 
 model: $(MODEL)
 
-$(MODEL): $(STAMP) pipeline/model_convert.py
+$(MODEL): $(STAMP) pipeline/convert.py
 	$(SFTPACK) convert --out $(MODEL_DIR)
 	touch $@  # a reused conversion keeps its old time; make must see it as up to date
 

@@ -20,14 +20,16 @@ import numpy as np
 
 from pipeline.errors import SftpackError
 from pipeline.one_render import from_skeleton
-from pipeline.shards import IGNORE_INDEX
 from pipeline.turn_targets import AUDIT_KEYS, MaskOptions, Span, TemplateNotMaskable, located_sequences
 
-__all__ = ["AUDIT_KEYS", "MaskOptions", "TemplateNotMaskable", "conversation_sequences", "encode_batch",
+__all__ = ["AUDIT_KEYS", "IGNORE_INDEX", "MaskOptions", "TemplateNotMaskable", "conversation_sequences", "encode_batch",
            "token_mask", "EncodedExample", "EncodedSequence"]
 
 if TYPE_CHECKING:
     from pipeline.chat_template import ChatRenderer
+
+IGNORE_INDEX = -100
+"""The label of a token that is not trained (PyTorch's cross-entropy ignore_index, TRL's convention)."""
 
 
 @dataclass(frozen=True)

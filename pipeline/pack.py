@@ -37,14 +37,13 @@ import pyarrow as pa
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
-from pipeline.masking import AUDIT_KEYS, MaskOptions
+from pipeline.masking import AUDIT_KEYS, IGNORE_INDEX, MaskOptions
 from pipeline.messages import ROW_CHECKS, Check, RowError, control_token_check, schema_errors
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.progress import progress_bar
 from pipeline.readers import InputSource, ReadOptions
 from pipeline.shards import (
-    IGNORE_INDEX,
     MANIFEST,
     ROW_SCHEMA,
     read_manifest,

@@ -31,7 +31,7 @@ from pipeline.messages import ROW_CHECKS, control_token_check, conversation_hash
 from pipeline.pack import example_stem, first_reject
 from pipeline.progress import progress_bar
 from pipeline.readers import InputSource, ReadOptions, Row
-from pipeline.shards import IGNORE_INDEX
+from pipeline.masking import IGNORE_INDEX
 
 PERCENTILES = (50, 90, 95, 99)
 SCRIPTS = {  # name -> Rust regex class (polars str.count_matches), checked in this order

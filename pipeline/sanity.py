@@ -26,8 +26,8 @@ from pipeline.atomic import atomic_file, write_json
 from pipeline.config import RunConfig
 from pipeline.errors import SftpackError
 from pipeline.generation import greedy
-from pipeline.row_inspect import mark_trained
-from pipeline.shards import IGNORE_INDEX
+from pipeline.inspect import mark_trained
+from pipeline.masking import IGNORE_INDEX
 
 # "Decreased": the mean of the last ENDS losses is at least MIN_DECREASE below the median of
 # the first ENDS (a median, so one early spike cannot fake a decrease).

@@ -21,9 +21,9 @@ import pyarrow as pa
 
 from pipeline.atomic import write_json
 from pipeline.fingerprint import sha256_file
+from pipeline.masking import IGNORE_INDEX
 
 MANIFEST = "manifest.json"
-IGNORE_INDEX = -100
 ROW_SCHEMA = pa.schema(
     [
         ("input_ids", pa.list_(pa.int32())),

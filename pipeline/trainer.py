@@ -20,7 +20,7 @@ from trl import SFTTrainer
 
 from pipeline.config import RunConfig
 from pipeline.monitoring import HealthCallback, MetricsCallback, TokenCounter
-from pipeline.shards import IGNORE_INDEX
+from pipeline.masking import IGNORE_INDEX
 from pipeline.train_args import sft_config
 from pipeline.train_data import load_packed, prepare_data, rows_holding
 from pipeline.train_runtime import Runtime, load_model, resolve_runtime

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.model_convert import convert
+from pipeline.convert import convert
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.config import build_config, load_config
 from pipeline.errors import SftpackError
-from pipeline.model_convert import convert, gguf_path
+from pipeline.convert import convert, gguf_path
 from tests.conftest import REPO
 
 

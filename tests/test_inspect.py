@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import SftpackError
-from pipeline.row_inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trained, run
+from pipeline.inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trained, run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "conversations.jsonl"
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pipeline.errors import SftpackError
-from pipeline.row_inspect import mark_trained
+from pipeline.inspect import mark_trained
 from pipeline.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
 from stages.cli import main as cli
 

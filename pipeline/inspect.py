@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import SftpackError
-from pipeline.shards import IGNORE_INDEX, MANIFEST, read_manifest
+from pipeline.masking import IGNORE_INDEX
+from pipeline.shards import MANIFEST, read_manifest
 
 OPEN, CLOSE = "[[", "]]"
 ANSI_OPEN, ANSI_CLOSE = "\x1b[1;32m", "\x1b[0m"
