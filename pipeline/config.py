@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
+from pipeline.data_options import DEFAULT_MAX_LENGTH
 from pipeline.errors import SftpackError
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "run_config.schema.json"
@@ -59,7 +60,7 @@ class DataConfig:
     """Same as `train`, for evaluation; null for no evaluation."""
     format: str = "auto"
     """Layout of raw inputs: auto (from the first record's keys) | messages | sharegpt | alpaca (pipeline/readers.py)."""
-    max_length: int = 1024
+    max_length: int = DEFAULT_MAX_LENGTH
     """Longest packed row in tokens; also the longest example kept."""
     packing: bool = True
     """Best-fit-decreasing packing of several examples per row; false: one example per row."""

@@ -37,6 +37,8 @@ import pyarrow as pa
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
+from pipeline.data_options import DEFAULT_MAX_LENGTH, data_values
+from pipeline.data_options import problems as data_problems
 from pipeline.masking import AUDIT_KEYS, IGNORE_INDEX, MaskOptions
 from pipeline.messages import ROW_CHECKS, Check, RowError, control_token_check, schema_errors
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
@@ -79,7 +81,7 @@ STATS_SCHEMA = pa.schema(
 class PackConfig:
     tokenizer: str
     """Tokenizer folder (usually the model folder)."""
-    max_length: int = 1024
+    max_length: int = DEFAULT_MAX_LENGTH
     """Longest row in tokens; longer examples are dropped or truncated."""
     chat_template: str | None = None
     """Path to a Jinja chat template that replaces the tokenizer's own."""
@@ -109,14 +111,7 @@ class PackConfig:
     ray://HOST:PORT; None runs here. The output is identical either way."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.strategy not in ("bfd", "none"):
-            problems.append(f"strategy {self.strategy!r}: expected bfd or none")
-        problems += self.mask_options().problems()
-        if self.truncation not in ("drop", "truncate"):
-            problems.append(f"truncation {self.truncation!r}: expected drop or truncate")
-        if self.max_length < 8:
-            problems.append(f"max_length {self.max_length}: must be at least 8")
+        problems = data_problems(dataclasses.asdict(self))
         if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
             problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
         if problems:
@@ -125,12 +120,7 @@ class PackConfig:
     @classmethod
     def from_run_config(cls, run_config: Any, **overrides: Any) -> "PackConfig":
         """The pack options a run config implies (model.name_or_path, data.*), then `overrides`."""
-        data = run_config.data
-        values = {"tokenizer": run_config.model.name_or_path, "max_length": data.max_length,
-                  "chat_template": data.chat_template, "strategy": "bfd" if data.packing else "none",
-                  "train_on": data.train_on, "turns": data.turns, "reasoning": data.reasoning,
-                  "truncation": data.truncation, "ray": data.ray}
-        return cls(**(values | overrides))
+        return cls(**data_values(run_config, {"ray": run_config.data.ray} | overrides))
 
     def mask_options(self) -> MaskOptions:
         """The options that decide which tokens are trained."""

@@ -16,6 +16,7 @@ Definitions (also in report.json):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections import Counter
@@ -26,6 +27,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from pipeline.data_options import DEFAULT_MAX_LENGTH
+from pipeline.data_options import problems as data_problems
 from pipeline.errors import SftpackError
 from pipeline.messages import ROW_CHECKS, control_token_check, conversation_hash
 from pipeline.pack import example_stem, first_reject
@@ -65,7 +68,7 @@ EXAMPLE_SCHEMA = {
 class ReportConfig:
     tokenizer: str | None = None
     """Tokenizer (model) folder; None: no token statistics (raw JSONL) or the manifest's (packed)."""
-    max_length: int = 1024
+    max_length: int = DEFAULT_MAX_LENGTH
     """Row length the data would be packed to: over it, examples are dropped or truncated."""
     chat_template: str | None = None
     """Jinja template file replacing the tokenizer's own."""
@@ -87,14 +90,7 @@ class ReportConfig:
     """An example longer than factor x the median length, or shorter than median / factor, is extreme."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.max_length < 8:
-            problems.append(f"max_length {self.max_length}: must be at least 8")
-        from pipeline.masking import MaskOptions
-
-        problems += MaskOptions(self.train_on, self.turns, self.reasoning).problems()
-        if self.truncation not in ("drop", "truncate"):
-            problems.append(f"truncation {self.truncation!r}: expected drop or truncate")
+        problems = data_problems(dataclasses.asdict(self))
         if self.batch_size < 1 or self.examples < 0 or self.short_answer_chars < 0:
             problems.append("batch_size must be positive; examples and short_answer_chars 0 or more")
         if self.extreme_factor <= 1:

@@ -8,6 +8,7 @@ import sys
 from pipeline.errors import SftpackError
 from pipeline.readers import ReadOptions
 from pipeline.pack import PackConfig, audit_warnings, run
+from stages.data_options import add_data_arguments, data_flags
 from stages.input_options import add_input_arguments, read_options
 
 
@@ -16,27 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "folders, globs or dataset names (usually validate's output)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
     parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
-    parser.add_argument("--tokenizer", help="tokenizer (model) folder")
-    parser.add_argument("--max-length", type=int)
-    parser.add_argument("--chat-template", help="Jinja template file replacing the tokenizer's")
-    parser.add_argument("--strategy", choices=["bfd", "none"])
     parser.add_argument("--num-proc", type=int, default=1)
-    parser.add_argument("--train-on", choices=["all", "last"])
-    parser.add_argument("--truncation", choices=["drop", "truncate"])
-    parser.add_argument("--turns", choices=["auto", "whole"],
-                        help="auto: split where the template renders a turn unlike at inference; whole: as rendered")
-    parser.add_argument("--reasoning", choices=["train", "mask", "drop"], help="assistant reasoning: train, mask or drop")
     parser.add_argument("--ray", metavar="ADDRESS", help="encode and write on a Ray cluster: local, auto, HOST:PORT "
                                                          "or ray://HOST:PORT (same output; README \"More than one machine\")")
+    add_data_arguments(parser)
     add_input_arguments(parser)
 
 
 def pack_config(args: argparse.Namespace) -> tuple[PackConfig, ReadOptions]:
     """Flags override the run config, which overrides PackConfig's defaults (and data.format --format's)."""
-    flags = {"tokenizer": args.tokenizer, "max_length": args.max_length, "chat_template": args.chat_template,
-             "strategy": args.strategy, "train_on": args.train_on, "truncation": args.truncation,
-             "turns": args.turns, "reasoning": args.reasoning,
-             "num_proc": args.num_proc, "ray": args.ray}
+    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray}
     flags = {k: v for k, v in flags.items() if v is not None}
     if args.config:
         from pipeline.config import load_config

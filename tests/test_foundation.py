@@ -126,3 +126,15 @@ def test_yaml_yes_no_stay_strings_so_trl_values_survive(tmp_path):
     cfg = load_config(config, ["train.save_strategy=no", "data.packing=true"])
     assert cfg.train == {"eval_strategy": "no", "bf16": False, "save_strategy": "no"}
     assert cfg.data.packing is True
+
+
+def test_data_option_choices_are_defined_once():
+    """The config schema lists the same choices and minimum as pipeline/data_options.py."""
+    from pipeline.data_options import CHOICES, DEFAULT_MAX_LENGTH, MIN_MAX_LENGTH
+    from pipeline.config import DataConfig
+
+    schema = json.loads((REPO / "schemas" / "run_config.schema.json").read_text())["properties"]["data"]["properties"]
+    for key in ("train_on", "turns", "reasoning", "truncation"):
+        assert tuple(schema[key]["enum"]) == CHOICES[key], key
+    assert schema["max_length"]["minimum"] == MIN_MAX_LENGTH
+    assert DataConfig().max_length == DEFAULT_MAX_LENGTH
