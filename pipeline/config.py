@@ -221,6 +221,30 @@ def _schema_errors(raw: Mapping[str, Any]) -> list[str]:
     return errors
 
 
+def cross_field_errors(raw: Mapping[str, Any]) -> list[str]:
+    """Every pair of keys that cannot go together, each naming both. `train.bf16` against
+    `model.dtype: auto` waits for the device (pipeline/train_args.py); the rest is known here."""
+    train, model = raw.get("train") or {}, raw.get("model") or {}
+    data, monitor = raw.get("data") or {}, raw.get("monitor") or {}
+    errors = []
+    dtype = model.get("dtype", "auto")
+    if "bf16" in train and dtype != "auto" and bool(train["bf16"]) != (dtype == "bfloat16"):
+        errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {dtype}; remove train.bf16 (it "
+                      f"follows model.dtype) or set model.dtype to match")
+    evaluates = train.get("eval_strategy", "no") != "no"
+    if data.get("validation") is None and evaluates:
+        errors.append(f"train.eval_strategy {train['eval_strategy']!r} needs data.validation; set one or set "
+                      f"train.eval_strategy=no")
+    if data.get("validation") is None and train.get("load_best_model_at_end"):
+        errors.append("train.load_best_model_at_end needs data.validation (it selects on eval_loss)")
+    if monitor.get("early_stopping_patience") is not None:
+        if not train.get("load_best_model_at_end"):
+            errors.append("monitor.early_stopping_patience needs train.load_best_model_at_end=true")
+        if not evaluates:
+            errors.append("monitor.early_stopping_patience needs train.eval_strategy=steps (or epoch)")
+    return errors
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `section.key=value` overrides (values parsed as YAML) to a raw config dict.
 
@@ -252,6 +276,8 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     errors = _schema_errors(raw)
     if isinstance(raw.get("train"), Mapping):
         errors += _train_errors(raw["train"])
+    if not errors:  # pairs of keys, checked once each key is known to be valid on its own
+        errors += cross_field_errors(raw)
     if errors:
         lines = "\n  ".join(errors)
         raise SftpackError(f"{source}: invalid config:\n  {lines}")

@@ -73,6 +73,7 @@ def test_demo_config_loads_with_overrides():
     (["train.learnin_rate=0.1"], "train.learnin_rate: not a TRL SFTConfig field. Did you mean learning_rate?"),
     (["train.num_train_epochs=three"], "train.num_train_epochs: 'three' is not of type"),
     (["train.max_length=128"], "train.max_length: conflicts with data.max_length"),
+    (["model.dtype=float32", "train.bf16=true"], "train.bf16 True conflicts with model.dtype float32"),
     (["model.dtype=float16"], "model.dtype: 'float16' is not one of"),
     (["extra.key=1"], "extra: unknown key; valid keys here: data, model, monitor, train"),
 ])
