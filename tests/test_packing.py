@@ -136,3 +136,41 @@ def test_small_instances_reach_optimum_when_bound_is_tight():
         best = optimum(list(lengths), 10)
         if l2_lower_bound(np.array(lengths), 10) == best:
             assert len(pack_bins(np.array(lengths), 10)) == best, lengths
+
+
+# ---------------------------------------------------------------- many items: per-length counts
+
+@pytest.mark.parametrize("capacity", [16, 64, 1024])
+@pytest.mark.parametrize("kind", ["uniform", "real_like", "few_lengths"])
+def test_bfd_on_counts_gives_bfds_rows(capacity, kind):
+    from pipeline.packing import best_fit_decreasing_counts
+
+    rng = np.random.default_rng(capacity)
+    for n in (0, 1, 7, 300, 2000):
+        if kind == "uniform":
+            lengths = rng.integers(1, capacity + 1, size=n)
+        elif kind == "real_like":
+            lengths = np.clip(rng.lognormal(np.log(capacity / 9), 0.8, n).astype(np.int64), 1, capacity)
+        else:
+            lengths = rng.choice([1, capacity // 3, capacity // 2, capacity], size=n)
+        assert best_fit_decreasing_counts(lengths.astype(np.int16), capacity).tolist() == \
+            best_fit_decreasing(lengths, capacity)
+
+
+def test_many_items_pack_by_counts_within_a_tenth_of_a_percent_of_l2(monkeypatch):
+    import pipeline.packing as packing
+
+    rng = np.random.default_rng(7)
+    lengths = real_like(rng, 200_000, 1024).astype(np.int16)
+    monkeypatch.setattr(packing, "LARGE_INPUT", 100_000)
+    rows = pack_bins(lengths, 1024)
+    assert isinstance(rows, packing.PackedRows)
+    flat = np.asarray(rows.items)
+    assert np.array_equal(np.sort(flat), np.arange(lengths.size))  # every item exactly once
+    loads = np.add.reduceat(lengths[flat].astype(np.int64), rows.offsets[:-1])
+    assert loads.max() <= 1024 and np.all(np.diff(rows.offsets) > 0)
+    for row in rows[:50]:  # longest first, ties by index, as pack_bins' rows
+        assert row.tolist() == sorted(row.tolist(), key=lambda i: (-lengths[i], i))
+    bound = l2_lower_bound(lengths, 1024)
+    assert len(rows) <= 1.001 * bound
+    assert len(rows) <= len(best_fit_decreasing(lengths, 1024))
