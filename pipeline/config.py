@@ -222,21 +222,17 @@ def _schema_errors(raw: Mapping[str, Any]) -> list[str]:
 
 
 def cross_field_errors(raw: Mapping[str, Any]) -> list[str]:
-    """Every pair of keys that cannot go together, each naming both. `train.bf16` against
-    `model.dtype: auto` waits for the device (pipeline/train_args.py); the rest is known here."""
+    """Every pair of keys that cannot go together, each naming both. What depends on the run waits
+    for train (pipeline/train_args.py): `train.bf16` against `model.dtype: auto` (the device decides),
+    and evaluation against `data.validation` (make passes the packed folders to train only)."""
     train, model = raw.get("train") or {}, raw.get("model") or {}
-    data, monitor = raw.get("data") or {}, raw.get("monitor") or {}
+    monitor = raw.get("monitor") or {}
     errors = []
     dtype = model.get("dtype", "auto")
     if "bf16" in train and dtype != "auto" and bool(train["bf16"]) != (dtype == "bfloat16"):
         errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {dtype}; remove train.bf16 (it "
                       f"follows model.dtype) or set model.dtype to match")
     evaluates = train.get("eval_strategy", "no") != "no"
-    if data.get("validation") is None and evaluates:
-        errors.append(f"train.eval_strategy {train['eval_strategy']!r} needs data.validation; set one or set "
-                      f"train.eval_strategy=no")
-    if data.get("validation") is None and train.get("load_best_model_at_end"):
-        errors.append("train.load_best_model_at_end needs data.validation (it selects on eval_loss)")
     if monitor.get("early_stopping_patience") is not None:
         if not train.get("load_best_model_at_end"):
             errors.append("monitor.early_stopping_patience needs train.load_best_model_at_end=true")

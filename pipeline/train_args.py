@@ -65,13 +65,19 @@ def _pop_resume(train: dict[str, Any]) -> str | bool | None:
 
 def _conflicts(cfg: RunConfig, runtime: Runtime, train: dict[str, Any]) -> list[str]:
     """What only the run can tell (config loading checked the other pairs: config.cross_field_errors):
-    a missing output_dir, and train.bf16 against model.dtype once `auto` is resolved for this device."""
+    a missing output_dir, train.bf16 against model.dtype once `auto` is resolved for this device,
+    and evaluation without data.validation (make gives train the packed folders as overrides)."""
     errors = []
     if "output_dir" not in train:
         errors.append("train.output_dir: required (where checkpoints and the final model go)")
     if "bf16" in train and bool(train["bf16"]) != (runtime.dtype == "bfloat16"):
         errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {cfg.model.dtype} (resolved to "
                       f"{runtime.dtype}); remove train.bf16 (it follows model.dtype) or set model.dtype to match")
+    if cfg.data.validation is None and train.get("eval_strategy", "no") != "no":
+        errors.append(f"train.eval_strategy {train['eval_strategy']!r} needs data.validation; set one "
+                      f"or set train.eval_strategy=no")
+    if cfg.data.validation is None and train.get("load_best_model_at_end"):
+        errors.append("train.load_best_model_at_end needs data.validation (it selects on eval_loss)")
     return errors
 
 

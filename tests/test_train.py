@@ -125,13 +125,16 @@ def test_sft_config_contract(tiny_model_dir, packed_chat, tmp_path):
     assert sft_config(make_config(tiny_model_dir, packed_chat, tmp_path), CPU)[0].activation_checkpointing is False
 
 
-def test_conflicting_settings_are_named_together_at_load_time(tiny_model_dir, packed_chat, tmp_path):
-    with pytest.raises(SftpackError) as err:  # config loading, before any stage runs
+def test_conflicting_settings_are_named_together(tiny_model_dir, packed_chat, tmp_path):
+    with pytest.raises(SftpackError) as err:  # config loading: early stopping without the best model
         make_config(tiny_model_dir, packed_chat, tmp_path, validation=False,
                     monitor={"early_stopping_patience": 2}, eval_strategy="steps")
+    assert "monitor.early_stopping_patience needs train.load_best_model_at_end" in str(err.value)
+    cfg = make_config(tiny_model_dir, packed_chat, tmp_path, validation=False, eval_strategy="steps")
+    with pytest.raises(SftpackError) as err:  # the run: nothing to evaluate on
+        sft_config(cfg, CPU)
     message = str(err.value)
     assert "train.eval_strategy" in message and "data.validation" in message
-    assert "monitor.early_stopping_patience needs train.load_best_model_at_end" in message
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
