@@ -3,7 +3,7 @@
     driver                                          workers (Ray Data)
     ------                                          ------------------
     inputs -> byte ranges (~8 MB, split anywhere) ->  count newlines per range       (tasks)
-           -> first line number of every range    ->  encode: _encode_lines on the range's lines,
+           -> first line number of every range    ->  encode: encode_lines on the range's lines,
                                                       one tokenizer per actor       (actor pool)
                                                       -> staging/spill-RRRRRR.arrow, stats-RRRRRR.parquet
            <- per range: sequence lengths and trained tokens (8 bytes a sequence), drop counts,
@@ -16,7 +16,7 @@
 
 Why the output is byte-identical to the local run: sequences are numbered in input order (file,
 line, split part) whatever range or node encoded them, `pack_bins` sees the same lengths in the
-same order, and each shard is written by pack's own `_row_batches` and `write_shard` over the same
+same order, and each shard is written by pack_rows' `row_batches` and `write_shard` over the same
 rows. Ray Data retries a task or actor killed mid-run; every staged file is written under a temp
 name and renamed, so a retry rewrites the same bytes and a killed attempt leaves nothing used.
 
@@ -168,7 +168,7 @@ def byte_ranges(sources: list[Any], range_bytes: int) -> list[dict[str, Any]]:
     Raises:
         SftpackError: an input that is a dataset name (it has no files the nodes could read).
     """
-    from pipeline.pack import example_stem
+    from pipeline.pack_encode import example_stem
     from pipeline.readers import file_container
 
     ranges = []
@@ -265,7 +265,7 @@ def _atomic_path(path: Path) -> Path:
 
 
 class Encoder:
-    """One Ray Data actor: loads the tokenizer once, encodes whole ranges with pack's `_encode_lines`.
+    """One Ray Data actor: loads the tokenizer once, encodes whole ranges with `pack_encode.encode_lines`.
 
     `job` holds cfg (pack options, paths absolute), the staging folder and its check file's token
     (check_shared), the driver's tokenizer file hashes (a node whose folder differs is refused) and
@@ -276,9 +276,8 @@ class Encoder:
     """(cfg, staging, token, tokenizer_files, readings): set on a subclass per run (RayPack.encode)."""
 
     def __init__(self):
-        from pipeline import pack
         from pipeline.fingerprint import tokenizer_files_identity
-        from pipeline.messages import ROW_CHECKS, control_token_check
+        from pipeline.pack_encode import set_worker_state
         from pipeline.tokenizer import load_renderer
 
         cfg, staging, token, tokenizer_files, readings = self.job
@@ -290,12 +289,7 @@ class Encoder:
         if files != tokenizer_files:
             raise SftpackError(f"{_node()}: the tokenizer folder {cfg.tokenizer} is missing or differs from the "
                                "driver's: every node must see the same tokenizer folder at the same path", exit_code=2)
-        # What pack.run sets up for its own workers (keep the two in step).
-        tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
-        stop_ids = np.array([tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers], dtype=np.int32)
-        checks = list(ROW_CHECKS) + [control_token_check(tokenizer)]
-        pack._WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer,
-                            max_token_chars=pack.max_token_chars(tokenizer), stop_ids=stop_ids, checks=checks)
+        set_worker_state(cfg, *load_renderer(cfg.tokenizer, cfg.chat_template))  # as pack.run does
         self.cfg, self.staging, self.token, self.readings = cfg, Path(staging), token, readings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -311,7 +305,7 @@ class Encoder:
     def _encode_range(self, spec: dict[str, Any]) -> dict[str, Any]:
         import pyarrow.parquet as pq
 
-        from pipeline.pack import AUDIT_TOTALS, SPILL_SCHEMA, STATS_SCHEMA, _encode_lines
+        from pipeline.pack_encode import AUDIT_TOTALS, SPILL_SCHEMA, STATS_SCHEMA, encode_lines
         from pipeline.masking import IGNORE_INDEX
 
         check_shared(str(self.staging), self.token)
@@ -329,7 +323,7 @@ class Encoder:
             with pa.OSFile(str(spill_tmp), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as spill, \
                     pq.ParquetWriter(str(stats_tmp), STATS_SCHEMA) as stats_writer:
                 for batch in _chunks(rows, self.cfg.batch_size):
-                    result = _encode_lines((spec["label"], spec["stem"], batch))
+                    result = encode_lines((spec["label"], spec["stem"], batch))
                     spill.write_batch(result["spill"])
                     lengths.append(np.asarray(result["spill"].column("input_ids").value_lengths(), dtype=np.int32))
                     labels = result["spill"].column("labels")
@@ -338,7 +332,7 @@ class Encoder:
                     trained.append(np.add.reduceat(flags, starts) if flags.size else np.zeros(len(labels), np.int32))
                     for key, value in result["audit"].items():
                         audit[key] += value
-                    for entry in result["stats"]:  # as pack._encode_all counts them
+                    for entry in result["stats"]:  # as pack_encode.encode_all counts them
                         reason = entry["dropped"]
                         if reason:
                             dropped[reason] = dropped.get(reason, 0) + 1
@@ -378,7 +372,7 @@ def _open_spill(staging: Path, ranges: int) -> pa.Table:
     for k in range(ranges):
         source = pa.memory_map(str(staging / f"spill-{k:06d}.arrow"))
         tables.append(pa.ipc.open_file(source).read_all())
-    from pipeline.pack import SPILL_SCHEMA
+    from pipeline.pack_encode import SPILL_SCHEMA
 
     return pa.concat_tables(tables) if tables else SPILL_SCHEMA.empty_table()
 
@@ -390,7 +384,7 @@ def _write_part(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "stats":
         _write_stats(staging, folder / "stats.parquet", json.loads(spec["sources"]), spec["batch_size"])
         return {"index": -1, "sha256": "", "trained_tokens": 0}
-    from pipeline.pack import _row_batches
+    from pipeline.pack_rows import row_batches
     from pipeline.masking import IGNORE_INDEX
     from pipeline.shards import write_shard
 
@@ -410,7 +404,7 @@ def _write_part(spec: dict[str, Any]) -> dict[str, Any]:
     target = folder / spec["file"]
     tmp = _atomic_path(target)
     try:
-        sha = write_shard(tmp, counted(_row_batches(spill, bins, range(len(bins)))))
+        sha = write_shard(tmp, counted(row_batches(spill, bins, range(len(bins)))))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -418,11 +412,11 @@ def _write_part(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_stats(staging: Path, target: Path, sources: list[list[int]], batch_size: int) -> None:
-    """stats.parquet as the local run writes it: one row group per batch pack._line_batches makes
+    """stats.parquet as the local run writes it: one row group per batch pack_encode.line_batches makes
     (per input, `batch_size` rows, cut where a folder's file ends)."""
     import pyarrow.parquet as pq
 
-    from pipeline.pack import STATS_SCHEMA
+    from pipeline.pack_encode import STATS_SCHEMA
 
     def write(table: pa.Table) -> None:
         labels = table.column("input").to_pylist()
@@ -500,11 +494,11 @@ class RayPack:
         self.trained = np.zeros(0, np.int32)
 
     def encode(self) -> tuple[np.ndarray, dict[str, int], list[dict], dict[str, int]]:
-        """Encode every row on the cluster; return what `pack._encode_all` returns (lengths in input
+        """Encode every row on the cluster; return what `pack_encode.encode_all` returns (lengths in input
         order, drop counts, the first 20 drops, audit counts) and write stats.parquet's parts."""
         import ray.data
 
-        from pipeline.pack import AUDIT_TOTALS
+        from pipeline.pack_encode import AUDIT_TOTALS
         from pipeline.progress import progress_bar
 
         cpus = _cluster_cpus()
@@ -563,7 +557,7 @@ class RayPack:
         """
         import ray.data
 
-        from pipeline.pack import _shard_ranges
+        from pipeline.pack_rows import shard_ranges
         from pipeline.progress import progress_bar
         from pipeline.shards import shard_name
 
@@ -572,7 +566,7 @@ class RayPack:
         np.save(self.staging / "plan-offsets.npy", offsets)
         rows = len(offsets) - 1
         row_tokens = np.add.reduceat(lengths[items], offsets[:-1]) if items.size else np.zeros(rows, np.int64)
-        ranges = _shard_ranges(row_tokens, self.cfg.shard_tokens) if rows else [range(0)]
+        ranges = shard_ranges(row_tokens, self.cfg.shard_tokens) if rows else [range(0)]
         common = {"staging": str(self.staging), "folder": str(self.folder), "token": self.token,
                   "ranges": len(self.ranges)}
         by_source: dict[int, list[int]] = {}

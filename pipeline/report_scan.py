@@ -31,7 +31,7 @@ from pipeline.data_options import DEFAULT_MAX_LENGTH
 from pipeline.data_options import problems as data_problems
 from pipeline.errors import SftpackError
 from pipeline.messages import ROW_CHECKS, control_token_check, conversation_hash
-from pipeline.pack import example_stem, first_reject
+from pipeline.pack_encode import example_stem, first_reject
 from pipeline.progress import progress_bar
 from pipeline.readers import InputSource, ReadOptions, Row
 from pipeline.masking import IGNORE_INDEX
