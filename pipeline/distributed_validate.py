@@ -76,7 +76,7 @@ class Checker:
     def _check_range(self, spec: dict[str, Any]) -> tuple[int, str, bytes]:
         from collections import Counter
 
-        from pipeline.messages import conversation_hash
+        from pipeline.conversation_key import conversation_hash
         from pipeline.validate import _Tally, _where, check_row
 
         check_shared(str(self.staging), self.token)
