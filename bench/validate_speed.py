@@ -32,7 +32,11 @@ REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real
 
 PER_LINE = r"""
 import sys, time
-from pipeline.messages import classify_line, conversation_hash
+from pipeline.messages import classify_line
+try:
+    from pipeline.conversation_key import conversation_hash
+except ImportError:  # a tree from before pipeline/conversation_key.py
+    from pipeline.messages import conversation_hash
 lines = [line for line in open(sys.argv[1], "rb") if line.strip()]
 start = time.process_time()
 results = [classify_line(line) for line in lines]

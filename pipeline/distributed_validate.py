@@ -1,7 +1,7 @@
 """Validate on a Ray cluster (`sftpack validate --ray ADDRESS`): the same output files as the local run.
 
     driver                                       workers (Ray Data)
-    inputs -> ranges (pipeline/distributed.py) -> count newlines                   (tasks)
+    inputs -> ranges (distributed_ranges.py)  -> count newlines                   (tasks)
                                                -> check_row on every row of a range (actor pool:
                                                   one tokenizer each when --tokenizer is given)
                                                   -> staging/kept-R, rejects-R
@@ -32,20 +32,16 @@ import dataclasses
 import numpy as np
 
 from pipeline.atomic import INCOMPLETE_PREFIX, remove_stale, write_json
-from pipeline.distributed import (
+from pipeline.distributed_cluster import (
     CHECK_FILE,
-    MIN_RANGE_BYTES,
-    RANGE_BYTES,
-    _atomic_path,
-    _check_input,
-    _cluster_cpus,
-    _count_newlines,
-    _run_dataset,
-    byte_ranges,
+    atomic_path,
+    check_input,
     check_shared,
+    cluster_cpus,
     connect,
-    range_rows,
+    run_dataset,
 )
+from pipeline.distributed_ranges import numbered_ranges, range_rows
 from pipeline.errors import SftpackError
 
 
@@ -76,17 +72,17 @@ class Checker:
     def _check_range(self, spec: dict[str, Any]) -> tuple[int, str, bytes]:
         from collections import Counter
 
-        from pipeline.messages import conversation_hash
+        from pipeline.conversation_key import conversation_hash
         from pipeline.validate import _Tally, _where, check_row
 
         check_shared(str(self.staging), self.token)
-        _check_input(spec["path"], spec["size"])
+        check_input(spec["path"], spec["size"])
         verbatim = self.verbatim[spec["source"]]
         tally = _Tally(self.cfg, verbatim)  # counts, first warnings and rejects of this range alone
         keys, lines = [], []
         kept_path = self.staging / f"kept-{spec['range']:06d}"
         rejects_path = self.staging / f"rejects-{spec['range']:06d}"
-        kept_tmp, rejects_tmp = _atomic_path(kept_path), _atomic_path(rejects_path)
+        kept_tmp, rejects_tmp = atomic_path(kept_path), atomic_path(rejects_path)
         read, has_raw = 0, True
         try:
             with open(kept_tmp, "wb") as kept, open(rejects_tmp, "wb") as rejects:
@@ -129,7 +125,7 @@ def _concatenate(spec: dict[str, Any]) -> dict[str, Any]:
     staging = Path(spec["staging"])
     check_shared(str(staging), spec["token"])
     target = Path(spec["target"])
-    tmp = _atomic_path(target)
+    tmp = atomic_path(target)
     digest = hashlib.sha256()
     try:
         with open(tmp, "wb") as out:
@@ -160,10 +156,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
     Raises:
         SftpackError: as pipeline.validate.run; a node that cannot see --out-dir or an input, by name.
     """
-    import ray.data
-
     from pipeline.fingerprint import tokenizer_identity
-    from pipeline.progress import progress_bar
     from pipeline.readers import ReadOptions
     from pipeline.validate import MANIFEST_SUFFIX, REJECTS_SUFFIX, _manifest, _open_inputs, load_tokenizer
 
@@ -186,40 +179,14 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
         identities = [source.identity() for source in sources]
         for source in sources:
             (out / f"{source.stem}{MANIFEST_SUFFIX}").unlink(missing_ok=True)  # old outputs now look incomplete
-        cpus = _cluster_cpus()
-        total = sum(os.path.getsize(f) for source in sources for f in source.files)
-        ranges = byte_ranges(sources, int(min(RANGE_BYTES, max(MIN_RANGE_BYTES, total // (4 * cpus) + 1))))
-        newlines = {row["range"]: row["newlines"] for row in _run_dataset(
-            ray.data.from_items(ranges, override_num_blocks=max(1, len(ranges))).map(_count_newlines).iter_rows())} \
-            if ranges else {}
-        before: dict[str, int] = {}
-        for spec in ranges:
-            spec["first_line"] = before.get(spec["path"], 0) + 1
-            before[spec["path"]] = before.get(spec["path"], 0) + newlines[spec["range"]]
+        cpus = cluster_cpus()
+        ranges = numbered_ranges(sources, cpus)
         job = (worker_cfg, str(staging), token, [(s.layout, s.columns) for s in sources], [s.verbatim for s in sources])
-        results: dict[int, tuple[dict, np.ndarray]] = {}
-        bar = progress_bar(sum(i["bytes"] for i in identities), "validate (ray)", unit="B")
-        try:
-            if ranges:
-                checked = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
-                    type("Checker", (Checker,), {"job": job}), batch_size=1, num_cpus=1,
-                    compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus))
-                for row in _run_dataset(checked.iter_rows()):
-                    summary = json.loads(row["summary"])
-                    results[int(row["range"])] = (summary, np.frombuffer(row["keys"], dtype=np.int64).reshape(-1, 2))
-                    bar.update(summary["progress"])
-        finally:
-            bar.close()
+        results = _check_ranges(ranges, job, cpus, sum(i["bytes"] for i in identities))
         by_source: dict[int, list[int]] = {}
         for spec in ranges:
             by_source.setdefault(spec["source"], []).append(spec["range"])
-        parts = []
-        for s, source in enumerate(sources):
-            for kind, suffix in (("kept", ".jsonl"), ("rejects", REJECTS_SUFFIX)):
-                parts.append({"staging": str(staging), "token": token, "kind": kind,
-                              "ranges": json.dumps(by_source.get(s, [])), "target": str(out / f"{source.stem}{suffix}")})
-        digests = {row["target"]: row["sha256"] for row in _run_dataset(
-            ray.data.from_items(parts, override_num_blocks=len(parts)).map(_concatenate).iter_rows())}
+        digests = _concatenate_parts(sources, by_source, staging, token, out)
         files = []
         for s, source in enumerate(sources):
             tally = _merge(cfg, source, [results[k] for k in by_source.get(s, [])])
@@ -233,6 +200,45 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
     totals = {k: sum(m["counts"][k] for m in files) for k in ("read", "kept", "rejected", "blank")}
     return {"files": files, "totals": totals}
 
+
+def _check_ranges(ranges: list[dict[str, Any]], job: tuple, cpus: int,
+                  total_bytes: int) -> dict[int, tuple[dict, np.ndarray]]:
+    """Check every range on a pool of Checker actors; per range, its summary and (hash, line) keys."""
+    import ray.data
+
+    from pipeline.progress import progress_bar
+
+    results: dict[int, tuple[dict, np.ndarray]] = {}
+    bar = progress_bar(total_bytes, "validate (ray)", unit="B")
+    try:
+        if ranges:
+            checked = ray.data.from_items(ranges, override_num_blocks=len(ranges)).map_batches(
+                type("Checker", (Checker,), {"job": job}), batch_size=1, num_cpus=1,
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpus))
+            for row in run_dataset(checked.iter_rows()):
+                summary = json.loads(row["summary"])
+                results[int(row["range"])] = (summary, np.frombuffer(row["keys"], dtype=np.int64).reshape(-1, 2))
+                bar.update(summary["progress"])
+    finally:
+        bar.close()
+    return results
+
+
+def _concatenate_parts(sources: list[Any], by_source: dict[int, list[int]], staging: Path, token: str,
+                       out: Path) -> dict[str, str]:
+    """Every input's kept lines and rejects from the staged parts into out/<stem>.jsonl and
+    out/<stem>.rejects.jsonl (one task each); sha256 by target path."""
+    import ray.data
+
+    from pipeline.validate import REJECTS_SUFFIX
+
+    parts = []
+    for s, source in enumerate(sources):
+        for kind, suffix in (("kept", ".jsonl"), ("rejects", REJECTS_SUFFIX)):
+            parts.append({"staging": str(staging), "token": token, "kind": kind,
+                          "ranges": json.dumps(by_source.get(s, [])), "target": str(out / f"{source.stem}{suffix}")})
+    return {row["target"]: row["sha256"] for row in run_dataset(
+        ray.data.from_items(parts, override_num_blocks=len(parts)).map(_concatenate).iter_rows())}
 
 def _merge(cfg: Any, source: Any, parts: list[tuple[dict, np.ndarray]]) -> Any:
     """One input's _Tally from its ranges' summaries, in order; duplicates found here, as locally."""

@@ -26,18 +26,15 @@ template renders the conversation and every trained turn answers something:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import Annotated, Any, Callable, Iterable, Literal, Union
+from typing import Any, Callable, Iterable
 
-import jsonschema
 import msgspec
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "messages.schema.json"
+from pipeline.message_schema import schema_fast_type, schema_validator
+
 ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGE_CHARS = 200  # error messages quote the offending value; keep them one line
 
@@ -134,124 +131,8 @@ def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowEr
 
 
 # ---------------------------------------------------------------- layer 2: JSON Schema
-# jsonschema is the authority and writes every error message, but it walks the schema in Python
-# for every row (~4k rows/s on chat data). The fast path: msgspec types translated from the same
-# schema file, which check a row in C (~400k rows/s) and accept a subset of what the schema
-# accepts. A row they accept has no schema errors; any other row goes to jsonschema, so verdicts
-# and errors are exactly jsonschema's (tests/test_schema_fastpath.py). A keyword the translation
-# does not know turns the fast path off: every row through jsonschema, correct and slower.
-
-def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
-    # Local "#/$defs/x" references replaced by their target: same verdicts and error paths,
-    # about a third faster, since jsonschema resolves every $ref on every row.
-    if isinstance(node, dict):
-        if "$ref" in node:
-            return _inline_refs(defs[node["$ref"].removeprefix("#/$defs/")], defs)
-        return {key: _inline_refs(value, defs) for key, value in node.items() if key != "$defs"}
-    if isinstance(node, list):
-        return [_inline_refs(value, defs) for value in node]
-    return node
-
-
-@lru_cache(maxsize=1)
-def _schema() -> dict[str, Any]:
-    """`schemas/messages.schema.json`, checked, its local $refs inlined (read once)."""
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    jsonschema.Draft202012Validator.check_schema(schema)
-    return _inline_refs(schema, schema.get("$defs", {}))
-
-
-@lru_cache(maxsize=1)
-def schema_validator() -> jsonschema.Draft202012Validator:
-    """The validator for `schemas/messages.schema.json` (loaded and checked once)."""
-    return jsonschema.Draft202012Validator(_schema())
-
-
-_ANNOTATIONS = frozenset({"$schema", "$id", "$comment", "title", "description", "examples", "default",
-                          "deprecated", "readOnly", "writeOnly"})
-_STRING_LIMITS = {"minLength": "min_length", "maxLength": "max_length"}  # both count code points
-_ARRAY_LIMITS = {"minItems": "min_length", "maxItems": "max_length"}
-_TRANSLATED = frozenset({"type", "enum", "const", "properties", "required", "items", *_STRING_LIMITS, *_ARRAY_LIMITS})
-
-
-class _Untranslatable(Exception):
-    """A schema construct with no msgspec type that accepts the same values or fewer."""
-
-
-def _limited(kind: Any, node: dict[str, Any], limits: dict[str, str]) -> Any:
-    meta = {limits[key]: node[key] for key in limits if key in node}
-    return Annotated[kind, msgspec.Meta(**meta)] if meta else kind
-
-
-def _fast_struct(node: dict[str, Any]) -> Any:
-    # Fields are f0, f1, ... renamed to the keys, so any key works; unknown keys are ignored,
-    # as the schema (no additionalProperties) allows them.
-    properties, required = node.get("properties", {}), node.get("required", [])
-    fields, rename = [], {}
-    for i, key in enumerate(dict.fromkeys([*properties, *required])):
-        kind = _fast_type(properties.get(key, True))
-        fields.append((f"f{i}", kind) if key in required else (f"f{i}", Union[kind, msgspec.UnsetType], msgspec.UNSET))
-        rename[f"f{i}"] = key
-    return msgspec.defstruct("SchemaObject", fields, rename=rename, kw_only=True)
-
-
-def _fast_type(node: Any) -> Any:
-    """The msgspec type for one (inlined) schema node; raises _Untranslatable."""
-    if node is True:
-        return Any
-    if not isinstance(node, dict):
-        raise _Untranslatable(f"schema {node!r}")
-    keywords = node.keys() - _ANNOTATIONS
-    if keywords - _TRANSLATED:
-        raise _Untranslatable(f"keywords {sorted(keywords - _TRANSLATED)}")
-    types = node.get("type")
-    types = [types] if isinstance(types, str) else types
-    if "enum" in node or "const" in node:  # string values only: Literal is exact for them
-        values = node["enum"] if "enum" in node else [node["const"]]
-        if (keywords - {"type", "enum", "const"} or {"enum", "const"} <= keywords or not values
-                or not all(isinstance(value, str) for value in values) or "string" not in (types or ["string"])):
-            raise _Untranslatable(f"enum/const {node!r}")
-        return Literal[tuple(values)]
-    if types is None:  # type-specific keywords without `type` apply to some types only
-        if keywords:
-            raise _Untranslatable(f"keywords {sorted(keywords)} without `type`")
-        return Any
-    members = []
-    for name in types:
-        if name == "string":
-            members.append(_limited(str, node, _STRING_LIMITS))
-        elif name == "array":
-            members.append(_limited(list[_fast_type(node.get("items", True))], node, _ARRAY_LIMITS))
-        elif name == "object":
-            members.append(_fast_struct(node) if {"properties", "required"} & keywords else dict)
-        else:  # msgspec's int takes neither bools nor 1.0 (stricter); its float takes ints, not bools
-            members.append({"integer": int, "number": float, "boolean": bool, "null": None}[name])
-    return Union[tuple(members)] if len(members) > 1 else members[0]
-
-
-def msgspec_type(schema: Any) -> Any:
-    """A msgspec type that accepts a subset of what a JSON Schema accepts.
-
-    Args:
-        schema: a schema with its $refs inlined.
-
-    Returns:
-        The type, or None where the schema has a keyword this translation does not know, or a
-        construct msgspec cannot express (two object types in one union).
-    """
-    try:
-        fast = _fast_type(schema)
-        msgspec.inspect.type_info(fast)  # msgspec's own limits, checked over the whole type
-    except (_Untranslatable, TypeError):
-        return None
-    return fast
-
-
-@lru_cache(maxsize=1)
-def schema_fast_type() -> Any:
-    """`msgspec_type` of `schemas/messages.schema.json`: the fast path; None sends every row to jsonschema."""
-    return msgspec_type(_schema())
-
+# The record's shape as schemas/messages.schema.json says (pipeline/message_schema.py: jsonschema,
+# the authority, after its msgspec fast path).
 
 def _pointer(path: Iterable[Any]) -> str:
     return "".join(f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in path)
@@ -470,52 +351,3 @@ def classify_line(raw: bytes, checks: list[Check] | None = None,
         extra = len(errors) - max_errors
         errors = errors[:max_errors] + [RowError("", "too_many_errors", f"{extra} more errors not shown")]
     return record, errors
-
-
-_SORTED_JSON = msgspec.json.Encoder(order="sorted")
-
-
-def _float_found(text: str) -> float:
-    raise ValueError("float")
-
-
-_FLOAT_FINDER = msgspec.json.Decoder(float_hook=_float_found)
-
-
-def _sorted_json(value: Any) -> bytes | None:
-    """`json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))` in UTF-8,
-    written by msgspec (about 8x faster), or None where the two might differ.
-
-    They differ only in floats (1e+16 / 1e16, 1e-05 / 0.00001; NaN and infinities msgspec writes
-    as null), so a value holding any float or null goes to json.dumps: floats are found by
-    decoding msgspec's output again with a float_hook that raises on the first one.
-    """
-    try:
-        out = _SORTED_JSON.encode(value)
-    except (msgspec.EncodeError, TypeError, ValueError, RecursionError):  # e.g. a lone surrogate
-        return None
-    if b"null" in out:
-        return None
-    try:
-        _FLOAT_FINDER.decode(out)
-    except (msgspec.DecodeError, ValueError):
-        return None
-    return out
-
-
-def conversation_key(record: Record) -> bytes:
-    """Canonical bytes of a record's messages and tools: equal for exact duplicate conversations.
-
-    Always the bytes of `json.dumps([messages, tools or None], sort_keys=True, ensure_ascii=False,
-    separators=(",", ":"))`, for a record of JSON types (a parsed line); tests/test_conversation_key.py.
-    """
-    messages, tools = record["messages"], record.get("tools") or None
-    fast = _sorted_json(messages), b"null" if tools is None else _sorted_json(tools)
-    if None not in fast:
-        return b"[%s,%s]" % fast
-    return json.dumps([messages, tools], sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-def conversation_hash(record: Record) -> int:
-    """8-byte signed hash of `conversation_key` (fits an Int64 column; collisions ~n^2/2^65)."""
-    return int.from_bytes(hashlib.blake2b(conversation_key(record), digest_size=8).digest(), signed=True)

@@ -30,8 +30,9 @@ import polars as pl
 from pipeline.data_options import DEFAULT_MAX_LENGTH
 from pipeline.data_options import problems as data_problems
 from pipeline.errors import SftpackError
-from pipeline.messages import ROW_CHECKS, control_token_check, conversation_hash
-from pipeline.pack import example_stem, first_reject
+from pipeline.conversation_key import conversation_hash
+from pipeline.messages import ROW_CHECKS, control_token_check
+from pipeline.pack_encode import example_stem, first_reject
 from pipeline.progress import progress_bar
 from pipeline.readers import InputSource, ReadOptions, Row
 from pipeline.masking import IGNORE_INDEX

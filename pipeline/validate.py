@@ -40,7 +40,8 @@ from pipeline import __version__
 from pipeline.atomic import atomic_file, remove_stale, write_json
 from pipeline.errors import SftpackError
 from pipeline.fingerprint import tokenizer_identity
-from pipeline.messages import ROW_CHECKS, Check, RowError, conversation_hash, schema_errors, tokenizer_checks
+from pipeline.conversation_key import conversation_hash
+from pipeline.messages import ROW_CHECKS, Check, RowError, schema_errors, tokenizer_checks
 from pipeline.progress import progress_bar
 from pipeline.readers import InputSource, ReadOptions, Row, provenance_line
 

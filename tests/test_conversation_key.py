@@ -9,7 +9,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.messages import conversation_key, parse_line
+from pipeline.conversation_key import conversation_key
+from pipeline.messages import parse_line
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
 

@@ -143,7 +143,7 @@ def test_small_instances_reach_optimum_when_bound_is_tight():
 @pytest.mark.parametrize("capacity", [16, 64, 1024])
 @pytest.mark.parametrize("kind", ["uniform", "real_like", "few_lengths"])
 def test_bfd_on_counts_gives_bfds_rows(capacity, kind):
-    from pipeline.packing import best_fit_decreasing_counts
+    from pipeline.packing_counts import best_fit_decreasing_counts
 
     rng = np.random.default_rng(capacity)
     for n in (0, 1, 7, 300, 2000):
@@ -159,12 +159,13 @@ def test_bfd_on_counts_gives_bfds_rows(capacity, kind):
 
 def test_many_items_pack_by_counts_within_a_tenth_of_a_percent_of_l2(monkeypatch):
     import pipeline.packing as packing
+    from pipeline.packing_counts import PackedRows
 
     rng = np.random.default_rng(7)
     lengths = real_like(rng, 200_000, 1024).astype(np.int16)
     monkeypatch.setattr(packing, "LARGE_INPUT", 100_000)
     rows = pack_bins(lengths, 1024)
-    assert isinstance(rows, packing.PackedRows)
+    assert isinstance(rows, PackedRows)
     flat = np.asarray(rows.items)
     assert np.array_equal(np.sort(flat), np.arange(lengths.size))  # every item exactly once
     loads = np.add.reduceat(lengths[flat].astype(np.int64), rows.offsets[:-1])

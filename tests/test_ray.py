@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed import CHECK_FILE, check_shared, range_lines
+from pipeline.distributed_cluster import CHECK_FILE, check_shared
+from pipeline.distributed_ranges import range_lines
 from pipeline.errors import SftpackError
 
 SFTPACK = str(Path(sys.executable).parent / "sftpack")
@@ -64,7 +65,7 @@ def test_a_node_that_cannot_see_the_output_folder_is_named(tmp_path):
 
 
 def test_a_workers_error_reaches_the_user_without_rays_traceback():
-    from pipeline.distributed import _run_dataset
+    from pipeline.distributed_cluster import run_dataset
 
     class RemoteError(Exception):  # how Ray hands back a task's exception: its traceback in the text
         pass
@@ -76,7 +77,7 @@ def test_a_workers_error_reaches_the_user_without_rays_traceback():
 
     found = []
     with pytest.raises(SftpackError) as err:
-        for row in _run_dataset(rows()):
+        for row in run_dataset(rows()):
             found.append(row)
     assert found == [{"range": 0}]
     assert str(err.value) == "Ray node 10.0.0.2 (b) cannot see the output folder /shared/out"
@@ -160,7 +161,7 @@ def cluster(ray_tmp):
         node = ns.start([RAY, "start", "--address", HEAD, *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = node.communicate(timeout=120)[0]
         assert node.returncode == 0, out.decode(errors="replace")[-3000:]
-        wait = ("from pipeline.distributed import wait_for_cluster; "
+        wait = ("from pipeline.distributed_cluster import wait_for_cluster; "
                 f"wait_for_cluster({HEAD!r}, 2, timeout_s=90)")
         subprocess.run(ns.command([sys.executable, "-c", wait]), env=ENV, check=True, timeout=120)
         yield ns

@@ -20,7 +20,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pipeline.messages import msgspec_type, parse_line, schema_errors, schema_fast_type, schema_validator
+from pipeline.message_schema import msgspec_type, schema_fast_type, schema_validator
+from pipeline.messages import parse_line, schema_errors
 
 REPO = Path(__file__).resolve().parent.parent
 MIXED = REPO / "tests" / "fixtures" / "validate" / "mixed.jsonl"
@@ -105,7 +106,7 @@ def same_parse(raw: bytes) -> None:
 
 def test_the_schema_file_has_a_fast_path():
     assert schema_fast_type() is not None, (
-        "schemas/messages.schema.json uses a keyword pipeline/messages.py:_fast_type does not translate, so every "
+        "schemas/messages.schema.json uses a keyword pipeline/message_schema.py:_fast_type does not translate, so every "
         "row goes through jsonschema (~7x slower validate); teach _fast_type the keyword or keep the schema to "
         "type/enum/const/properties/required/items/minLength/maxLength/minItems/maxItems")
 
