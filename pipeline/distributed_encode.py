@@ -58,7 +58,7 @@ class Encoder:
     def _encode_range(self, spec: dict[str, Any]) -> dict[str, Any]:
         import pyarrow.parquet as pq
 
-        from pipeline.pack_encode import AUDIT_TOTALS, SPILL_SCHEMA, STATS_SCHEMA, encode_lines
+        from pipeline.pack_encode import AUDIT_TOTALS, SPILL_SCHEMA, STATS_SCHEMA, count_drops, encode_lines
         from pipeline.masking import IGNORE_INDEX
 
         check_shared(str(self.staging), self.token)
@@ -85,14 +85,7 @@ class Encoder:
                     trained.append(np.add.reduceat(flags, starts) if flags.size else np.zeros(len(labels), np.int32))
                     for key, value in result["audit"].items():
                         audit[key] += value
-                    for entry in result["stats"]:  # as pack_encode.encode_all counts them
-                        reason = entry["dropped"]
-                        if reason:
-                            dropped[reason] = dropped.get(reason, 0) + 1
-                            if len(first) < 20:
-                                first.append({"input": entry["input"], "line": entry["line"], "reason": reason,
-                                              "message": entry.get("error", reason)}
-                                             | ({"rule": entry["rule"]} if "rule" in entry else {}))
+                    count_drops(result["stats"], dropped, first)  # as pack's local run counts them
                     stats_writer.write_table(pa.Table.from_pylist(result["stats"], schema=STATS_SCHEMA))
                     lines += len(result["stats"])
             os.replace(spill_tmp, spill_path)

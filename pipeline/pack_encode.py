@@ -290,14 +290,7 @@ def encode_all(sources: list[InputSource], cfg: PackConfig, spill_path: Path, st
                 for key, value in result["audit"].items():
                     audit[key] += value
                 lengths.extend(np.asarray(result["spill"].column("input_ids").value_lengths()).tolist())
-                for entry in result["stats"]:
-                    reason = entry["dropped"]
-                    if reason:
-                        dropped[reason] = dropped.get(reason, 0) + 1
-                        if len(first_errors) < 20:
-                            first_errors.append({"input": entry["input"], "line": entry["line"], "reason": reason,
-                                                 "message": entry.get("error", reason)}
-                                                | ({"rule": entry["rule"]} if "rule" in entry else {}))
+                count_drops(result["stats"], dropped, first_errors)
                 stats_writer.write_table(pa.Table.from_pylist(result["stats"], schema=STATS_SCHEMA))
                 progress.update(len(result["stats"]))
         finally:
@@ -306,3 +299,16 @@ def encode_all(sources: list[InputSource], cfg: PackConfig, spill_path: Path, st
                 pool.terminate()
     audit["examples_without_trained_tokens"] = dropped.get("no_trained_tokens", 0)
     return np.asarray(lengths, dtype=np.int64), dropped, first_errors, audit
+
+
+def count_drops(stats: list[dict[str, Any]], dropped: dict[str, int], first: list[dict[str, Any]]) -> None:
+    """Add one batch's dropped examples to the counts per reason and to the first 20 drops listed
+    in the manifest (input, line, reason, message, and the validate rule when there is one)."""
+    for entry in stats:
+        reason = entry["dropped"]
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
+            if len(first) < 20:
+                first.append({"input": entry["input"], "line": entry["line"], "reason": reason,
+                              "message": entry.get("error", reason)}
+                             | ({"rule": entry["rule"]} if "rule" in entry else {}))

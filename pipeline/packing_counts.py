@@ -14,7 +14,10 @@ packing.best_fit_decreasing) or a pattern fill when that needs fewer rows.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
 
 class PackedRows:
     """Rows as flat item indices and row offsets (CSR): row r is items[offsets[r]:offsets[r+1]].
@@ -65,11 +68,16 @@ def best_fit_decreasing_counts(lengths: np.ndarray, capacity: int) -> PackedRows
     Raises:
         ValueError: an item longer than `capacity` or shorter than 1.
     """
+    order, count = _checked_longest_first(lengths, capacity)
+    return _place(order, lambda: _bfd_runs(count, capacity))
+
+
+def _checked_longest_first(lengths: Any, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """_longest_first of `lengths`, after checking every length lies in [1, capacity]."""
     w = np.asarray(lengths)
     if w.size and (int(w.max()) > capacity or int(w.min()) < 1):
         raise ValueError(f"lengths must lie in [1, {capacity}]")
-    order, count = _longest_first(w, capacity)
-    return _place(order, lambda: _bfd_runs(count, capacity))
+    return _longest_first(w, capacity)
 
 
 def _place(order: np.ndarray, runs) -> PackedRows:
@@ -117,10 +125,7 @@ def pack_counts(lengths: np.ndarray, capacity: int) -> PackedRows:
     Raises:
         ValueError: an item longer than `capacity` or shorter than 1.
     """
-    w = np.asarray(lengths)
-    if w.size and (int(w.max()) > capacity or int(w.min()) < 1):
-        raise ValueError(f"lengths must lie in [1, {capacity}]")
-    order, count = _longest_first(w, capacity)
+    order, count = _checked_longest_first(lengths, capacity)
     bfd_rows = 0
     for _, ids, _ in _bfd_runs(count, capacity):
         bfd_rows = max(bfd_rows, int(ids.max()) + 1)
