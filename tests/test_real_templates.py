@@ -45,7 +45,7 @@ CONVERSATIONS = {
     "tools": [{"role": "user", "content": "Weather in Lyon?"}, CALL, RESULT, ANSWER],
 }
 PROMPT_TEXTS = ("Say hello.", "Capital of France?", "You are terse.", "Weather in Lyon?", "Sunny, 21 C")
-REFUSED = {("gemma2", "system"), ("gemma2", "tools")}
+REFUSED = {("gemma2", "system"), ("gemma2", "tools"), ("gemma3", "tools")}
 """Conversations the template itself rejects (raise_exception): dropped as template_error."""
 RENDERS_TOOL_CALLS = {"command_r7b", "deepseek_r1_distill", "deepseek_v3_1", "glm4_5", "gpt_oss", "hermes_tool_use",
                       "llama3_1", "llama3_2", "llama3_3", "mistral_nemo", "mistral_small_3_1", "nemotron_nano_v2",
