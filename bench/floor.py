@@ -22,10 +22,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    from pipeline.tokenizer import load_tokenizer
+
+    # pack's own loader: the Rust tokenizer without importing torch, so start-up is the same for both
+    tokenizer = load_tokenizer(args.tokenizer)
     # The compiled template and variables that apply_chat_template(tokenize=False) uses.
     template = _compile_jinja_template(tokenizer.get_chat_template())
     variables = dict(tokenizer.special_tokens_map)

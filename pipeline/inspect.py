@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.errors import SftpackError
 from pipeline.masking import IGNORE_INDEX
-from pipeline.shards import MANIFEST, read_manifest
+from pipeline.shards import MANIFEST, PackedFolder
 
 OPEN, CLOSE = "[[", "]]"
 ANSI_OPEN, ANSI_CLOSE = "\x1b[1;32m", "\x1b[0m"
@@ -139,15 +139,13 @@ def run(folder: str | Path, cfg: InspectConfig) -> str:
     Raises:
         SftpackError: not a packed folder, no such row or example, tokenizer missing.
     """
-    import datasets
-
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    if manifest is None:
+    packed = PackedFolder.at(folder)
+    if packed is None:
         raise SftpackError(f"{folder}: no readable {MANIFEST}; give a packed folder (out/packed/<fingerprint>)")
-    tokenizer = load_tokenizer(folder, manifest, cfg.tokenizer)
+    tokenizer = load_tokenizer(folder, packed.manifest, cfg.tokenizer)
     try:
-        dataset = datasets.load_from_disk(str(folder))
+        dataset = packed.open()
     except (OSError, ValueError) as err:
         raise SftpackError(f"{folder}: cannot open the packed rows: {err}") from None
     index = cfg.row or 0
@@ -161,5 +159,5 @@ def run(folder: str | Path, cfg: InspectConfig) -> str:
     if index >= dataset.num_rows:
         raise SftpackError(f"{folder}: --row {index} out of range; the folder has {dataset.num_rows} rows (0.."
                            f"{dataset.num_rows - 1})")
-    max_length = (manifest.get("options") or {}).get("max_length")
+    max_length = packed.options.get("max_length")
     return format_row(tokenizer, dataset[index], index, max_length, cfg.color, cfg.example)

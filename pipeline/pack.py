@@ -42,7 +42,7 @@ from pipeline.pack_encode import encode_all, set_worker_state
 from pipeline.pack_rows import write_shards
 from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.readers import InputSource, ReadOptions
-from pipeline.shards import MANIFEST, read_manifest, verify_folder, write_dataset_metadata
+from pipeline.shards import MANIFEST, PackedFolder, write_dataset_metadata
 
 # Bump when the bytes pack writes for the same inputs and options change meaning.
 PACK_FORMAT_VERSION = 2  # 2: rows from pack_bins (BFD + local search)
@@ -206,11 +206,11 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
     except OSError as err:
         raise SftpackError(f"{out_dir}: cannot create output folder: {err.strerror}") from None
     remove_stale(out_dir)
-    if read_manifest(folder) is not None:
-        problems = verify_folder(folder)
+    existing = PackedFolder.at(folder)
+    if existing is not None:
+        problems = existing.verify()
         if not problems:
-            manifest = read_manifest(folder)
-            return {**manifest, "path": str(folder), "reused": True}
+            return {**existing.manifest, "path": str(folder), "reused": True}
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
     from pipeline.tokenizer import load_renderer

@@ -65,7 +65,7 @@ def set_worker_state(cfg: PackConfig, tokenizer: Any, renderer: Any) -> None:
         tokenizer: the loaded tokenizer (tokenizer.load_renderer).
         renderer: its chat template renderer.
     """
-    stop_ids = np.array([tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers], dtype=np.int32)
+    stop_ids = frozenset(tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers)
     # validate's checks but the template one (encoding renders every record anyway)
     checks = list(ROW_CHECKS) + [control_token_check(tokenizer)]
     _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer),
@@ -173,9 +173,9 @@ def encode_lines(batch: Batch) -> dict[str, Any]:
     return {"spill": _spill_batch(ids_out, labels_out, kept_ids), "stats": stats, "audit": audit}
 
 
-def _ends_with_stop(labels: np.ndarray, stop_ids: np.ndarray) -> bool:
-    trained = labels[labels != IGNORE_INDEX]
-    return bool(trained.size) and bool(np.isin(trained[-1], stop_ids))
+def _ends_with_stop(labels: np.ndarray, stop_ids: frozenset[int]) -> bool:
+    trained = np.flatnonzero(labels != IGNORE_INDEX)
+    return bool(trained.size) and int(labels[trained[-1]]) in stop_ids
 
 
 def _fit(example: Any, cfg: PackConfig, entry: dict[str, Any]) -> list[tuple[np.ndarray, np.ndarray]]:

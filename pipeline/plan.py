@@ -301,9 +301,10 @@ def _rows(req: PlanRequest, base) -> tuple[int | None, str, int | None, list[str
 
 def _read_packed_rows(folder: str | Path, what: str) -> tuple[int, int | None]:
     """(totals.rows, options.max_length) of a packed folder's manifest."""
-    from pipeline.shards import read_manifest
+    from pipeline.shards import PackedFolder
 
-    manifest = read_manifest(folder)
+    packed = PackedFolder.at(folder)
+    manifest = packed.manifest if packed else None
     if manifest is None:
         raise SftpackError(f"{what} {folder}: no manifest.json (not a packed folder, or unreadable); "
                            "run `sftpack pack` first, or give --examples N")

@@ -38,7 +38,7 @@ from pipeline.readers import DATA_SUFFIXES, InputSource, ReadOptions
 from pipeline.report_findings import describe_jsonl, describe_packed, kept_lengths
 from pipeline.report_html import make_plots, render_html
 from pipeline.report_scan import ReportConfig, _Encoder, scan_jsonl
-from pipeline.shards import MANIFEST, read_manifest
+from pipeline.shards import MANIFEST, PackedFolder
 
 # ---------------------------------------------------------------- the stage
 
@@ -52,7 +52,7 @@ def _open_inputs(inputs: list[str | Path], out: Path, read: ReadOptions) -> tupl
     if not specs:
         problems.append("give at least one input (JSONL, Parquet, a folder, a glob or a dataset name) or one "
                         "packed folder")
-    packed = [Path(spec) for spec in specs if (Path(spec) / MANIFEST).is_file()]
+    packed = [Path(spec) for spec in specs if PackedFolder.holds_one(spec)]
     if packed and len(specs) > 1:
         problems.append("give one packed folder, or data inputs, not both or several packed folders")
     for spec in specs if not packed else []:
@@ -110,10 +110,11 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig,
 
 def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
     """(numbers, provenance, plots, cards, pack's mask audit, cfg with the folder's max_length)."""
-    manifest = read_manifest(folder) or {}
-    max_length = int((manifest.get("options") or {}).get("max_length") or cfg.max_length)
+    packed = PackedFolder.at(folder) or PackedFolder(folder, {})
+    manifest = packed.manifest
+    max_length = int(packed.options.get("max_length") or cfg.max_length)
     cfg = dataclasses.replace(cfg, max_length=max_length)
-    numbers, frame, row_tokens = describe_packed(folder, manifest, cfg)
+    numbers, frame, row_tokens = describe_packed(packed, cfg)
     report = {"kind": "packed"} | numbers
     provenance = {"inputs": [{"path": str(folder), "fingerprint": manifest.get("fingerprint"),
                               "inputs": manifest.get("inputs")}], "tokenizer": manifest.get("tokenizer")}

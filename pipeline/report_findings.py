@@ -7,7 +7,6 @@ Findings are ranked by impact: the share of examples affected times FINDING_WEIG
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ import polars as pl
 
 from pipeline.errors import SftpackError
 from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
+from pipeline.shards import PackedFolder
 from pipeline.report_scan import FINDING_WEIGHTS, NO_SOURCE, PERCENTILES, ReportConfig, _Scan
 from pipeline.masking import IGNORE_INDEX
 
@@ -227,16 +227,14 @@ def describe_jsonl(frame: pl.DataFrame, scan: _Scan, cfg: ReportConfig, with_tok
 
 # ---------------------------------------------------------------- packed folders
 
-def read_packed_rows(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.DataFrame]:
+def read_packed_rows(packed: PackedFolder) -> tuple[np.ndarray, np.ndarray, np.ndarray, pl.DataFrame]:
     """Per packed row: tokens, trained tokens, sequences; plus the PackedRowLengths input table."""
-    import datasets
     import pyarrow.compute as pc
 
-
     try:
-        table = datasets.load_from_disk(str(folder)).data.table
+        table = packed.open().data.table
     except (OSError, ValueError) as err:
-        raise SftpackError(f"{folder}: cannot open the packed rows: {err}") from None
+        raise SftpackError(f"{packed.path}: cannot open the packed rows: {err}") from None
     ids = table.column("input_ids").combine_chunks()
     labels = table.column("labels").combine_chunks()
     tokens = np.asarray(pc.list_value_length(ids), dtype=np.int64)
@@ -248,7 +246,7 @@ def read_packed_rows(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
     return tokens, trained, sequences, lengths
 
 
-def describe_packed(folder: Path, manifest: dict[str, Any], cfg: ReportConfig) -> tuple[dict[str, Any], pl.DataFrame | None, np.ndarray]:
+def describe_packed(packed: PackedFolder, cfg: ReportConfig) -> tuple[dict[str, Any], pl.DataFrame | None, np.ndarray]:
     """The report's numbers for a packed folder: rows and their fill, and stats.parquet's examples.
 
     Returns:
@@ -256,7 +254,8 @@ def describe_packed(folder: Path, manifest: dict[str, Any], cfg: ReportConfig) -
     """
     from schemas.tables import ExampleStats, PackedRowLengths, packed_row_lengths, validate_table
 
-    tokens, trained, sequences, table = read_packed_rows(folder)
+    folder = packed.path
+    tokens, trained, sequences, table = read_packed_rows(packed)
     validate_table(PackedRowLengths, packed_row_lengths(table, cfg.max_length), f"{folder} rows")
     capacity = tokens.size * cfg.max_length
     report: dict[str, Any] = {
@@ -267,7 +266,7 @@ def describe_packed(folder: Path, manifest: dict[str, Any], cfg: ReportConfig) -
                  "lower_bound_rows": lower_bound_rows(int(tokens.sum()), cfg.max_length),
                  "fill_percentiles": {k: round(v / cfg.max_length, 4) for k, v in
                                       percentiles(pl.Series(tokens)).items()} if tokens.size else {}},
-        "manifest_totals": manifest.get("totals"),
+        "manifest_totals": packed.manifest.get("totals"),
     }
     stats_path = folder / "stats.parquet"
     if not stats_path.is_file():

@@ -13,6 +13,7 @@ A packed folder holds `data-XXXXX-of-YYYYY.arrow` (Arrow IPC streams, the format
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -167,3 +168,57 @@ def verify_folder(folder: str | Path) -> list[str]:
                 errors.append(f"{path}: {key} {actual} != manifest {shard[key]}")
         errors += [f"{path}: {message}" for message in row_invariant_errors(table, max_length)]
     return errors
+
+
+@dataclass(frozen=True)
+class PackedFolder:
+    """A packed folder as `sftpack pack` writes it: the one code that reads one.
+
+        out/packed/<fingerprint>/
+            manifest.json            written last: inputs, tokenizer, options, shards, totals
+            stats.parquet            one row per input example (ExampleStats)
+            data-*.arrow, state.json, dataset_info.json   the rows, for datasets.load_from_disk
+    """
+
+    path: Path
+    manifest: dict[str, Any]
+
+    @classmethod
+    def at(cls, path: str | Path) -> "PackedFolder | None":
+        """The folder at `path`, or None when it holds no readable manifest (not packed, or
+        incomplete: the manifest is written last)."""
+        manifest = read_manifest(path)
+        return None if manifest is None else cls(Path(path), manifest)
+
+    @staticmethod
+    def holds_one(path: str | Path) -> bool:
+        """Whether `path` is a folder with a manifest (cheap: the manifest is not parsed)."""
+        return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return self.manifest.get("options") or {}
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        return self.manifest.get("totals") or {}
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        return self.manifest.get("tokenizer") or {}
+
+    def verify(self) -> list[str]:
+        """Every shard against the manifest (verify_folder); empty when sound."""
+        return verify_folder(self.path)
+
+    def open(self):
+        """The rows, as `datasets.load_from_disk` opens them (memory-mapped)."""
+        import datasets
+
+        return datasets.load_from_disk(str(self.path))
+
+    def stats(self, columns: list[str] | None = None) -> pa.Table:
+        """stats.parquet: one row per input example."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(self.path / "stats.parquet", columns=columns)

@@ -45,7 +45,7 @@ from pipeline import __version__
 from pipeline.config import RunConfig, write_config
 from pipeline.errors import SftpackError
 from pipeline.generation import answer_prompts
-from pipeline.shards import read_manifest
+from pipeline.shards import PackedFolder
 from pipeline.trainer import Session, build_trainer
 
 logger = logging.getLogger("sftpack.train")
@@ -175,7 +175,8 @@ def _finish_wandb() -> None:
 
 
 def _data_identity(folder: Path) -> dict[str, Any]:
-    manifest = read_manifest(folder) or {}
+    packed = PackedFolder.at(folder)
+    manifest = packed.manifest if packed else {}
     return {"path": str(folder), "fingerprint": manifest.get("fingerprint"), "totals": manifest.get("totals")}
 
 

@@ -13,17 +13,12 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import SftpackError
-from pipeline.shards import MANIFEST, read_manifest, verify_folder
+from pipeline.shards import MANIFEST, PackedFolder
 
 logger = logging.getLogger("sftpack.train")
 
 # Columns the collator reads; example_ids stay on disk (provenance only).
 TRAIN_COLUMNS = ["input_ids", "labels", "seq_lengths"]
-
-
-def is_packed_folder(path: str | Path) -> bool:
-    """True for a folder holding a packed manifest (what `sftpack pack` writes last)."""
-    return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
 
 
 def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
@@ -54,7 +49,7 @@ def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
 def _packed_path(key: str, value: str, cfg: RunConfig) -> Path:
     """`value` itself when it is a packed folder, else what validate and pack make of it."""
     path = Path(value)
-    if is_packed_folder(path):
+    if PackedFolder.holds_one(path):
         return path
     if path.is_dir() and (path / "stats.parquet").is_file():  # pack writes it; only a packed folder has one
         raise SftpackError(f"{key} {path}: a folder without {MANIFEST}; not a (complete) packed folder. "
@@ -103,23 +98,21 @@ def load_packed(folder: Path, tokenizer, key: str):
     Raises:
         SftpackError: vocabulary mismatch, or missing columns.
     """
-    import datasets
-
     from pipeline.fingerprint import tokenizer_identity
 
-    problems = verify_folder(folder)
+    packed = PackedFolder.at(folder) or PackedFolder(Path(folder), {})
+    problems = packed.verify()
     if problems:
         raise SftpackError(f"{key} {folder}: failed verification, refusing to train on it: {problems[0]}"
                            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
                            f"re-run `sftpack pack` to rebuild it")
-    manifest = read_manifest(folder) or {}
-    packed_vocab = manifest.get("tokenizer", {}).get("vocab_sha256")
+    packed_vocab = packed.tokenizer.get("vocab_sha256")
     ours = tokenizer_identity(tokenizer, None)["vocab_sha256"]
     if packed_vocab and packed_vocab != ours:
         raise SftpackError(
-            f"{key} {folder}: packed with tokenizer {manifest['tokenizer'].get('name_or_path')!r} whose "
+            f"{key} {folder}: packed with tokenizer {packed.tokenizer.get('name_or_path')!r} whose "
             f"vocabulary differs from model.name_or_path's; re-pack with the model's tokenizer")
-    ds = datasets.load_from_disk(str(folder))
+    ds = packed.open()
     missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
     if missing:
         raise SftpackError(f"{key} {folder}: columns {missing} missing; not an sftpack packed folder")

@@ -90,6 +90,9 @@ def family(smol):
             if special:
                 tokenizer = copy.deepcopy(smol)
                 tokenizer.add_special_tokens(special)
+                # SmolLM2's generation_config names <|im_end|> as the stop token; a family stand-in has
+                # none, so its stop markers are its eos and the known end markers it defines
+                tokenizer.name_or_path = ""
             template = None if name == "smollm2" else (TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
             built[name] = (tokenizer, ChatRenderer(tokenizer, template))
         return built[name]
@@ -345,3 +348,28 @@ def test_one_render_skeleton_path_equals_the_per_turn_method(family, name):
             used += 1
             assert fast == located, record.get("id")
     assert used >= len(records) // 2
+
+
+def test_boundary_lookup_equals_the_offsets_rule(smol):
+    """Masks from a few char_to_token look-ups per span equal token_mask over every token's
+    offsets, also where a character is split over several byte tokens (emoji, CJK)."""
+    import itertools
+    import random
+
+    from pipeline.masking import _trained_by_boundaries
+
+    rng = random.Random(7)
+    alphabet = list("ab c\n\t.,") + ["é", "日本", "🙂", "👩‍💻", "<|im_end|>", "<|im_start|>"]
+    backend = smol.backend_tokenizer
+    used = 0
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40)))
+        cuts = sorted(rng.sample(range(len(text) + 1), k=min(len(text) + 1, 2 * rng.randint(1, 3))))
+        spans = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+        encoding = backend.encode(text, add_special_tokens=False)
+        offsets = np.array(list(itertools.chain.from_iterable(encoding.offsets)), dtype=np.int64).reshape(-1, 2)
+        fast = _trained_by_boundaries(encoding, len(encoding.ids), tuple(spans))
+        if fast is not None:
+            used += 1
+            assert fast.tolist() == token_mask(offsets, spans).tolist(), (text, spans)
+    assert used > 250

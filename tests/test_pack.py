@@ -289,3 +289,15 @@ def test_pack_tables_match_their_pandera_schemas(packed):
     validate_table(PackedRowLengths, packed_row_lengths(rows, 1024), "packed rows")
     with pytest.raises(Exception, match="within_max_length"):
         validate_table(PackedRowLengths, packed_row_lengths(rows, 64), "packed rows")
+
+
+def test_packed_folder_is_the_one_reader(packed, tmp_path):
+    from pipeline.shards import PackedFolder
+
+    folder = PackedFolder.at(packed["path"])
+    assert folder is not None and folder.verify() == []
+    assert folder.open().num_rows == folder.totals["rows"] == packed["totals"]["rows"]
+    assert folder.stats(["dropped"]).num_rows == folder.totals["examples_read"]
+    assert folder.options["max_length"] == packed["options"]["max_length"]
+    assert PackedFolder.holds_one(packed["path"]) and not PackedFolder.holds_one(tmp_path)
+    assert PackedFolder.at(tmp_path) is None  # no manifest: not packed, or not finished
