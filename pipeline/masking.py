@@ -55,7 +55,7 @@ class EncodedExample:
     error: str | None = None
     """What went wrong, naming the conversation; None when encoded."""
     reason: str | None = None
-    """Short drop reason: template_error, template_not_maskable or too_long."""
+    """Short drop reason: template_error, template_not_maskable, too_long or invalid_record (a lone surrogate)."""
 
 
 def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] | None = None,
@@ -173,6 +173,10 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
             if max_chars is not None and longest > max_chars:
                 results[index] = EncodedExample(error=f"{name}: {longest:,} characters cannot fit the token limit",
                                                 reason="too_long")
+            elif not all(_encodable(text) for text, _ in sequences):  # the tokenizer would fail the batch
+                results[index] = EncodedExample(error=f"{name}: the text holds a lone UTF-16 surrogate, which no "
+                                                      f"tokenizer accepts; validate rejects such lines "
+                                                      f"(lone_surrogate)", reason="invalid_record")
             else:
                 rendered.append((index, sequences, audit))
     texts = [text for _, sequences, _ in rendered for text, _ in sequences]
@@ -184,6 +188,15 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
             audit = audit | {"split_extra_tokens": sum(sizes) - max(sizes)}
         results[index] = EncodedExample(encoded, audit)
     return results
+
+
+def _encodable(text: str) -> bool:
+    """Whether `text` is valid Unicode (no lone surrogate): UTF-8 encoding in C, about 1 GB/s."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _encode_texts(tokenizer: Any, texts: list[str]) -> list:
