@@ -84,6 +84,10 @@ def _skeleton(renderer: ChatRenderer, roles: tuple[str, ...], tools: Any, option
     return _Skeleton(parts, tuple(spans), audit)
 
 
+MAX_SKELETONS = 4096
+"""Shapes remembered per template; past it, new shapes take the per-turn method (same masks)."""
+
+
 def from_skeleton(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str,
                    options: MaskOptions) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]] | None:
     """Masks from the shape's skeleton when `full` is exactly the skeleton with this conversation's
@@ -95,6 +99,13 @@ def from_skeleton(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: st
     key = (options, roles, None if tools is None else json.dumps(tools, sort_keys=True))
     cache = renderer.memo.setdefault("skeletons", {})
     if key not in cache:
+        # A shape seen once (tool conversations: every tools list is its own shape) is not worth the
+        # skeleton's own per-turn renders; learn it on its second sighting, and keep both bounded.
+        seen = renderer.memo.setdefault("shapes_seen", set())
+        if key not in seen or len(cache) >= MAX_SKELETONS:
+            if len(seen) < MAX_SKELETONS:
+                seen.add(key)
+            return None
         cache[key] = _skeleton(renderer, roles, tools, options)
     skeleton = cache[key]
     if skeleton is None:
