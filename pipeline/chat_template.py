@@ -37,7 +37,6 @@ from pipeline.errors import SftpackError
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 """Names a message's reasoning is read from, in this order, and given to the template under."""
-REASONING_MODES = ("train", "mask", "drop")
 KNOWN_STOP_MARKERS = (
     "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>", "<|return|>", "<|call|>",
     "<end_of_turn>", "</s>", "<|END_OF_TURN_TOKEN|>", "<｜end▁of▁sentence｜>", "<|endoftext|>",
