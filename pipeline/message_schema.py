@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import jsonschema
 import msgspec
+
+if TYPE_CHECKING:
+    import jsonschema
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "messages.schema.json"
 
@@ -38,6 +40,8 @@ def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
 @lru_cache(maxsize=1)
 def _schema() -> dict[str, Any]:
     """`schemas/messages.schema.json`, checked, its local $refs inlined (read once)."""
+    import jsonschema  # ~0.1 s; imported when the first record is checked, not at start-up
+
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     jsonschema.Draft202012Validator.check_schema(schema)
     return _inline_refs(schema, schema.get("$defs", {}))
@@ -46,6 +50,8 @@ def _schema() -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def schema_validator() -> jsonschema.Draft202012Validator:
     """The validator for `schemas/messages.schema.json` (loaded and checked once)."""
+    import jsonschema
+
     return jsonschema.Draft202012Validator(_schema())
 
 

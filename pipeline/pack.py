@@ -5,7 +5,7 @@
              as rejected_<rule>──> checked records
            ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
            ──best-fit-decreasing over lengths──> bins
-           ──gather rows from the memory-mapped spill──> data-*.arrow, stats.parquet, manifest.json
+           ──gather rows from the spill (pack_rows)──> data-*.arrow, stats.parquet, manifest.json
 
 Only lengths stay in memory for packing; token data goes to disk as it is produced. The
 output folder `out_dir/<fingerprint>/` is built under a temp name and renamed when complete,
@@ -27,22 +27,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from pipeline import __version__
 from pipeline.atomic import atomic_dir, remove_stale, write_json
 from pipeline.errors import SftpackError
 from pipeline.data_options import DEFAULT_MAX_LENGTH, data_values
 from pipeline.data_options import problems as data_problems
-from pipeline.masking import MaskOptions
+from pipeline.turn_targets import MaskOptions
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
-from pipeline.pack_encode import encode_all, set_worker_state
-from pipeline.pack_rows import write_shards
-from pipeline.packing import lower_bound_rows, one_per_row, pack_bins
 from pipeline.readers import InputSource, ReadOptions
 from pipeline.shards import MANIFEST, PackedFolder, write_dataset_metadata
+
+if TYPE_CHECKING:
+    import numpy as np
 
 # Bump when the bytes pack writes for the same inputs and options change meaning.
 PACK_FORMAT_VERSION = 2  # 2: rows from pack_bins (BFD + local search)
@@ -208,11 +206,14 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
     remove_stale(out_dir)
     existing = PackedFolder.at(folder)
     if existing is not None:
-        problems = existing.verify()
+        problems = existing.checksum_errors()  # bytes as pack wrote them; `sftpack verify` rechecks rows too
         if not problems:
             return {**existing.manifest, "path": str(folder), "reused": True}
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
+    # Building imports what a reused run never needs (numpy, the template, the encoders): that
+    # keeps a reused pack's start-up short.
+    from pipeline.pack_encode import set_worker_state
     from pipeline.tokenizer import load_renderer
 
     tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
@@ -230,6 +231,10 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
 def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], identity: dict, fp: str,
            cfg: PackConfig, started: float, tokenizer_files: dict | None = None) -> dict[str, Any]:
     """Encode, pack and write the folder under a temp name; rename it into place last."""
+    from pipeline.pack_encode import encode_all
+    from pipeline.pack_rows import write_shards
+    from pipeline.packing import one_per_row, pack_bins
+
     with atomic_dir(folder) as tmp:
         spill_path = tmp / ".spill.arrow"
         if cfg.ray:  # encode and write on a Ray cluster, the same bytes (pipeline/distributed.py)
@@ -278,6 +283,8 @@ def _totals(folder: Path, lengths: np.ndarray, rows: int, shards: list[dict[str,
     how full they are against the capacity and the lower bound, and the audit counts."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
+
+    from pipeline.packing import lower_bound_rows
 
     stats = pq.read_table(folder / "stats.parquet", columns=["truncated", "dropped"])
     tokens = int(lengths.sum())

@@ -135,6 +135,14 @@ def row_invariant_errors(table: pa.Table, max_length: int) -> list[str]:
     return errors
 
 
+def _checksum_error(path: Path, shard: dict[str, Any]) -> str | None:
+    if not path.is_file():
+        return f"{path}: shard missing"
+    if sha256_file(path) != shard["sha256"]:
+        return f"{path}: sha256 differs from the manifest (file changed or corrupt)"
+    return None
+
+
 def verify_folder(folder: str | Path) -> list[str]:
     """Re-check a packed folder against its manifest; return the failures (empty: sound).
 
@@ -149,11 +157,9 @@ def verify_folder(folder: str | Path) -> list[str]:
     max_length = int(manifest["options"]["max_length"])
     for shard in manifest["shards"]:
         path = folder / shard["file"]
-        if not path.is_file():
-            errors.append(f"{path}: shard missing")
-            continue
-        if sha256_file(path) != shard["sha256"]:
-            errors.append(f"{path}: sha256 differs from the manifest (file changed or corrupt)")
+        problem = _checksum_error(path, shard)
+        if problem:
+            errors.append(problem)
             continue
         try:
             table = read_shard(path)
@@ -210,6 +216,12 @@ class PackedFolder:
     def verify(self) -> list[str]:
         """Every shard against the manifest (verify_folder); empty when sound."""
         return verify_folder(self.path)
+
+    def checksum_errors(self) -> list[str]:
+        """Every shard's presence and sha256 against the manifest; empty when the bytes are those
+        pack wrote in this folder. The cheap half of `verify`, for reuse."""
+        return [problem for shard in self.manifest["shards"]
+                if (problem := _checksum_error(self.path / shard["file"], shard))]
 
     def open(self):
         """The rows, as `datasets.load_from_disk` opens them (memory-mapped)."""

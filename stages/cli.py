@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in STAGES.items():
         stage_parser = sub.add_parser(name, help=help_text, description=help_text)
-        if chosen not in STAGES or name == chosen:  # import only the stage that runs: fast start-up
+        if name == chosen:  # import only the stage that runs (none for `sftpack --help`): fast start-up
             importlib.import_module(f"stages.{name.replace('-', '_')}").add_arguments(stage_parser)
     args = parser.parse_args(argv)
     try:
