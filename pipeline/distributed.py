@@ -10,13 +10,13 @@
               the first drops, audit counts
     pack_bins(all lengths, in input order)        ->  staging/plan-*.npy (rows as sequence indices)
     shard ranges (same as local)                  ->  one task per shard: gather its rows from the
-                                                      memory-mapped spills, write data-*.arrow;
+                                                      spills (pack_rows), write data-*.arrow;
                                                       one task: stats.parquet from the parts, in order
     dataset metadata, manifest (pipeline/pack.py)
 
 Why the output is byte-identical to the local run: sequences are numbered in input order (file,
 line, split part) whatever range or node encoded them, `pack_bins` sees the same lengths in the
-same order, and each shard is written by pack_rows' `row_batches` and `write_shard` over the same
+same order, and each shard is written by pack_rows' `gathered_batches` and `write_shard` over the same
 rows. Ray Data retries a task or actor killed mid-run; every staged file is written under a temp
 name and renamed, so a retry rewrites the same bytes and a killed attempt leaves nothing used.
 

@@ -1,11 +1,12 @@
-"""Writing pack's output on a Ray cluster: one task per shard gathers its rows from the staged,
-memory-mapped spills and writes it as the local run would (pack_rows.row_batches, shards.write_shard);
+"""Writing pack's output on a Ray cluster: one task per shard gathers its rows from the staged
+spills and writes it as the local run would (pack_rows.gathered_batches, shards.write_shard);
 one task writes stats.parquet from the staged parts, in order."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -15,17 +16,6 @@ import pyarrow as pa
 from pipeline.distributed_cluster import atomic_path, check_shared
 
 
-def _open_spill(staging: Path, ranges: int) -> pa.Table:
-    """Every range's spill, memory-mapped and concatenated in range order: row i is sequence i."""
-    tables = []
-    for k in range(ranges):
-        source = pa.memory_map(str(staging / f"spill-{k:06d}.arrow"))
-        tables.append(pa.ipc.open_file(source).read_all())
-    from pipeline.pack_encode import SPILL_SCHEMA
-
-    return pa.concat_tables(tables) if tables else SPILL_SCHEMA.empty_table()
-
-
 def write_part(spec: dict[str, Any]) -> dict[str, Any]:
     """One output file: a shard (rows spec.start..spec.stop of the plan) or, for kind 'stats', stats.parquet."""
     staging, folder = Path(spec["staging"]), Path(spec["folder"])
@@ -33,11 +23,11 @@ def write_part(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["kind"] == "stats":
         _write_stats(staging, folder / "stats.parquet", json.loads(spec["sources"]), spec["batch_size"])
         return {"index": -1, "sha256": "", "trained_tokens": 0}
-    from pipeline.pack_rows import row_batches
+    from pipeline.pack_rows import gathered_batches, row_chunks
     from pipeline.masking import IGNORE_INDEX
     from pipeline.shards import write_shard
 
-    spill = _open_spill(staging, spec["ranges"])
+    spill_paths = [staging / f"spill-{k:06d}.arrow" for k in range(spec["ranges"])]  # row i is sequence i
     items = np.load(staging / "plan-items.npy", mmap_mode="r")
     offsets = np.load(staging / "plan-offsets.npy", mmap_mode="r")
     start, stop = spec["start"], spec["stop"]
@@ -52,11 +42,14 @@ def write_part(spec: dict[str, Any]) -> dict[str, Any]:
 
     target = folder / spec["file"]
     tmp = atomic_path(target)
+    scratch = staging / f"gather-{spec['index']:06d}"
     try:
-        sha = write_shard(tmp, counted(row_batches(spill, bins, range(len(bins)))))
+        batches = gathered_batches(spill_paths, bins, row_chunks(range(len(bins))), scratch)
+        sha = write_shard(tmp, counted(batches))
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return {"index": spec["index"], "sha256": sha, "trained_tokens": trained}
 
 

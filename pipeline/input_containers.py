@@ -7,7 +7,7 @@ One input (`readers.open_input(spec)`) is one of these containers, told apart by
     x.parquet, a folder or a glob          pyarrow.parquet.ParquetFile.iter_batches per file, files in
                                            name order (a folder or glob may mix the file kinds above)
     a datasets.save_to_disk folder         (state.json or dataset_info.json inside; a DatasetDict folder
-                                           picks --split) its Arrow files memory-mapped, batch by batch
+                                           picks --split) its Arrow files, batch by batch
     a dataset name (no such path)          datasets.load_dataset(name, split=...) offline from the local
                                            cache, streaming=True when the cache allows it
 
@@ -91,9 +91,11 @@ def _arrow_batches(path: Path, container: str, batch_size: int) -> Iterator[Any]
     if container == "parquet":
         import pyarrow.parquet as pq
 
-        yield from pq.ParquetFile(path, memory_map=True).iter_batches(batch_size=batch_size)
+        yield from pq.ParquetFile(path).iter_batches(batch_size=batch_size)
         return
-    with pa.memory_map(str(path)) as source:  # save_to_disk writes the Arrow IPC stream format
+    # Read, not memory-mapped: a mapping would keep every page read so far as this process's
+    # memory, and memory is to stay bounded by the batch.
+    with pa.OSFile(str(path)) as source:  # save_to_disk writes the Arrow IPC stream format
         yield from pa.ipc.open_stream(source)
 
 

@@ -163,6 +163,15 @@ def test_rerun_reuses_and_any_change_rebuilds(real_inputs, model_dir, tmp_path, 
     assert "reused" in capsys.readouterr().out
 
 
+def test_top_level_help_imports_no_stage():
+    code = ("import sys; from stages.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('stages.', 'numpy', 'pyarrow', 'polars')) "
+            "and m != 'stages.cli'))")
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert shown.stdout.splitlines()[-1] == "[]"
+    assert "pack" in shown.stdout and "report" in shown.stdout  # every stage is still listed
+
+
 def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_inputs, model_dir, tmp_path):
     tok = tmp_path / "tok"  # the tokenizer files only, in a folder of our own
     tok.mkdir()
@@ -175,7 +184,8 @@ def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_in
                                                        "chat_template.jinja", "config.json"}
     code = ("import sys; from pipeline.pack import PackConfig, run; "
             f"m = run([{str(real_inputs[0])!r}], {str(tmp_path / 'out')!r}, PackConfig(tokenizer={str(tok)!r}, "
-            "max_length=512)); print(m['reused'], sorted({'transformers', 'jinja2', 'torch', 'pandas'} & set(sys.modules)))")
+            "max_length=512)); print(m['reused'], sorted({'transformers', 'jinja2', 'torch', 'pandas', 'polars', "
+            "'jsonschema', 'tokenizers', 'pipeline.pack_encode'} & set(sys.modules)))")
     reused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert reused.stdout.split() == ["True", "[]"]
 
@@ -301,3 +311,40 @@ def test_packed_folder_is_the_one_reader(packed, tmp_path):
     assert folder.options["max_length"] == packed["options"]["max_length"]
     assert PackedFolder.holds_one(packed["path"]) and not PackedFolder.holds_one(tmp_path)
     assert PackedFolder.at(tmp_path) is None  # no manifest: not packed, or not finished
+
+
+@pytest.mark.parametrize("gather_files", [1, 256])
+def test_gathered_rows_equal_an_in_memory_gather(tmp_path, monkeypatch, gather_files):
+    """Rows gathered through chunk files (one pass per `gather_files` chunks, several spill files)
+    hold exactly the sequences an in-memory take gives, in row order; no scratch file is left."""
+    import pyarrow as pa
+
+    from pipeline import pack_rows
+    from pipeline.pack_encode import SPILL_SCHEMA
+
+    monkeypatch.setattr(pack_rows, "GATHER_FILES", gather_files)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, size=900)
+    sequences = [rng.integers(0, 50_000, size=n, dtype=np.int32) for n in lengths]
+    paths = []
+    for part, (start, stop) in enumerate([(0, 250), (250, 251), (251, 900)]):  # three spill files
+        paths.append(tmp_path / f"spill-{part}.arrow")
+        with pa.OSFile(str(paths[-1]), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as writer:
+            for low in range(start, stop, 64):  # several record batches each
+                chosen = range(low, min(low + 64, stop))
+                writer.write_batch(pa.RecordBatch.from_arrays(
+                    [pa.array([sequences[i] for i in chosen], pa.list_(pa.int32())),
+                     pa.array([np.where(sequences[i] % 3 == 0, -100, sequences[i]) for i in chosen], pa.list_(pa.int32())),
+                     pa.array([f"ex{i}" for i in chosen])], schema=SPILL_SCHEMA))
+    bins = best_fit_decreasing(lengths[:850], 64)  # the last 50 sequences belong to no row
+    chunks = pack_rows.row_chunks(range(3, len(bins)), chunk_rows=7)  # rows 0-2 are not asked for
+    batches = list(pack_rows.gathered_batches(paths, bins, chunks, tmp_path / "scratch"))
+
+    assert [b.num_rows for b in batches] == [len(c) for c in chunks]
+    rows = [row for batch in batches for row in batch.to_pylist()]
+    for row, wanted in zip(rows, bins[3:], strict=True):
+        assert row["example_ids"] == [f"ex{i}" for i in wanted]
+        assert row["seq_lengths"] == [int(lengths[i]) for i in wanted]
+        assert row["input_ids"] == [int(t) for i in wanted for t in sequences[i]]
+        assert row["labels"] == [-100 if t % 3 == 0 else int(t) for i in wanted for t in sequences[i]]
+    assert list((tmp_path / "scratch").iterdir()) == []
