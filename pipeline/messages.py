@@ -170,7 +170,7 @@ def schema_errors(record: Any, fast: bool = True) -> list[RowError]:
 
 
 # ---------------------------------------------------------------- layer 3: conversation rules
-# Each check takes a schema-valid record and yields errors; ROW_CHECKS is the order they run.
+# Each check takes a schema-valid record and yields errors; CONVERSATION_RULES is the order they run.
 
 def check_has_assistant(record: Record) -> Iterable[RowError]:
     if not any(m["role"] == "assistant" for m in record["messages"]):
@@ -255,7 +255,7 @@ def check_role_order(record: Record) -> Iterable[RowError]:
                        "assistant's reply")
 
 
-ROW_CHECKS: list[Check] = [
+CONVERSATION_RULES: list[Check] = [
     check_has_assistant,
     check_assistant_content,
     check_tool_calls_role,
@@ -264,6 +264,49 @@ ROW_CHECKS: list[Check] = [
     check_tool_results,
     check_role_order,
 ]
+"""The conversation rules in the order their errors are listed."""
+
+
+def _passes_rules(messages: list[dict[str, Any]]) -> bool:
+    # All of CONVERSATION_RULES in one pass, for the common case: True only where none of them
+    # finds anything (tests/test_validate.py checks this on generated conversations). False may
+    # be wrong-footed by an unusual shape; the rules themselves then decide and write the errors.
+    state, open_calls, assistant = "start", 0, False
+    for i, message in enumerate(messages):
+        role, calls = message["role"], message.get("tool_calls")
+        if role == "assistant":
+            if not calls and not message["content"].strip():
+                return False
+            assistant = True
+        elif calls or message.get("reasoning_content") is not None or message.get("reasoning") is not None \
+                or message.get("thinking") is not None:
+            return False
+        if role == "system":
+            if i:
+                return False
+            continue
+        if role == "tool":
+            if open_calls == 0 or state not in ("assistant+calls", "tool"):
+                return False
+            open_calls -= 1
+            state = "tool"
+            continue
+        if role not in _NEXT[state]:
+            return False
+        open_calls = len(calls or ()) if role == "assistant" else 0
+        state = "assistant+calls" if role == "assistant" and calls else role
+    return assistant and messages[-1]["role"] not in ("user", "tool")
+
+
+def check_conversation(record: Record) -> Iterable[RowError]:
+    """Every error of CONVERSATION_RULES, in their order; one pass when there is none."""
+    if _passes_rules(record["messages"]):
+        return ()
+    return [error for rule in CONVERSATION_RULES for error in rule(record)]
+
+
+ROW_CHECKS: list[Check] = [check_conversation]
+"""The checks of a schema-valid record that need no tokenizer."""
 
 
 # ---------------------------------------------------------------- checks that need a tokenizer

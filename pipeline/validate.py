@@ -200,17 +200,20 @@ class _Tally:
         return out
 
     def keep(self, row: Row, out: bytes) -> None:
+        # Runs for every kept row: where it is (a dict) is built only for a warning.
         self.counts["kept"] += 1
         self.digests["kept"].update(out)
-        where = _where(row, self.verbatim)
         key = conversation_hash(row.record)
-        if key in self.seen:
-            self.warnings.add("duplicate", **where, repeats=self.seen[key])
-        else:
-            self.seen[key] = row.number if self.verbatim else row.where()
-        for i, message in enumerate(row.record["messages"]):
-            if len(message["content"]) > self.cfg.max_turn_chars:
-                self.warnings.add("long_turn", **where, path=f"/messages/{i}/content", chars=len(message["content"]))
+        here = row.number if self.verbatim else row.where()
+        first = self.seen.setdefault(key, here)
+        if first != here:
+            self.warnings.add("duplicate", **_where(row, self.verbatim), repeats=first)
+        messages = row.record["messages"]
+        if max([len(m["content"]) for m in messages], default=0) > self.cfg.max_turn_chars:
+            for i, message in enumerate(messages):
+                if len(message["content"]) > self.cfg.max_turn_chars:
+                    self.warnings.add("long_turn", **_where(row, self.verbatim), path=f"/messages/{i}/content",
+                                      chars=len(message["content"]))
 
 
 def validate_file(source: InputSource, out_dir: Path, checks: list[Check], cfg: ValidateConfig,

@@ -163,6 +163,12 @@ def test_rerun_reuses_and_any_change_rebuilds(real_inputs, model_dir, tmp_path, 
     assert "reused" in capsys.readouterr().out
 
 
+def test_row_features_are_what_datasets_derives_from_the_row_schema():
+    from pipeline.shards import ROW_SCHEMA, row_features
+
+    assert row_features() == datasets.Features.from_arrow_schema(ROW_SCHEMA).to_dict()
+
+
 def test_top_level_help_imports_no_stage():
     code = ("import sys; from stages.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
             "print(sorted(m for m in sys.modules if m.startswith(('stages.', 'numpy', 'pyarrow', 'polars')) "

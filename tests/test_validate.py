@@ -354,3 +354,33 @@ def test_reasoning_fields_are_strings_on_assistant_turns_only():
     assert rules([user, answer | {"thinking": "Greet back."}]) == []
     assert rules([user | {"reasoning": "x"}, answer]) == [("reasoning_not_assistant", "/messages/0/reasoning")]
     assert rules([user, answer | {"reasoning_content": 3}]) == [("schema_type", "/messages/1/reasoning_content")]
+
+
+def test_one_pass_verdict_equals_the_conversation_rules():
+    """check_conversation's one-pass verdict agrees with the seven rules on every conversation of up
+    to five turns built from ten kinds of turn (tool calls on any role, reasoning fields, empty
+    contents), and its errors are theirs, in their order."""
+    import itertools
+
+    from pipeline.messages import CONVERSATION_RULES, _passes_rules, check_conversation
+
+    call = {"type": "function", "function": {"name": "f", "arguments": {}}}
+    kinds = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"},
+             {"role": "assistant", "content": "", "tool_calls": [call]},
+             {"role": "assistant", "content": "", "tool_calls": [call, call]}, {"role": "tool", "content": "r"},
+             {"role": "system", "content": "s"}, {"role": "assistant", "content": " "},
+             {"role": "user", "content": "hi", "tool_calls": [call]}, {"role": "user", "content": "hi", "thinking": "t"},
+             {"role": "assistant", "content": "hi", "reasoning_content": "why", "tool_calls": []}]
+    passing = 0
+    for size in range(1, 6):
+        for messages in itertools.product(kinds, repeat=size):
+            record = {"messages": list(messages)}
+            errors = [error for rule in CONVERSATION_RULES for error in rule(record)]
+            assert _passes_rules(record["messages"]) == (not errors), messages
+            assert list(check_conversation(record)) == errors
+            passing += not errors
+    assert passing >= 40  # the valid shapes are exercised too (44 of them)
+    real = [parse_line(line)[0] for line in MIXED.read_bytes().splitlines() if line.strip()]
+    for record in real:
+        if record is not None and not schema_errors(record):
+            assert list(check_conversation(record)) == [e for rule in CONVERSATION_RULES for e in rule(record)]
