@@ -310,7 +310,6 @@ def write_report(out, quick, rounds, max_length, small, big, big_x, train_in, co
       f"{'reused, checksums verified' if reused_ok else 'REBUILT'} |")
     w(f"| one line changed | {fmt(edit_run.wall_s)} | {'REUSED (wrong)' if edit_info['reused'] else 'rebuilt'} "
       f"into a new folder `{Path(edit_info['folder']).name}` |")
-    w("")
     help_s = median(x.wall_s for x in help_runs)
     w(f"| `sftpack --help` (median of {len(help_runs)}) | {fmt(help_s)} | start-up alone |")
     w("")

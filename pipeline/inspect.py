@@ -26,7 +26,7 @@ import numpy as np
 
 from pipeline.errors import SftpackError
 from pipeline.masking import IGNORE_INDEX
-from pipeline.shards import MANIFEST, PackedFolder
+from pipeline.packed_folder import MANIFEST, PackedFolder
 
 OPEN, CLOSE = "[[", "]]"
 ANSI_OPEN, ANSI_CLOSE = "\x1b[1;32m", "\x1b[0m"

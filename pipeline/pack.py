@@ -37,7 +37,7 @@ from pipeline.data_options import problems as data_problems
 from pipeline.turn_targets import MaskOptions
 from pipeline.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from pipeline.readers import InputSource, ReadOptions
-from pipeline.shards import MANIFEST, PackedFolder, write_dataset_metadata
+from pipeline.packed_folder import MANIFEST, PackedFolder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -234,6 +234,7 @@ def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], iden
     from pipeline.pack_encode import encode_all
     from pipeline.pack_rows import write_shards
     from pipeline.packing import one_per_row, pack_bins
+    from pipeline.shards import write_dataset_metadata
 
     with atomic_dir(folder) as tmp:
         spill_path = tmp / ".spill.arrow"

@@ -84,7 +84,6 @@ def _sort_into_files(spill_paths: list[Path], dest_chunk: np.ndarray, dest_place
     """Append every spill sequence bound for a chunk in `wanted` to scratch/chunk-<index>.arrow,
     with its place in the chunk (column `place`)."""
     writers: dict[int, Any] = {}
-    schema = None
     offset = 0
     try:
         for batch in _spill_batches(spill_paths):
@@ -103,9 +102,8 @@ def _sort_into_files(spill_paths: list[Path], dest_chunk: np.ndarray, dest_place
                 piece = piece.append_column("place", pa.array(dest_place[index[part]]))
                 target = int(chunk[part[0]])
                 if target not in writers:
-                    schema = schema or piece.schema
                     sink = pa.OSFile(str(scratch / f"chunk-{target:06d}.arrow"), "wb")
-                    writers[target] = (sink, pa.ipc.new_file(sink, schema))
+                    writers[target] = (sink, pa.ipc.new_file(sink, piece.schema))
                 writers[target][1].write_batch(piece)
     finally:
         for sink, writer in writers.values():

@@ -301,7 +301,7 @@ def _rows(req: PlanRequest, base) -> tuple[int | None, str, int | None, list[str
 
 def _read_packed_rows(folder: str | Path, what: str) -> tuple[int, int | None]:
     """(totals.rows, options.max_length) of a packed folder's manifest."""
-    from pipeline.shards import PackedFolder
+    from pipeline.packed_folder import PackedFolder
 
     packed = PackedFolder.at(folder)
     manifest = packed.manifest if packed else None

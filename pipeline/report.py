@@ -38,7 +38,7 @@ from pipeline.readers import DATA_SUFFIXES, InputSource, ReadOptions
 from pipeline.report_findings import describe_jsonl, describe_packed, kept_lengths
 from pipeline.report_html import make_plots, render_html
 from pipeline.report_scan import ReportConfig, _Encoder, scan_jsonl
-from pipeline.shards import MANIFEST, PackedFolder
+from pipeline.packed_folder import MANIFEST, PackedFolder
 
 # ---------------------------------------------------------------- the stage
 

@@ -14,7 +14,7 @@ import polars as pl
 
 from pipeline.errors import SftpackError
 from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
-from pipeline.shards import PackedFolder
+from pipeline.packed_folder import PackedFolder
 from pipeline.report_scan import FINDING_WEIGHTS, NO_SOURCE, PERCENTILES, ReportConfig, _Scan
 from pipeline.masking import IGNORE_INDEX
 

@@ -1,4 +1,5 @@
-"""Packed shard folders: Arrow files that `datasets.load_from_disk` opens, plus checks.
+"""The packed row format: Arrow shard files that `datasets.load_from_disk` opens, and their checks
+(reading a packed folder is pipeline/packed_folder.py's).
 
 A packed folder holds `data-XXXXX-of-YYYYY.arrow` (Arrow IPC streams, the format
 `save_to_disk` writes), `state.json` and `dataset_info.json` (what `load_from_disk` reads),
@@ -12,8 +13,6 @@ A packed folder holds `data-XXXXX-of-YYYYY.arrow` (Arrow IPC streams, the format
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -23,8 +22,8 @@ import pyarrow as pa
 from pipeline.atomic import write_json
 from pipeline.fingerprint import sha256_file
 from pipeline.masking import IGNORE_INDEX
+from pipeline.packed_folder import MANIFEST, read_manifest, shard_checksum_error
 
-MANIFEST = "manifest.json"
 ROW_SCHEMA = pa.schema(
     [
         ("input_ids", pa.list_(pa.int32())),
@@ -87,15 +86,6 @@ def write_dataset_metadata(folder: Path, shard_files: list[str], fingerprint: st
     })
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any] | None:
-    """The folder's manifest, or None when it is missing or unreadable (incomplete)."""
-    path = Path(folder) / MANIFEST
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def read_shard(path: Path) -> pa.Table:
     with pa.memory_map(str(path)) as source:
         return pa.ipc.open_stream(source).read_all()
@@ -140,14 +130,6 @@ def row_invariant_errors(table: pa.Table, max_length: int) -> list[str]:
     return errors
 
 
-def _checksum_error(path: Path, shard: dict[str, Any]) -> str | None:
-    if not path.is_file():
-        return f"{path}: shard missing"
-    if sha256_file(path) != shard["sha256"]:
-        return f"{path}: sha256 differs from the manifest (file changed or corrupt)"
-    return None
-
-
 def verify_folder(folder: str | Path) -> list[str]:
     """Re-check a packed folder against its manifest; return the failures (empty: sound).
 
@@ -162,7 +144,7 @@ def verify_folder(folder: str | Path) -> list[str]:
     max_length = int(manifest["options"]["max_length"])
     for shard in manifest["shards"]:
         path = folder / shard["file"]
-        problem = _checksum_error(path, shard)
+        problem = shard_checksum_error(path, shard)
         if problem:
             errors.append(problem)
             continue
@@ -179,63 +161,3 @@ def verify_folder(folder: str | Path) -> list[str]:
                 errors.append(f"{path}: {key} {actual} != manifest {shard[key]}")
         errors += [f"{path}: {message}" for message in row_invariant_errors(table, max_length)]
     return errors
-
-
-@dataclass(frozen=True)
-class PackedFolder:
-    """A packed folder as `sftpack pack` writes it: the one code that reads one.
-
-        out/packed/<fingerprint>/
-            manifest.json            written last: inputs, tokenizer, options, shards, totals
-            stats.parquet            one row per input example (ExampleStats)
-            data-*.arrow, state.json, dataset_info.json   the rows, for datasets.load_from_disk
-    """
-
-    path: Path
-    manifest: dict[str, Any]
-
-    @classmethod
-    def at(cls, path: str | Path) -> "PackedFolder | None":
-        """The folder at `path`, or None when it holds no readable manifest (not packed, or
-        incomplete: the manifest is written last)."""
-        manifest = read_manifest(path)
-        return None if manifest is None else cls(Path(path), manifest)
-
-    @staticmethod
-    def holds_one(path: str | Path) -> bool:
-        """Whether `path` is a folder with a manifest (cheap: the manifest is not parsed)."""
-        return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return self.manifest.get("options") or {}
-
-    @property
-    def totals(self) -> dict[str, Any]:
-        return self.manifest.get("totals") or {}
-
-    @property
-    def tokenizer(self) -> dict[str, Any]:
-        return self.manifest.get("tokenizer") or {}
-
-    def verify(self) -> list[str]:
-        """Every shard against the manifest (verify_folder); empty when sound."""
-        return verify_folder(self.path)
-
-    def checksum_errors(self) -> list[str]:
-        """Every shard's presence and sha256 against the manifest; empty when the bytes are those
-        pack wrote in this folder. The cheap half of `verify`, for reuse."""
-        return [problem for shard in self.manifest["shards"]
-                if (problem := _checksum_error(self.path / shard["file"], shard))]
-
-    def open(self):
-        """The rows, as `datasets.load_from_disk` opens them (memory-mapped)."""
-        import datasets
-
-        return datasets.load_from_disk(str(self.path))
-
-    def stats(self, columns: list[str] | None = None) -> pa.Table:
-        """stats.parquet: one row per input example."""
-        import pyarrow.parquet as pq
-
-        return pq.read_table(self.path / "stats.parquet", columns=columns)

@@ -45,7 +45,7 @@ from pipeline import __version__
 from pipeline.config import RunConfig, write_config
 from pipeline.errors import SftpackError
 from pipeline.generation import answer_prompts
-from pipeline.shards import PackedFolder
+from pipeline.packed_folder import PackedFolder
 from pipeline.trainer import Session, build_trainer
 
 logger = logging.getLogger("sftpack.train")

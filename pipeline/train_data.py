@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.errors import SftpackError
-from pipeline.shards import MANIFEST, PackedFolder
+from pipeline.packed_folder import MANIFEST, PackedFolder
 
 logger = logging.getLogger("sftpack.train")
 

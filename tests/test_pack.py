@@ -191,7 +191,7 @@ def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_in
     code = ("import sys; from pipeline.pack import PackConfig, run; "
             f"m = run([{str(real_inputs[0])!r}], {str(tmp_path / 'out')!r}, PackConfig(tokenizer={str(tok)!r}, "
             "max_length=512)); print(m['reused'], sorted({'transformers', 'jinja2', 'torch', 'pandas', 'polars', "
-            "'jsonschema', 'tokenizers', 'pipeline.pack_encode'} & set(sys.modules)))")
+            "'jsonschema', 'tokenizers', 'pipeline.pack_encode', 'numpy', 'pyarrow'} & set(sys.modules)))")
     reused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert reused.stdout.split() == ["True", "[]"]
 
@@ -308,7 +308,7 @@ def test_pack_tables_match_their_pandera_schemas(packed):
 
 
 def test_packed_folder_is_the_one_reader(packed, tmp_path):
-    from pipeline.shards import PackedFolder
+    from pipeline.packed_folder import PackedFolder
 
     folder = PackedFolder.at(packed["path"])
     assert folder is not None and folder.verify() == []

@@ -13,7 +13,6 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pipeline.chat_template import ChatRenderer
