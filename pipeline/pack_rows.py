@@ -160,8 +160,9 @@ def write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths:
     """
     row_tokens = np.fromiter((lengths[row].sum() for row in bins), dtype=np.int64, count=len(bins))
     ranges = shard_ranges(row_tokens, shard_tokens) if bins else [range(0)]
+    chunks = [row_chunks(rows) for rows in ranges]  # one record batch each, per shard
     scratch = folder / ".gather"
-    batches = gathered_batches([spill_path], bins, [c for rows in ranges for c in row_chunks(rows)], scratch)
+    batches = gathered_batches([spill_path], bins, [c for shard in chunks for c in shard], scratch)
     shards = []
     progress = progress_bar(len(bins), "pack: write")
     for index, rows in enumerate(ranges):
@@ -176,7 +177,7 @@ def write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths:
                 progress.update(batch.num_rows)
                 yield batch
 
-        sha = write_shard(folder / name, counted(itertools.islice(batches, len(row_chunks(rows)))))
+        sha = write_shard(folder / name, counted(itertools.islice(batches, len(chunks[index]))))
         shards.append({"file": name, "sha256": sha, "rows": len(rows),
                        "tokens": int(row_tokens[rows.start:rows.stop].sum()), "trained_tokens": trained})
     progress.close()

@@ -204,10 +204,10 @@ class _Tally:
         self.counts["kept"] += 1
         self.digests["kept"].update(out)
         key = conversation_hash(row.record)
-        here = row.number if self.verbatim else row.where()
-        first = self.seen.setdefault(key, here)
-        if first != here:
-            self.warnings.add("duplicate", **_where(row, self.verbatim), repeats=first)
+        if key in self.seen:
+            self.warnings.add("duplicate", **_where(row, self.verbatim), repeats=self.seen[key])
+        else:
+            self.seen[key] = row.number if self.verbatim else row.where()
         messages = row.record["messages"]
         if max([len(m["content"]) for m in messages], default=0) > self.cfg.max_turn_chars:
             for i, message in enumerate(messages):
