@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml
 
 model: $(MODEL)
 
-$(MODEL): $(STAMP) pipeline/convert.py
+$(MODEL): $(STAMP) pipeline/default_model.py
 	$(SFTPACK) convert --out $(MODEL_DIR)
 	touch $@  # a reused conversion keeps its old time; make must see it as up to date
 
@@ -57,7 +57,7 @@ data/demo/train.jsonl data/demo/val.jsonl &: data/generate_demo.py $(STAMP)
 # `make -q` would never call the DAG up to date. Skipped for goals that read no config, and
 # before the venv exists (the rule below writes them once it does).
 SECTIONS := $(OUT)/config/model.json $(OUT)/config/data.json
-WRITE_SECTIONS = $(PY) -m stages.config_sections --config $(CONFIG) --out-dir $(OUT)/config
+WRITE_SECTIONS = $(PY) -m sftpack.cli.config_sections --config $(CONFIG) --out-dir $(OUT)/config
 ifneq ($(filter-out setup model demo-data test bench clean,$(MAKECMDGOALS)),)
 ifneq ($(wildcard $(STAMP)),)
 _sections_refresh := $(shell $(WRITE_SECTIONS))
@@ -96,7 +96,7 @@ TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
 train: $(TRAINED)
 
 $(TRAINED): $(PACKED) $(CONFIG)
-	$(if $(filter 1,$(NPROC)),$(SFTPACK),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m stages.cli) \
+	$(if $(filter 1,$(NPROC)),$(SFTPACK),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m sftpack) \
 	  train --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
 	  data.validation=$$(cat $(OUT)/packed/val.path) train.output_dir=$(OUT)/runs/$(notdir $(basename $(CONFIG)))
 
@@ -121,7 +121,8 @@ demo: $(TRAINED)
 test: $(STAMP) $(MODEL)
 	@# tests/test_ray.py runs its Ray cluster inside a network namespace (ip netns, iproute2)
 	command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
-	$(PY) -m pytest -q
+	@# two workers (pytest-xdist), one for all Ray tests; the 15 slowest tests are listed at the end
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 bench: $(STAMP) $(MODEL)
 	$(PY) bench/run_all.py

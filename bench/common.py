@@ -7,6 +7,7 @@ bench/work/ (git-ignored) at run time, giving every repeat its own id.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "bench" / "work"
-REAL = (ROOT / ".." / "shared" / "data" / "real").resolve()
+REAL = ROOT / "tests" / "data" / "real"  # the real datasets, gzipped in the repo (NOTICE there)
 REAL_FILES = ("alpaca_en_demo", "fastchat_dummy_conversation", "glaive_toolcall_en_demo")
 MODEL = ROOT / "models" / "smollm2-135m-instruct"
 PY = sys.executable
@@ -44,6 +45,11 @@ def bench_env() -> dict[str, str]:
     return {**os.environ, **BENCH_ENV}
 
 
+def real_lines(stem: str) -> list[str]:
+    """The lines of one real dataset (tests/data/real/<stem>.jsonl.gz)."""
+    return gzip.decompress((REAL / f"{stem}.jsonl.gz").read_bytes()).decode("utf-8").splitlines()
+
+
 def make_inputs(name: str, repeats: int, lines_per_file: int | None = None) -> Path:
     """bench/work/<name>.jsonl: the three real files (first `lines_per_file` lines of each, or
     all) repeated `repeats` times; repeat r > 0 gets ids '<id>~r<r>'. Returns the path."""
@@ -51,10 +57,7 @@ def make_inputs(name: str, repeats: int, lines_per_file: int | None = None) -> P
     out = WORK / f"{name}.jsonl"
     sources = []
     for stem in REAL_FILES:
-        path = REAL / f"{stem}.jsonl"
-        if not path.is_file():
-            raise SystemExit(f"bench: {path} not found; the real datasets live in ../shared/data/real/")
-        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line for line in real_lines(stem) if line.strip()]
         sources.append(lines[:lines_per_file] if lines_per_file else lines)
     tmp = out.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as handle:

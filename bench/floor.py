@@ -24,7 +24,7 @@ def main() -> None:
 
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
-    from pipeline.tokenizer import load_tokenizer
+    from sftpack.templates.tokenizer import load_tokenizer
 
     # pack's own loader: the Rust tokenizer without importing torch, so start-up is the same for both
     tokenizer = load_tokenizer(args.tokenizer)

@@ -21,8 +21,8 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # noqa: E402
 
-from pipeline.config import ModelConfig, build_config  # noqa: E402
-from pipeline.train_runtime import resolve_runtime, run  # noqa: E402
+from sftpack.config.run_config import ModelConfig, build_config  # noqa: E402
+from sftpack.train.runtime import resolve_runtime, run  # noqa: E402
 
 
 def isolation(model, row) -> float:

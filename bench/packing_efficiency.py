@@ -4,7 +4,7 @@ lower bound ceil(tokens / max_length) rows.
     .venv/bin/python bench/packing_efficiency.py SMALL.jsonl --lengths-from BIG.jsonl \
         --tokenizer models/smollm2-135m-instruct --max-lengths 512 1024 2048 --out-dir bench/work/eff
 
-For each max length: `pipeline.pack.run` packs SMALL.jsonl for real (manifest totals); TRL's
+For each max length: `sftpack.packing.stage.run` packs SMALL.jsonl for real (manifest totals); TRL's
 `pack_dataset(strategy="bfd")`, exactly as SFTTrainer calls it (Dataset.map, batched, default
 batch of 1000 examples), packs sequences of the very lengths pack kept. Then the same two
 algorithms on the lengths of BIG.jsonl (encoded once, at the largest max length; sequences
@@ -57,8 +57,8 @@ def main() -> None:
 
     import datasets
 
-    from pipeline.pack import PackConfig, run
-    from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins
+    from sftpack.packing.stage import PackConfig, run
+    from sftpack.packing.bins import l2_lower_bound, lower_bound_rows, pack_bins
 
     datasets.disable_caching()
     datasets.disable_progress_bars()

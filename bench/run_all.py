@@ -3,7 +3,7 @@
     .venv/bin/python bench/run_all.py            # full: a few million tokens, ~15-20 min on 2 cores
     .venv/bin/python bench/run_all.py --quick    # tiny inputs, one round: checks the harness (~1 min)
 
-Inputs are the real datasets in ../shared/data/real/ repeated into bench/work/ (git-ignored).
+Inputs are the real datasets in tests/data/real/ repeated into bench/work/ (git-ignored).
 Whole processes are timed from outside (wall clock, peak RSS summed over the process tree,
 polled every 20 ms); competing commands alternate round by round and medians are reported.
 """
@@ -214,7 +214,7 @@ def write_report(out, quick, rounds, max_length, small, big, big_x, train_in, co
     w(f"Inputs: `{small.relative_to(ROOT)}` ({counts[small.name]:,} lines: the three real files "
       f"{'(first 40 lines of each) ' if quick else ''}once), `{big.relative_to(ROOT)}` "
       f"({counts[big.name]:,} lines: {big_x} repeats, ids made distinct), `{train_in.relative_to(ROOT)}` "
-      f"({counts[train_in.name]:,} lines). Made by `bench/common.py:make_inputs` from ../shared/data/real/.")
+      f"({counts[train_in.name]:,} lines). Made by `bench/common.py:make_inputs` from tests/data/real/.")
     w("")
     w("```")
     for label, cmd in commands:
@@ -271,7 +271,7 @@ def write_report(out, quick, rounds, max_length, small, big, big_x, train_in, co
 
     w("## Packing efficiency")
     w("")
-    w("Rows needed (fewer is better); efficiency = tokens / (rows x max_length). *Real*: `pipeline.pack.run` "
+    w("Rows needed (fewer is better); efficiency = tokens / (rows x max_length). *Real*: `sftpack.packing.stage.run` "
       f"on `{small.name}` and TRL's `pack_dataset(strategy='bfd')` (as SFTTrainer calls it: Dataset.map in "
       f"batches of 1000) on sequences of exactly the lengths pack kept. *Lengths*: the two algorithms on every "
       f"sequence of `{big.name}` that fits.")

@@ -211,7 +211,7 @@ def write_report(results: list[dict], packing: dict, packing_cmd: list[str], has
         f"| {packing['pack_bins_s']} | {packing['peak_rss_mib']} | {packing['rows']:,} | {packing['l2_bound']:,} | "
         f"{packing['over_l2_pct']}% | {packing['efficiency']:.4%} |",
         "",
-        "From 2M sequences on, `pack_bins` works on per-length counts (`pipeline/packing_counts.py:pack_counts`): "
+        "From 2M sequences on, `pack_bins` works on per-length counts (`pipeline/packing/counts.py:pack_counts`): "
         "best-fit-decreasing on counts (the same rows as the item-by-item BFD, tested) or a pattern fill "
         "when that needs fewer rows; rows come back as flat int32 indices plus offsets (`PackedRows`).",
         "",

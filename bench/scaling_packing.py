@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.packing import l2_lower_bound, lower_bound_rows, pack_bins  # noqa: E402
+from sftpack.packing.bins import l2_lower_bound, lower_bound_rows, pack_bins  # noqa: E402
 
 
 def main() -> None:

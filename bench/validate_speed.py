@@ -1,13 +1,13 @@
 """Lines per second of `sftpack validate`: the whole command, and the per-line checks alone.
 
 Compares source trees (e.g. a `git archive` of the old commit and of the new one) on one input
-made from ../shared/data/real/*.jsonl repeated to about `--lines` lines (written once to
+made from tests/data/real/*.jsonl.gz repeated to about `--lines` lines (written once to
 `--data`, outside the repository). Runs are alternated between trees so shared load hits both.
 
     .venv/bin/python bench/validate_speed.py --data /tmp/sbench/real100k.jsonl \\
         --tree before=/tmp/sbench/before --tree after=/tmp/sbench/after --runs 3
 
-Whole command: `python -m stages.cli validate DATA --out-dir TMP --allow-rejects` with the tree
+Whole command: `python -m sftpack validate DATA --out-dir TMP --allow-rejects` with the tree
 as working directory and PYTHONPATH (so its `pipeline` is imported), wall and CPU seconds (CPU is
 the steadier number on a shared machine). Per-line checks: in a child process, `classify_line`
 (parse_line, schema_errors, ROW_CHECKS) over the file's lines held in memory, then
@@ -18,6 +18,7 @@ checks that every tree writes the same kept lines, rejects and manifest (but `se
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import resource
@@ -28,15 +29,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent.parent / "tests" / "data" / "real"
 
 PER_LINE = r"""
 import sys, time
-from pipeline.messages import classify_line
+from sftpack.checks.messages import classify_line
 try:
-    from pipeline.conversation_key import conversation_hash
-except ImportError:  # a tree from before pipeline/conversation_key.py
-    from pipeline.messages import conversation_hash
+    from sftpack.checks.conversation_key import conversation_hash
+except ImportError:  # a tree from before pipeline/checks/conversation_key.py
+    from sftpack.checks.messages import conversation_hash
 lines = [line for line in open(sys.argv[1], "rb") if line.strip()]
 start = time.process_time()
 results = [classify_line(line) for line in lines]
@@ -51,7 +52,7 @@ print(len(lines), checks, hashing, sum(1 for _, errors in results if errors))
 
 
 def make_data(path: Path, lines: int) -> None:
-    sources = b"".join(p.read_bytes() for p in sorted(REAL.glob("*.jsonl")))
+    sources = b"".join(gzip.decompress(p.read_bytes()) for p in sorted(REAL.glob("*.jsonl.gz")))
     per_copy = sources.count(b"\n")
     with open(path, "wb") as out:
         for _ in range(-(-lines // per_copy)):
@@ -59,7 +60,7 @@ def make_data(path: Path, lines: int) -> None:
 
 
 def _validate(tree: Path, data: Path, out_dir: str) -> None:
-    subprocess.run([sys.executable, "-m", "stages.cli", "validate", str(data), "--out-dir", out_dir, "--allow-rejects"],
+    subprocess.run([sys.executable, "-m", "sftpack", "validate", str(data), "--out-dir", out_dir, "--allow-rejects"],
                    cwd=tree, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                    env={**os.environ, "PYTHONPATH": str(tree)})
 

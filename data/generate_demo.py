@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from pipeline.atomic import atomic_file  # noqa: E402
+from sftpack.store.atomic import atomic_file  # noqa: E402
 
 SIGNATURE = "-- Pip"
 SYSTEM_PROMPTS = [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandera.polars as pa
 import polars as pl
 
-from pipeline.errors import SftpackError
+from sftpack.errors import SftpackError
 
 DROP_REASONS = [
     "invalid_record",  # packed folders made before pack ran validate's checks
@@ -100,7 +100,7 @@ class MessageRows(pa.DataFrameModel):
 
 
 class ReportExamples(pa.DataFrameModel):
-    """The report's per-example table (pipeline/report.py): one row per valid conversation."""
+    """The report's per-example table (pipeline/report/stage.py): one row per valid conversation."""
 
     input: str
     line: pl.Int64 = pa.Field(ge=1)

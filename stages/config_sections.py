@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.config_sections import write_sections
+    from sftpack.config.sections import write_sections
 
     for path in write_sections(args.config, args.out_dir):
         # stderr: make reads this at parse time, where stdout would be read as Makefile text.
@@ -20,8 +20,8 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the Makefile runs `python -m stages.config_sections`
-    from stages import cli
+if __name__ == "__main__":  # the Makefile runs `python -m sftpack.cli.config_sections`
+    from sftpack import cli
 
     # Through the CLI's one error handler (message, exit code); listed here, not in
     # cli.STAGES, as a helper for make rather than a stage users run.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.convert import convert
+from sftpack.default_model import convert
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.convert_data import ConvertConfig, run, summary
-from stages.input_options import add_input_arguments, read_options
+from sftpack.io.convert import ConvertConfig, run, summary
+from sftpack.api import read_options
+from sftpack.cli.input_options import add_input_arguments, read_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = ConvertConfig(read=read_options(args), allow_rejects=args.allow_rejects)
+    cfg = ConvertConfig(read=read_options(None, **read_arguments(args)), allow_rejects=args.allow_rejects)
     manifest = run(args.input, args.out, cfg)
     rejected = manifest["counts"]["rejected"]
     print("\n".join(summary(manifest)), file=sys.stderr if rejected else sys.stdout)

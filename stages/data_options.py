@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.data_options import CHOICES, DATA_KEYS
+from sftpack.config.data_options import CHOICES, DATA_KEYS
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-from pipeline.input_layouts import FORMATS, TARGETS, ColumnMap, parse_role_map
-from pipeline.readers import ReadOptions
+from sftpack.io.layouts import FORMATS, TARGETS, ColumnMap, parse_role_map
 
 
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,8 +23,9 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tools-field", help="column holding tool definitions (default: tools)")
 
 
-def read_options(args: argparse.Namespace, default_format: str = "auto") -> ReadOptions:
-    """The ReadOptions the flags give; `default_format` (a config's data.format) when --format is absent."""
+def read_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """format, split and columns as the Python API takes them (format None: the config's
+    data.format, else auto)."""
     columns = ColumnMap(messages=args.messages_field, role=args.role_key, content=args.content_key,
                         roles=parse_role_map(args.role_map or ""), system=args.system_field, tools=args.tools_field)
-    return ReadOptions(format=args.format or default_format, split=args.split, columns=columns)
+    return {"format": args.format, "split": args.split, "columns": columns}

@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.errors import SftpackError
-from pipeline.readers import ReadOptions
-from pipeline.pack import PackConfig, audit_warnings, run
-from stages.data_options import add_data_arguments, data_flags
-from stages.input_options import add_input_arguments, read_options
+from sftpack import api
+from sftpack.packing.stage import audit_warnings
+from sftpack.cli.data_options import add_data_arguments, data_flags
+from sftpack.cli.input_options import add_input_arguments, read_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,22 +23,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
 
 
-def pack_config(args: argparse.Namespace) -> tuple[PackConfig, ReadOptions]:
-    """Flags override the run config, which overrides PackConfig's defaults (and data.format --format's)."""
-    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray}
-    flags = {k: v for k, v in flags.items() if v is not None}
-    if args.config:
-        from pipeline.config import load_config
-
-        config = load_config(args.config)
-        return PackConfig.from_run_config(config, **flags), read_options(args, config.data.format)
-    if "tokenizer" not in flags:
-        raise SftpackError("pack: give --tokenizer PATH (or --config FILE with model.name_or_path)")
-    return PackConfig(**flags), read_options(args)
-
-
 def main(args: argparse.Namespace) -> int:
-    manifest = run(args.inputs, args.out_dir, *pack_config(args))
+    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray}
+    folder = api.pack(args.inputs, args.out_dir, config=args.config, **flags, **read_arguments(args))
+    manifest = folder.manifest
     t = manifest["totals"]
     verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
     dropped = ", ".join(f"{k}={v}" for k, v in t["dropped"].items()) or "none"

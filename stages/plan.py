@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from pipeline.plan import PlanRequest, run
-from pipeline.plan_format import format_plan, plan_json
+from sftpack import api
+from sftpack.plan.format import format_plan, plan_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,10 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    request = PlanRequest(model=args.model, params=args.params, gpus=args.gpus,
-                          per_device_batch=args.per_device_batch, target_batch=args.target_batch,
-                          examples=args.examples, data=args.data, epochs=args.epochs, config=args.config)
-    plan = run(request, plot=args.plot, config_out=args.write_config, json_out=args.write_json)
+    plan = api.plan(model=args.model, params=args.params, gpus=args.gpus, per_device_batch=args.per_device_batch,
+                    target_batch=args.target_batch, examples=args.examples, data=args.data, epochs=args.epochs,
+                    config=args.config, plot=args.plot, write_config=args.write_config, write_json=args.write_json)
     if args.json:
         print(json.dumps(plan_json(plan)))
         for note in plan.notes:  # stdout stays one JSON object

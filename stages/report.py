@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.data_options import data_values
-from pipeline.readers import ReadOptions
-from pipeline.report import ReportConfig, run
-from stages.data_options import add_data_arguments, data_flags
-from stages.input_options import add_input_arguments, read_options
+from sftpack import api
+from sftpack.cli.data_options import add_data_arguments, data_flags
+from sftpack.cli.input_options import add_input_arguments, read_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,21 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
 
 
-def report_config(args: argparse.Namespace) -> tuple[ReportConfig, ReadOptions]:
-    """Flags override the run config, which overrides ReportConfig's defaults (and data.format --format's)."""
-    config, data_format = None, "auto"
-    if args.config:  # the same mapping pack uses, so report and pack judge the same rows
-        from pipeline.config import load_config
-
-        config = load_config(args.config)
-        data_format = config.data.format
-    values = data_values(config, data_flags(args))
-    values.pop("strategy", None)  # the estimate packs as pack does by default
-    return ReportConfig(**values), read_options(args, data_format)
-
-
 def main(args: argparse.Namespace) -> int:
-    report = run(args.inputs, args.out, *report_config(args))
+    report = api.report(args.inputs, args.out, config=args.config, **data_flags(args), **read_arguments(args))
     for finding in report["findings"][:5]:
         print(f"  {finding['kind']}: {finding['count']} ({finding['share']:.1%}) {finding['message']}")
     print(f"wrote {report['html']} and {report['json']}")

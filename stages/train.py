@@ -14,11 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from pipeline.train import run
+    from sftpack import api
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    manifest = run(load_config(args.config, args.overrides))
+    manifest = api.train(args.config, args.overrides)
     if os.environ.get("RANK", "0") != "0":  # under accelerate launch, one summary
         return 1 if manifest["status"] == "stopped_nonfinite" else 0
     best = manifest["best_eval_loss"]

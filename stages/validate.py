@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.validate import ValidateConfig, run, summary
-from stages.input_options import add_input_arguments, read_options
+from sftpack import api
+from sftpack.checks.validate import ValidateConfig, summary
+from sftpack.cli.input_options import add_input_arguments, read_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,20 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     try:
-        tokenizer, data_format, ray = args.tokenizer, "auto", args.ray
-        if args.config:
-            from pipeline.config import load_config
-
-            config = load_config(args.config)
-            tokenizer, data_format = tokenizer or config.model.name_or_path, config.data.format
-            ray = ray or config.data.ray
-        cfg = ValidateConfig(tokenizer=tokenizer, max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects)
-        if ray:  # the same outputs, checked on a Ray cluster
-            from pipeline.distributed_validate import run as run_on_ray
-
-            result = run_on_ray(args.inputs, args.out_dir, cfg, read_options(args, data_format), ray)
-        else:
-            result = run(args.inputs, args.out_dir, cfg, read_options(args, data_format))
+        result = api.validate(args.inputs, args.out_dir, config=args.config, tokenizer=args.tokenizer, ray=args.ray,
+                              max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects,
+                              **read_arguments(args))
     except OSError as err:
         print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline.errors import SftpackError
-from pipeline.shards import verify_folder
+from sftpack.errors import SftpackError
+from sftpack.store.shards import verify_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures"
-SHARED_DATA = REPO.parent / "shared" / "data" / "real"
+REAL_DATA = REPO / "tests" / "data" / "real"  # gzipped copies of the real datasets (NOTICE there)
+REAL_NAMES = ("alpaca_en_demo", "fastchat_dummy_conversation", "glaive_toolcall_en_demo")
 MODEL_DIR = REPO / "models" / "smollm2-135m-instruct"
 
 
@@ -37,11 +38,24 @@ def smol_tokenizer(model_dir):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
+def read_real(name: str) -> list[dict]:
+    """The records of one real dataset (tests/data/real/<name>.jsonl.gz)."""
+    import gzip
+    import json
+
+    with gzip.open(REAL_DATA / f"{name}.jsonl.gz", "rt", encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"{SHARED_DATA} missing: the real datasets live in ../shared/data/real/")
-    return SHARED_DATA
+def real_data(tmp_path_factory) -> Path:
+    """A folder holding the real datasets as plain `<name>.jsonl` files, as users have them."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("real-data")
+    for name in REAL_NAMES:
+        (folder / f"{name}.jsonl").write_bytes(gzip.decompress((REAL_DATA / f"{name}.jsonl.gz").read_bytes()))
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -75,7 +89,7 @@ def tiny_model_dir(tmp_path_factory, model_dir, smol_tokenizer) -> Path:
 
 def pack_lines(lines: list[str], model_dir: Path, max_length: int, root: Path, name: str) -> Path:
     """Pack messages JSONL lines with the real pack stage; return the packed folder."""
-    from pipeline.pack import PackConfig, run
+    from sftpack.packing.stage import PackConfig, run
 
     source = root / f"{name}.jsonl"
     source.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -83,26 +97,9 @@ def pack_lines(lines: list[str], model_dir: Path, max_length: int, root: Path, n
 
 
 @pytest.fixture(scope="session")
-def packed_chat(shared_data, model_dir, tmp_path_factory) -> tuple[Path, Path]:
+def packed_chat(real_data, model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """(train, validation) packed folders from the real fastchat conversations: 120 + 12
     conversations, rows of at most 256 tokens (small: TRL's fused loss is slow on CPU)."""
-    lines = (shared_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
     root = tmp_path_factory.mktemp("packed-chat")
     return pack_lines(lines[:120], model_dir, 256, root, "train"), pack_lines(lines[120:132], model_dir, 256, root, "val")
-
-
-_REAL_DATA_NAMES = ("shared_data", "real_inputs", "REAL_DATA", "SHARED_DATA", "read_real", "shared/data/real")
-
-
-def pytest_collection_modifyitems(items):
-    """Mark every test that reads ../shared/data/real (through a fixture or by name) `real_data`,
-    so `pytest -m "not real_data"` runs the hermetic tests alone."""
-    import inspect
-
-    for item in items:
-        function = getattr(item, "function", None)
-        source = inspect.getsource(function) if function is not None else ""
-        # fixturenames is the whole closure: a fixture built from shared_data counts too
-        uses_fixture = any(name in getattr(item, "fixturenames", ()) for name in ("shared_data", "real_inputs"))
-        if uses_fixture or any(name in source for name in _REAL_DATA_NAMES):
-            item.add_marker(pytest.mark.real_data)

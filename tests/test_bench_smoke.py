@@ -1,7 +1,6 @@
 """The benchmark harness runs end to end in its tiny mode and writes RESULTS-style output.
 
-Uses the real datasets in ../shared/data/real/ (skipped where they are absent) and the
-default model's tokenizer; TRL's preparation, the --num-proc 2 runs and training are left
+Uses the real datasets in tests/data/real/ and the default model's tokenizer; TRL's preparation, the --num-proc 2 runs and training are left
 out to stay well under a minute (`make bench` runs them)."""
 
 from __future__ import annotations
@@ -16,15 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import MODEL, REAL, REAL_FILES  # noqa: E402
 from run_all import SECTIONS  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not all((REAL / f"{name}.jsonl").is_file() for name in REAL_FILES) or not (MODEL / "tokenizer.json").is_file(),
-    reason="needs ../shared/data/real/*.jsonl and models/smollm2-135m-instruct (make model)")
 
-
-def test_quick_bench_writes_every_section(tmp_path):
+def test_quick_bench_writes_every_section(tmp_path, model_dir):
     out = tmp_path / "RESULTS.md"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "bench/run_all.py", "--quick", "--skip", "trl", "np2", "train",

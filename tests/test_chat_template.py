@@ -18,13 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import pytest
 
-from pipeline.chat_template import ChatRenderer
-from pipeline.masking import MaskOptions, TemplateNotMaskable, conversation_sequences, encode_batch, token_mask
-from pipeline.errors import SftpackError
+from sftpack.templates.chat_template import ChatRenderer
+from sftpack.templates.masking import MaskOptions, TemplateNotMaskable, conversation_sequences, encode_batch, token_mask
+from sftpack.errors import SftpackError
+
+from conftest import read_real
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "tests" / "fixtures" / "templates"
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
 IM_END = "<|im_end|>"
 
 CONVERSATION = [
@@ -98,14 +99,6 @@ def family(smol):
         return built[name]
 
     return get
-
-
-def read_real(name: str) -> list[dict]:
-    path = REAL_DATA / f"{name}.jsonl"
-    if not path.is_file():
-        pytest.fail(f"{path} missing: the real datasets live in ../shared/data/real/")
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
 
 
 def trained_pieces(tokenizer, example) -> list[str]:
@@ -332,8 +325,8 @@ def test_smollm2_template_on_real_data(smol, name):
 def test_one_render_skeleton_path_equals_the_per_turn_method(family, name):
     """Conversations whose shape was learnt on placeholders are masked from one render; the result
     must be exactly what rendering every turn's prompt gives."""
-    from pipeline.one_render import from_skeleton
-    from pipeline.turn_targets import located_sequences
+    from sftpack.templates.one_render import from_skeleton
+    from sftpack.templates.turn_targets import located_sequences
 
     tokenizer, renderer = family(name)
     records = read_real("alpaca_en_demo")[:80] + read_real("fastchat_dummy_conversation")[:80]
@@ -356,7 +349,7 @@ def test_boundary_lookup_equals_the_offsets_rule(smol):
     import itertools
     import random
 
-    from pipeline.masking import _trained_by_boundaries
+    from sftpack.templates.masking import _trained_by_boundaries
 
     rng = random.Random(7)
     alphabet = list("ab c\n\t.,") + ["é", "日本", "🙂", "👩‍💻", "<|im_end|>", "<|im_start|>"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -9,10 +10,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.conversation_key import conversation_key
-from pipeline.messages import parse_line
+from sftpack.checks.conversation_key import conversation_key
+from sftpack.checks.messages import parse_line
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
+from conftest import REAL_DATA
+
 
 # Floats where msgspec and json.dumps write different text, and neighbours where they agree.
 FLOATS = [1e16, 1e15, 9999999999999998.0, 1e-4, 1e-5, 0.0001234, 0.00001234, 123456789012345680.0, 1.5, -0.0, 0.0,
@@ -59,10 +61,7 @@ def test_lone_surrogate_raises_as_before():
 
 @pytest.mark.parametrize("name", ["alpaca_en_demo", "fastchat_dummy_conversation", "glaive_toolcall_en_demo"])
 def test_real_lines_give_the_json_dumps_bytes(name):
-    path = REAL / f"{name}.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (../shared/data/real)")
-    for raw in path.read_bytes().splitlines():
+    for raw in gzip.decompress((REAL_DATA / f"{name}.jsonl.gz").read_bytes()).splitlines():
         record, errors = parse_line(raw)
         assert not errors
         assert conversation_key(record) == reference(record)

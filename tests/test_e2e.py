@@ -20,10 +20,10 @@ def _make(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
 
 
-def test_make_validate_pack_train_then_nothing_to_rebuild(tiny_model_dir, shared_data, tmp_path):
+def test_make_validate_pack_train_then_nothing_to_rebuild(tiny_model_dir, real_data, tmp_path):
     data, out = tmp_path / "data", tmp_path / "out"
     data.mkdir()
-    lines = (shared_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
     (data / "train.jsonl").write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
     (data / "val.jsonl").write_text("\n".join(lines[40:48]) + "\nnot json\n", encoding="utf-8")
     config = tmp_path / "tiny.yaml"
@@ -93,7 +93,7 @@ def _edits_rebuild_only_what_reads_them(config: Path, out: Path, variables: list
 
 def test_config_sections_are_rewritten_only_when_they_change(tmp_path):
     """What make sees: a section file keeps its mtime until its resolved content changes."""
-    from pipeline.config_sections import write_sections
+    from sftpack.config.sections import write_sections
 
     config, sections = tmp_path / "run.yaml", tmp_path / "config"
     raw = {"model": {"name_or_path": "m"}, "data": {"max_length": 256}, "train": {"learning_rate": 1e-3}}

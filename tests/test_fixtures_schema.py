@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import SftpackError
-from schemas.tables import MessageRows, message_rows, validate_table
+from sftpack.errors import SftpackError
+from sftpack.schemas.tables import MessageRows, message_rows, validate_table
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BROKEN_SECTION = "## Deliberately broken fixtures"

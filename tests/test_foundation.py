@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.config import build_config, load_config
-from pipeline.errors import SftpackError
-from pipeline.convert import convert, gguf_path
+from sftpack.config.run_config import build_config, load_config
+from sftpack.errors import SftpackError
+from sftpack.default_model import convert, gguf_path
 from tests.conftest import REPO
 
 
@@ -104,7 +104,7 @@ def _generate(out_dir):
 
 
 def test_demo_generator_is_seeded_and_valid(tmp_path):
-    from pipeline.validate import ValidateConfig, run as validate
+    from sftpack.checks.validate import ValidateConfig, run as validate
 
     first, second = _generate(tmp_path / "a"), _generate(tmp_path / "b")
     assert first == second
@@ -130,9 +130,9 @@ def test_yaml_yes_no_stay_strings_so_trl_values_survive(tmp_path):
 
 
 def test_data_option_choices_are_defined_once():
-    """The config schema lists the same choices and minimum as pipeline/data_options.py."""
-    from pipeline.data_options import CHOICES, DEFAULT_MAX_LENGTH, MIN_MAX_LENGTH
-    from pipeline.config import DataConfig
+    """The config schema lists the same choices and minimum as pipeline/config/data_options.py."""
+    from sftpack.config.data_options import CHOICES, DEFAULT_MAX_LENGTH, MIN_MAX_LENGTH
+    from sftpack.config.run_config import DataConfig
 
     schema = json.loads((REPO / "schemas" / "run_config.schema.json").read_text())["properties"]["data"]["properties"]
     for key in ("train_on", "turns", "reasoning", "truncation"):

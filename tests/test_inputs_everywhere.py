@@ -1,6 +1,6 @@
 """Every stage that reads conversations reads what validate reads, and checks what validate checks.
 
-pack, report and train's prepare path open inputs with `pipeline.readers.open_input`: the real
+pack, report and train's prepare path open inputs with `sftpack.io.readers.open_input`: the real
 alpaca and fastchat data written back as alpaca / sharegpt layouts in Parquet and .jsonl.gz pack to
 the same input_ids and labels as the messages JSONL, and report counts the same tokens. pack drops
 what validate rejects (`rejected_<rule>`), and train's one prepare path stops on rejects unless
@@ -17,18 +17,18 @@ import datasets
 import polars as pl
 import pytest
 
-from pipeline.config import DataConfig, ModelConfig, RunConfig
-from pipeline.errors import SftpackError
-from pipeline.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
-from pipeline.pack import PACK_FORMAT_VERSION, PackConfig
-from pipeline.pack import run as pack
-from pipeline.readers import ColumnMap, ReadOptions
-from pipeline.report import ReportConfig
-from pipeline.report import run as report
-from pipeline.validate import ValidateConfig
-from pipeline.validate import run as validate
-from schemas.tables import DROP_REASONS, ExampleStats, validate_table
-from stages.cli import main as cli
+from sftpack.config.run_config import DataConfig, ModelConfig, RunConfig
+from sftpack.errors import SftpackError
+from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
+from sftpack.packing.stage import PACK_FORMAT_VERSION, PackConfig
+from sftpack.packing.stage import run as pack
+from sftpack.io.readers import ColumnMap, ReadOptions
+from sftpack.report.stage import ReportConfig
+from sftpack.report.stage import run as report
+from sftpack.checks.validate import ValidateConfig
+from sftpack.checks.validate import run as validate
+from sftpack.schemas.tables import DROP_REASONS, ExampleStats, validate_table
+from sftpack.cli import main as cli
 from tests.conftest import REPO
 from tests.test_readers import _as_alpaca, _as_sharegpt, _write_container
 
@@ -36,9 +36,9 @@ MAX_LENGTH = 1024
 LAYOUTS = [("alpaca_en_demo", _as_alpaca, "alpaca", 300), ("fastchat_dummy_conversation", _as_sharegpt, "sharegpt", 500)]
 
 
-def _real(shared_data: Path, tmp: Path, name: str, count: int) -> Path:
+def _real(real_data: Path, tmp: Path, name: str, count: int) -> Path:
     """The first `count` lines of a real dataset (messages JSONL), as a file of our own."""
-    lines = (shared_data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:count]
+    lines = (real_data / f"{name}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)[:count]
     out = tmp / f"{name}.jsonl"
     out.write_text("".join(lines), encoding="utf-8")
     return out
@@ -58,9 +58,9 @@ def _rows(folder: str) -> dict[str, list]:
 # ---------------------------------------------------------------- the same data in any layout and container
 
 @pytest.mark.parametrize("name,to_layout,layout,count", LAYOUTS)
-def test_pack_any_layout_and_container_gives_identical_shards(shared_data, model_dir, tmp_path, name, to_layout,
+def test_pack_any_layout_and_container_gives_identical_shards(real_data, model_dir, tmp_path, name, to_layout,
                                                               layout, count):
-    original = _real(shared_data, tmp_path, name, count)
+    original = _real(real_data, tmp_path, name, count)
     cfg = PackConfig(tokenizer=str(model_dir), max_length=MAX_LENGTH)
     baseline = pack([original], tmp_path / "packed", cfg)
     expected = _rows(baseline["path"])
@@ -79,9 +79,9 @@ def test_pack_any_layout_and_container_gives_identical_shards(shared_data, model
     assert len(fingerprints) == 3
 
 
-def test_fingerprint_covers_how_the_input_is_read(shared_data, model_dir, tmp_path):
+def test_fingerprint_covers_how_the_input_is_read(real_data, model_dir, tmp_path):
     """Plain messages JSONL keeps pack's old fingerprint entry; other inputs add layout, columns, split."""
-    original = _real(shared_data, tmp_path, "fastchat_dummy_conversation", 60)
+    original = _real(real_data, tmp_path, "fastchat_dummy_conversation", 60)
     cfg = PackConfig(tokenizer=str(model_dir), max_length=MAX_LENGTH)
     plain = pack([original], tmp_path / "packed", cfg)
     assert plain["fingerprint"] == fingerprint({
@@ -105,9 +105,9 @@ def test_fingerprint_covers_how_the_input_is_read(shared_data, model_dir, tmp_pa
     assert _rows(by_map["path"]) == _rows(plain["path"]) and by_map["fingerprint"] != plain["fingerprint"]
 
 
-def test_report_token_numbers_are_the_same_for_every_layout(shared_data, model_dir, tmp_path):
+def test_report_token_numbers_are_the_same_for_every_layout(real_data, model_dir, tmp_path):
     # Few lines: report's packing estimate (a local search over bins) is the slow part, not reading.
-    original = _real(shared_data, tmp_path, "fastchat_dummy_conversation", 80)
+    original = _real(real_data, tmp_path, "fastchat_dummy_conversation", 80)
     cfg = ReportConfig(tokenizer=str(model_dir), max_length=256)
     baseline = report([original], tmp_path / "base" / "report.html", cfg)
     parquet = _rewritten(original, _as_sharegpt, tmp_path / "pq", "parquet")
@@ -118,7 +118,7 @@ def test_report_token_numbers_are_the_same_for_every_layout(shared_data, model_d
     for key in ("tokens", "counts", "duplicates", "roles", "mask_audit"):
         assert converted[key] == baseline[key], key
     assert converted["inputs"][0]["layout"] == "sharegpt"
-    alpaca = _rewritten(_real(shared_data, tmp_path, "alpaca_en_demo", 60), _as_alpaca, tmp_path / "al", "jsonl.gz")
+    alpaca = _rewritten(_real(real_data, tmp_path, "alpaca_en_demo", 60), _as_alpaca, tmp_path / "al", "jsonl.gz")
     direct = report([tmp_path / "alpaca_en_demo.jsonl"], tmp_path / "al" / "a.html", cfg)
     assert report([alpaca], tmp_path / "al" / "b.html", cfg)["tokens"] == direct["tokens"]
 
@@ -205,7 +205,7 @@ def _schema_keywords(node) -> set[str]:
 
 def test_drop_reasons_name_every_rule_pack_can_reject_under():
     rules = set().union(*(_rules_in(REPO / "pipeline" / name)
-                          for name in ("messages.py", "readers.py", "input_layouts.py")))
+                          for name in ("checks/messages.py", "io/readers.py", "io/layouts.py")))
     rules -= {"too_many_errors", "template_error", "reserved_key"}  # first rule only; pack renders; validate writes
     schema = json.loads((REPO / "schemas" / "messages.schema.json").read_text(encoding="utf-8"))
     rules |= {f"schema_{keyword}" for keyword in _schema_keywords(schema)}
@@ -221,7 +221,7 @@ def _run_config(model_dir: Path, train: str, out: Path, **data) -> RunConfig:
 
 
 def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
-    from pipeline.train_data import prepare_data
+    from sftpack.train.data import prepare_data
 
     raw = _bad_file(tmp_path)
     with pytest.raises(SftpackError) as caught:
@@ -235,11 +235,13 @@ def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
     assert json.loads((train / "manifest.json").read_text())["totals"]["examples_packed"] == 2
 
 
-def test_train_and_sanity_prepare_any_layout_once(shared_data, model_dir, tmp_path, monkeypatch):
-    from pipeline import sanity, train_data, trainer, validate as validate_module
-    from pipeline.sanity import SanityConfig
+def test_train_and_sanity_prepare_any_layout_once(real_data, model_dir, tmp_path, monkeypatch):
+    from sftpack.checks import validate as validate_module
+    from sftpack.train import data as train_data
+    from sftpack.train import sanity, trainer
+    from sftpack.train.sanity import SanityConfig
 
-    original = _real(shared_data, tmp_path, "fastchat_dummy_conversation", 80)
+    original = _real(real_data, tmp_path, "fastchat_dummy_conversation", 80)
     parquet = _rewritten(original, _as_sharegpt, tmp_path / "pq", "parquet")
     direct = pack([original], tmp_path / "direct", PackConfig(tokenizer=str(model_dir), max_length=256))
     folder, _ = train_data.prepare_data(_run_config(model_dir, str(parquet), tmp_path / "out", format="sharegpt"))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import SftpackError
-from pipeline.inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trained, run
+from sftpack.errors import SftpackError
+from sftpack.report.inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trained, run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "conversations.jsonl"
 
@@ -30,8 +30,8 @@ what is the capital of FRANCE<|im_end|>
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory, model_dir) -> Path:
-    from pipeline.pack import PackConfig
-    from pipeline.pack import run as pack
+    from sftpack.packing.stage import PackConfig
+    from sftpack.packing.stage import run as pack
 
     result = pack([FIXTURE], tmp_path_factory.mktemp("packed"), PackConfig(tokenizer=str(model_dir), max_length=128))
     return Path(result["path"])
@@ -42,7 +42,7 @@ def test_known_example_exact_text(packed):
 
 
 def test_every_trained_turn_bracketed_and_boundaries_marked(packed, capsys):
-    from stages.cli import main
+    from sftpack.cli import main
 
     text = run(packed, InspectConfig(example="r5"))
     assert text.count("[[") == 2  # two assistant turns, each "answer<|im_end|>"
@@ -69,7 +69,7 @@ def test_mark_trained_runs(smol_tokenizer):
 
 
 def test_errors_are_clear(packed, tmp_path, capsys):
-    from stages.cli import main
+    from sftpack.cli import main
 
     with pytest.raises(SftpackError, match="out of range; the folder has 5 rows"):
         run(packed, InspectConfig(row=5))

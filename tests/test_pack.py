@@ -13,29 +13,29 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.chat_template import ChatRenderer
-from pipeline.masking import encode_batch
-from pipeline.pack import PackConfig, run
-from pipeline.packing import best_fit_decreasing, lower_bound_rows, one_per_row
-from pipeline.shards import read_shard, row_invariant_errors, verify_folder
-from stages.cli import main as cli
+from sftpack.templates.chat_template import ChatRenderer
+from sftpack.templates.masking import encode_batch
+from sftpack.packing.stage import PackConfig, run
+from sftpack.packing.bins import best_fit_decreasing, lower_bound_rows, one_per_row
+from sftpack.store.shards import read_shard, row_invariant_errors, verify_folder
+from sftpack.cli import main as cli
 
 
-def _subset(shared_data, tmp_path, name, count):
+def _subset(real_data, tmp_path, name, count):
     """First `count` lines of a real dataset, as a file of our own."""
     out = tmp_path / f"{name}.jsonl"
-    with open(shared_data / f"{name}.jsonl", "rb") as src:
+    with open(real_data / f"{name}.jsonl", "rb") as src:
         out.write_bytes(b"".join(line for _, line in zip(range(count), src)))
     return out
 
 
 @pytest.fixture(scope="module")
-def real_inputs(shared_data, tmp_path_factory):
+def real_inputs(real_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inputs")
     return [
-        _subset(shared_data, tmp, "alpaca_en_demo", 300),
-        _subset(shared_data, tmp, "fastchat_dummy_conversation", 200),
-        _subset(shared_data, tmp, "glaive_toolcall_en_demo", 100),
+        _subset(real_data, tmp, "alpaca_en_demo", 300),
+        _subset(real_data, tmp, "fastchat_dummy_conversation", 200),
+        _subset(real_data, tmp, "glaive_toolcall_en_demo", 100),
     ]
 
 
@@ -164,15 +164,15 @@ def test_rerun_reuses_and_any_change_rebuilds(real_inputs, model_dir, tmp_path, 
 
 
 def test_row_features_are_what_datasets_derives_from_the_row_schema():
-    from pipeline.shards import ROW_SCHEMA, row_features
+    from sftpack.store.shards import ROW_SCHEMA, row_features
 
     assert row_features() == datasets.Features.from_arrow_schema(ROW_SCHEMA).to_dict()
 
 
 def test_top_level_help_imports_no_stage():
-    code = ("import sys; from stages.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
+    code = ("import sys; from sftpack.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
             "print(sorted(m for m in sys.modules if m.startswith(('stages.', 'numpy', 'pyarrow', 'polars')) "
-            "and m != 'stages.cli'))")
+            "and m != 'sftpack.cli'))")
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert shown.stdout.splitlines()[-1] == "[]"
     assert "pack" in shown.stdout and "report" in shown.stdout  # every stage is still listed
@@ -188,10 +188,10 @@ def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_in
     assert first["tokenizer"]["vocab_sha256"]  # the full identity is still recorded (train checks it)
     assert set(first["tokenizer"]["files_sha256"]) == {"tokenizer.json", "tokenizer_config.json",
                                                        "chat_template.jinja", "config.json"}
-    code = ("import sys; from pipeline.pack import PackConfig, run; "
+    code = ("import sys; from sftpack.packing.stage import PackConfig, run; "
             f"m = run([{str(real_inputs[0])!r}], {str(tmp_path / 'out')!r}, PackConfig(tokenizer={str(tok)!r}, "
             "max_length=512)); print(m['reused'], sorted({'transformers', 'jinja2', 'torch', 'pandas', 'polars', "
-            "'jsonschema', 'tokenizers', 'pipeline.pack_encode', 'numpy', 'pyarrow'} & set(sys.modules)))")
+            "'jsonschema', 'tokenizers', 'sftpack.packing.encode', 'numpy', 'pyarrow'} & set(sys.modules)))")
     reused = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert reused.stdout.split() == ["True", "[]"]
 
@@ -298,7 +298,7 @@ def test_packed_row_loss_through_trl_collator_equals_sequences_alone(packed, tin
 def test_pack_tables_match_their_pandera_schemas(packed):
     import polars as pl
 
-    from schemas.tables import ExampleStats, PackedRowLengths, packed_row_lengths, validate_table
+    from sftpack.schemas.tables import ExampleStats, PackedRowLengths, packed_row_lengths, validate_table
 
     validate_table(ExampleStats, pl.read_parquet(f"{packed['path']}/stats.parquet"), "stats.parquet")
     rows = pl.from_arrow(datasets.load_from_disk(packed["path"]).data.table)
@@ -308,11 +308,11 @@ def test_pack_tables_match_their_pandera_schemas(packed):
 
 
 def test_packed_folder_is_the_one_reader(packed, tmp_path):
-    from pipeline.packed_folder import PackedFolder
+    from sftpack.store.packed_folder import PackedFolder
 
     folder = PackedFolder.at(packed["path"])
     assert folder is not None and folder.verify() == []
-    assert folder.open().num_rows == folder.totals["rows"] == packed["totals"]["rows"]
+    assert folder.dataset().num_rows == folder.totals["rows"] == packed["totals"]["rows"]
     assert folder.stats(["dropped"]).num_rows == folder.totals["examples_read"]
     assert folder.options["max_length"] == packed["options"]["max_length"]
     assert PackedFolder.holds_one(packed["path"]) and not PackedFolder.holds_one(tmp_path)
@@ -325,8 +325,8 @@ def test_gathered_rows_equal_an_in_memory_gather(tmp_path, monkeypatch, gather_f
     hold exactly the sequences an in-memory take gives, in row order; no scratch file is left."""
     import pyarrow as pa
 
-    from pipeline import pack_rows
-    from pipeline.pack_encode import SPILL_SCHEMA
+    from sftpack.packing import rows as pack_rows
+    from sftpack.packing.encode import SPILL_SCHEMA
 
     monkeypatch.setattr(pack_rows, "GATHER_FILES", gather_files)
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.packing import best_fit_decreasing, l2_lower_bound, pack_bins
+from sftpack.packing.bins import best_fit_decreasing, l2_lower_bound, pack_bins
 
 
 def assert_valid(bins: list[list[int]], lengths: np.ndarray, capacity: int) -> None:
@@ -143,7 +143,7 @@ def test_small_instances_reach_optimum_when_bound_is_tight():
 @pytest.mark.parametrize("capacity", [16, 64, 1024])
 @pytest.mark.parametrize("kind", ["uniform", "real_like", "few_lengths"])
 def test_bfd_on_counts_gives_bfds_rows(capacity, kind):
-    from pipeline.packing_counts import best_fit_decreasing_counts
+    from sftpack.packing.counts import best_fit_decreasing_counts
 
     rng = np.random.default_rng(capacity)
     for n in (0, 1, 7, 300, 2000):
@@ -158,8 +158,8 @@ def test_bfd_on_counts_gives_bfds_rows(capacity, kind):
 
 
 def test_many_items_pack_by_counts_within_a_tenth_of_a_percent_of_l2(monkeypatch):
-    import pipeline.packing as packing
-    from pipeline.packing_counts import PackedRows
+    import sftpack.packing.bins as packing
+    from sftpack.packing.counts import PackedRows
 
     rng = np.random.default_rng(7)
     lengths = real_like(rng, 200_000, 1024).astype(np.int16)

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.errors import SftpackError
-from pipeline.plan import PlanRequest, make_plan
-from pipeline.plan_arithmetic import (
+from sftpack.errors import SftpackError
+from sftpack.plan.stage import PlanRequest, make_plan
+from sftpack.plan.arithmetic import (
     micro_batches_per_epoch,
     optimizer_steps_per_epoch,
     plan_batch,
     total_steps,
     warmup_steps_for,
 )
-from pipeline.plan_format import PLAN_KEYS, SCHEDULES, draw_schedules
-from pipeline.plan_table import SIZE_TABLE, count_parameters, parse_params
-from stages.cli import main as cli
+from sftpack.plan.format import PLAN_KEYS, SCHEDULES, draw_schedules
+from sftpack.plan.table import SIZE_TABLE, count_parameters, parse_params
+from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
@@ -263,7 +263,7 @@ def test_data_folder_gives_the_rows(tmp_path, capsys):
 
 
 def test_written_config_loads(tmp_path, capsys, model_dir):
-    from pipeline.config import load_config
+    from sftpack.config.run_config import load_config
 
     folder = packed_folder(tmp_path, rows=1000)
     out_file = tmp_path / "planned.yaml"
@@ -287,7 +287,7 @@ def test_written_config_loads(tmp_path, capsys, model_dir):
 
 
 def test_base_config_fills_what_flags_leave_out(tmp_path, capsys, model_dir):
-    from pipeline.config import load_config
+    from sftpack.config.run_config import load_config
 
     # The demo config without its CPU-sized max_steps, so epochs decide the step counts.
     raw = yaml.safe_load(DEMO_CONFIG.read_text())

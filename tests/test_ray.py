@@ -24,15 +24,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.distributed_cluster import CHECK_FILE, check_shared
-from pipeline.distributed_ranges import range_lines
-from pipeline.errors import SftpackError
+from sftpack.distributed.cluster import CHECK_FILE, check_shared
+from sftpack.distributed.ranges import range_lines
+from sftpack.errors import SftpackError
 
 SFTPACK = str(Path(sys.executable).parent / "sftpack")
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
        "TOKENIZERS_PARALLELISM": "false"}
 HEAD = "127.0.0.1:6379"  # the namespace's own loopback: no other cluster can be there
+
+# One worker runs every Ray test (pytest-xdist): two clusters at once would share 2 cores.
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 # ---------------------------------------------------------------- without a cluster
@@ -65,7 +68,7 @@ def test_a_node_that_cannot_see_the_output_folder_is_named(tmp_path):
 
 
 def test_a_workers_error_reaches_the_user_without_rays_traceback():
-    from pipeline.distributed_cluster import run_dataset
+    from sftpack.distributed.cluster import run_dataset
 
     class RemoteError(Exception):  # how Ray hands back a task's exception: its traceback in the text
         pass
@@ -73,7 +76,7 @@ def test_a_workers_error_reaches_the_user_without_rays_traceback():
     def rows():
         yield {"range": 0}
         raise RemoteError("ray::MapWorker(...) (pid=1, ip=127.0.0.1)\n  File \"x.py\", line 3\n"
-                          "pipeline.errors.SftpackError: Ray node 10.0.0.2 (b) cannot see the output folder /shared/out")
+                          "sftpack.errors.SftpackError: Ray node 10.0.0.2 (b) cannot see the output folder /shared/out")
 
     found = []
     with pytest.raises(SftpackError) as err:
@@ -83,9 +86,9 @@ def test_a_workers_error_reaches_the_user_without_rays_traceback():
     assert str(err.value) == "Ray node 10.0.0.2 (b) cannot see the output folder /shared/out"
 
 
-def test_ray_is_not_imported_without_the_flag(shared_data, model_dir, tmp_path):
-    code = ("import sys; from pipeline.pack import PackConfig, run; "
-            f"run([{str(shared_data / 'fastchat_dummy_conversation.jsonl')!r}], {str(tmp_path)!r}, "
+def test_ray_is_not_imported_without_the_flag(real_data, model_dir, tmp_path):
+    code = ("import sys; from sftpack.packing.stage import PackConfig, run; "
+            f"run([{str(real_data / 'fastchat_dummy_conversation.jsonl')!r}], {str(tmp_path)!r}, "
             f"PackConfig(tokenizer={str(model_dir)!r})); print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
     assert out.stdout.strip() == "False"
@@ -161,7 +164,7 @@ def cluster(ray_tmp):
         node = ns.start([RAY, "start", "--address", HEAD, *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = node.communicate(timeout=120)[0]
         assert node.returncode == 0, out.decode(errors="replace")[-3000:]
-        wait = ("from pipeline.distributed_cluster import wait_for_cluster; "
+        wait = ("from sftpack.distributed.cluster import wait_for_cluster; "
                 f"wait_for_cluster({HEAD!r}, 2, timeout_s=90)")
         subprocess.run(ns.command([sys.executable, "-c", wait]), env=ENV, check=True, timeout=120)
         yield ns
@@ -170,8 +173,8 @@ def cluster(ray_tmp):
 
 
 @pytest.fixture(scope="module")
-def inputs(shared_data):
-    return sorted(shared_data.glob("*.jsonl"))
+def inputs(real_data):
+    return sorted(real_data.glob("*.jsonl"))
 
 
 @pytest.fixture(scope="module")
@@ -281,15 +284,15 @@ def test_killed_driver_leaves_nothing_finished_and_a_killed_worker_changes_nothi
     assert [p.name for p in tmp_path.iterdir()] == [local_run.name]  # the killed run's leftovers are gone
 
 
-def test_validate_on_the_cluster_writes_the_same_files(cluster, shared_data, tmp_path):
+def test_validate_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_path):
     """Kept lines, rejects and manifests (but `seconds`) equal the local run's; blanks, bad JSON,
     duplicates across a range boundary and a last line without newline included."""
-    lines = (shared_data / "fastchat_dummy_conversation.jsonl").read_text().splitlines()
+    lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text().splitlines()
     mixed = tmp_path / "in" / "mixed.jsonl"
     mixed.parent.mkdir()
     mixed.write_text("\n".join(lines[:50] + ["", "not json", lines[3], '{"messages": []}', "  "] + lines[50:]
                                + [lines[10]]))
-    inputs = [str(mixed), str(shared_data / "alpaca_en_demo.jsonl")]
+    inputs = [str(mixed), str(real_data / "alpaca_en_demo.jsonl")]
     local, remote = tmp_path / "local", tmp_path / "ray"
     for out, ray in ((local, None), (remote, HEAD)):
         cmd = [SFTPACK, "validate", *inputs, "--out-dir", str(out), "--allow-rejects"] + (["--ray", ray] if ray else [])

@@ -1,7 +1,7 @@
-"""pipeline/readers.py: every container and layout read into the same messages form.
+"""pipeline/io/readers.py: every container and layout read into the same messages form.
 
-Hermetic tests build their data in tmp_path. The round-trip tests read ../shared/data/real
-(messages JSONL), write it back out in the layout it came from (alpaca, sharegpt) and in every
+Hermetic tests build their data in tmp_path. The round-trip tests read the real datasets
+(tests/data/real, messages JSONL), write it back out in the layout it came from (alpaca, sharegpt) and in every
 container, and assert reading gives exactly the messages again; nothing real is copied here.
 """
 
@@ -18,15 +18,15 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipeline.convert_data import ConvertConfig
-from pipeline.convert_data import run as convert
-from pipeline.errors import SftpackError
-from pipeline.fingerprint import file_identity
-from pipeline.input_layouts import convert_alpaca, parse_role_map
-from pipeline.readers import ColumnMap, ReadOptions, open_input
-from pipeline.validate import ValidateConfig
-from pipeline.validate import run as validate
-from stages.cli import main as cli
+from sftpack.io.convert import ConvertConfig
+from sftpack.io.convert import run as convert
+from sftpack.errors import SftpackError
+from sftpack.store.fingerprint import file_identity
+from sftpack.io.layouts import convert_alpaca, parse_role_map
+from sftpack.io.readers import ColumnMap, ReadOptions, open_input
+from sftpack.checks.validate import ValidateConfig
+from sftpack.checks.validate import run as validate
+from sftpack.cli import main as cli
 from tests.conftest import REPO
 
 CALL = {"name": "get_weather", "arguments": {"city": "Oslo"}}
@@ -202,7 +202,7 @@ def test_folder_glob_and_save_to_disk(tmp_path):
 
 _READ_DATASET_NAME = """
 import json, sys
-from pipeline.readers import open_input
+from sftpack.io.readers import open_input
 out = {}
 for split in ("train", "validation"):
     source = open_input("someuser/tiny_chat", split=split)
@@ -368,8 +368,8 @@ def _write_container(records: list[dict], folder: Path, container: str) -> Path:
 @pytest.mark.parametrize("dataset,to_layout", [("alpaca_en_demo", _as_alpaca),
                                                ("fastchat_dummy_conversation", _as_sharegpt),
                                                ("glaive_toolcall_en_demo", _as_sharegpt)])
-def test_real_data_round_trip_in_every_container(tmp_path, shared_data, dataset, to_layout):
-    original = shared_data / f"{dataset}.jsonl"
+def test_real_data_round_trip_in_every_container(tmp_path, real_data, dataset, to_layout):
+    original = real_data / f"{dataset}.jsonl"
     expected = [json.loads(line) for line in original.read_text(encoding="utf-8").splitlines()]
     layout = "alpaca" if to_layout is _as_alpaca else "sharegpt"
     converted = [to_layout(r) for r in expected]

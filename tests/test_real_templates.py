@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.chat_template import ChatRenderer
-from pipeline.masking import MaskOptions, encode_batch
-from pipeline.tokenizer import load_tokenizer
+from sftpack.templates.chat_template import ChatRenderer
+from sftpack.templates.masking import MaskOptions, encode_batch
+from sftpack.templates.tokenizer import load_tokenizer
 
 REAL = Path(__file__).resolve().parent / "fixtures" / "templates" / "real"
 MODELS = json.loads((REAL / "models.json").read_text(encoding="utf-8"))

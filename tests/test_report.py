@@ -14,10 +14,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline.errors import SftpackError
-from pipeline.packing import best_fit_decreasing
-from pipeline.report import ReportConfig, run
-from schemas.tables import ExampleStats, ReportExamples, validate_table
+from sftpack.errors import SftpackError
+from sftpack.packing.bins import best_fit_decreasing
+from sftpack.report.stage import ReportConfig, run
+from sftpack.schemas.tables import ExampleStats, ReportExamples, validate_table
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "conversations.jsonl"
 MAX_LENGTH = 128
@@ -119,7 +119,7 @@ def test_without_tokenizer_counts_only(tmp_path):
 
 
 def test_cli_with_config_and_flags(tmp_path, model_dir, capsys):
-    from stages.cli import main
+    from sftpack.cli import main
 
     config = tmp_path / "run.yaml"
     config.write_text(f"model:\n  name_or_path: {model_dir}\ndata:\n  max_length: 64\n  truncation: truncate\n",
@@ -134,7 +134,7 @@ def test_cli_with_config_and_flags(tmp_path, model_dir, capsys):
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
-    from stages.cli import main
+    from sftpack.cli import main
 
     assert main(["report", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "r.txt")]) == 2
     err = capsys.readouterr().err
@@ -144,8 +144,8 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
 
 
 def test_packed_folder_report(tmp_path, model_dir):
-    from pipeline.pack import PackConfig
-    from pipeline.pack import run as pack
+    from sftpack.packing.stage import PackConfig
+    from sftpack.packing.stage import run as pack
 
     packed = pack([FIXTURE], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), max_length=MAX_LENGTH))
     result = run([packed["path"]], tmp_path / "report.html", ReportConfig())
@@ -162,7 +162,7 @@ def test_packed_folder_report(tmp_path, model_dir):
 # ---------------------------------------------------------------- the tables against their schemas
 
 def _examples_table() -> pl.DataFrame:
-    from pipeline.report_scan import scan_jsonl
+    from sftpack.report.scan import scan_jsonl
 
     frame, _ = scan_jsonl([FIXTURE], ReportConfig(), None)
     return frame
@@ -198,9 +198,9 @@ def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
     """Reasoning data under Qwen3's template: the report's mask audit shows what pack will do."""
     import json as _json
 
-    from pipeline.pack import PackConfig
-    from pipeline.pack import run as pack
-    from pipeline.report import ReportConfig, run as report
+    from sftpack.packing.stage import PackConfig
+    from sftpack.packing.stage import run as pack
+    from sftpack.report.stage import ReportConfig, run as report
 
     template = Path(__file__).resolve().parent / "fixtures" / "templates" / "real" / "qwen3.jinja"
     data = tmp_path / "r.jsonl"

@@ -1,8 +1,8 @@
 """The report stage must not crash on any file validate accepts, and must count what it was given.
 
 Hypothesis writes messages JSONL files (exact and near duplicates, missing and empty sources,
-tool-only conversations, rejects, blank lines) and runs `pipeline.report.run` on them. An oracle
-written from the definitions in pipeline/report.py's docstring says what report.json must hold.
+tool-only conversations, rejects, blank lines) and runs `sftpack.report.stage.run` on them. An oracle
+written from the definitions in pipeline/report/stage.py's docstring says what report.json must hold.
 Issue 14 (a polars panic in the findings) is pinned by the regression tests at the end.
 """
 
@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import pipeline.report_findings as report_findings
-import pipeline.report_html as report_html
-from pipeline.report import ReportConfig, run
-from pipeline.report_findings import findings
-from pipeline.report_scan import EXAMPLE_SCHEMA
+import sftpack.report.findings as report_findings
+import sftpack.report.html as report_html
+from sftpack.report.stage import ReportConfig, run
+from sftpack.report.findings import findings
+from sftpack.report.scan import EXAMPLE_SCHEMA
 
 # No "<" so no text can spell a control token (`<|im_end|>`); Cyrillic and Han for the script mix.
 ALPHABET = list("abcdeXYZ019 ,.!?-_'") + ["é", "д", "ж", "中"]
@@ -262,10 +262,10 @@ def test_100k_short_lines(tmp_path):
     assert result["duplicates"] == {"exact": 99_900 - 3000, "similar_prompts": 2000}
 
 
-def test_real_repeated_conversations(tmp_path, shared_data, model_dir):
+def test_real_repeated_conversations(tmp_path, real_data, model_dir):
     """Issue 14's file: fastchat + glaive tool calls + fastchat's first 50 lines again."""
-    fastchat = (shared_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
-    glaive = (shared_data / "glaive_toolcall_en_demo.jsonl").read_text(encoding="utf-8").splitlines()
+    fastchat = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
+    glaive = (real_data / "glaive_toolcall_en_demo.jsonl").read_text(encoding="utf-8").splitlines()
     path = tmp_path / "rep.jsonl"
     path.write_text("\n".join(fastchat + glaive + fastchat[:50]) + "\n", encoding="utf-8")
     result = run([path], tmp_path / "report.html", ReportConfig(tokenizer=str(model_dir)))

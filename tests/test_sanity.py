@@ -8,10 +8,10 @@ import math
 import pytest
 import yaml
 
-from pipeline.errors import SftpackError
-from pipeline.inspect import mark_trained
-from pipeline.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
-from stages.cli import main as cli
+from sftpack.errors import SftpackError
+from sftpack.report.inspect import mark_trained
+from sftpack.train.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
+from sftpack.cli import main as cli
 
 
 def test_mark_trained_wraps_exactly_the_trained_spans(smol_tokenizer):

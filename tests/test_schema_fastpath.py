@@ -11,6 +11,7 @@ give the same value as json's, or leave the line to json.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -20,12 +21,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pipeline.message_schema import msgspec_type, schema_fast_type, schema_validator
-from pipeline.messages import parse_line, schema_errors
+from sftpack.checks.schema import msgspec_type, schema_fast_type, schema_validator
+from sftpack.checks.messages import parse_line, schema_errors
+
+from conftest import REAL_DATA
 
 REPO = Path(__file__).resolve().parent.parent
 MIXED = REPO / "tests" / "fixtures" / "validate" / "mixed.jsonl"
-REAL = REPO.parent / "shared" / "data" / "real"
 
 FUZZ = settings(max_examples=600, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -106,7 +108,7 @@ def same_parse(raw: bytes) -> None:
 
 def test_the_schema_file_has_a_fast_path():
     assert schema_fast_type() is not None, (
-        "schemas/messages.schema.json uses a keyword pipeline/message_schema.py:_fast_type does not translate, so every "
+        "schemas/messages.schema.json uses a keyword pipeline/checks/schema.py:_fast_type does not translate, so every "
         "row goes through jsonschema (~7x slower validate); teach _fast_type the keyword or keep the schema to "
         "type/enum/const/properties/required/items/minLength/maxLength/minItems/maxItems")
 
@@ -141,10 +143,7 @@ def test_mixed_fixture_lines_same_as_reference():
 
 @pytest.mark.parametrize("name", ["alpaca_en_demo", "fastchat_dummy_conversation", "glaive_toolcall_en_demo"])
 def test_real_lines_take_the_fast_paths(name):
-    path = REAL / f"{name}.jsonl"
-    if not path.is_file():
-        pytest.skip(f"{path} not found (../shared/data/real)")
-    for raw in _lines(path):
+    for raw in gzip.decompress((REAL_DATA / f"{name}.jsonl.gz").read_bytes()).splitlines(keepends=True):
         same_parse(raw)
         record = msgspec.json.decode(raw)  # parse_line's fast path decodes every real line
         assert fast_accepts(record), raw[:200]

@@ -19,13 +19,13 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, TrainerState
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from pipeline.config import ModelConfig, MonitorConfig, build_config
-from pipeline.errors import SftpackError
-from pipeline.monitoring import HealthCallback
-from pipeline.train import FINAL_DIR, RUN_CONFIG, RUN_MANIFEST, run
-from pipeline.train_args import sft_config
-from pipeline.train_runtime import Runtime, resolve_runtime
-from stages.cli import main as cli
+from sftpack.config.run_config import ModelConfig, MonitorConfig, build_config
+from sftpack.errors import SftpackError
+from sftpack.train.monitoring import HealthCallback
+from sftpack.train.stage import FINAL_DIR, RUN_CONFIG, RUN_MANIFEST, run
+from sftpack.train.args import sft_config
+from sftpack.train.runtime import Runtime, resolve_runtime
+from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = Runtime(device="cpu", dtype="float32", attn_implementation="sdpa", reason="test")
@@ -353,7 +353,7 @@ def test_two_process_ddp_on_cpu(tiny_model_dir, packed_chat, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(REPO / "configs/accelerate/ddp_cpu.yaml"), "-m", "stages.cli", "train", "--config", str(config)],
+         str(REPO / "configs/accelerate/ddp_cpu.yaml"), "-m", "sftpack", "train", "--config", str(config)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / RUN_MANIFEST).read_text())
@@ -370,8 +370,8 @@ def test_two_process_ddp_on_cpu(tiny_model_dir, packed_chat, tmp_path):
 def test_default_model_trains_on_split_reasoning_data(model_dir, tmp_path):
     """Multi-turn reasoning data under Qwen3's real template: every conversation is split into one
     sequence per turn (Qwen3 strips earlier reasoning), and the default model trains on it."""
-    from pipeline.pack import PackConfig
-    from pipeline.pack import run as pack
+    from sftpack.packing.stage import PackConfig
+    from sftpack.packing.stage import run as pack
 
     lines = []
     for k in range(12):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.messages import classify_line, parse_line, schema_errors
-from pipeline.validate import ValidateConfig, run
-from stages.cli import main as cli
+from sftpack.checks.messages import classify_line, parse_line, schema_errors
+from sftpack.checks.validate import ValidateConfig, run
+from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests" / "fixtures" / "validate"
@@ -216,8 +216,8 @@ def test_template_that_raises_is_a_reject_with_its_message(tmp_path, no_system_t
     assert template_lines == {11, 13, SYSTEM_LINE}
 
 
-def test_real_datasets_all_valid_and_unchanged(tmp_path, shared_data, model_dir):
-    inputs = sorted(shared_data.glob("*.jsonl"))
+def test_real_datasets_all_valid_and_unchanged(tmp_path, real_data, model_dir):
+    inputs = sorted(real_data.glob("*.jsonl"))
     assert [p.name for p in inputs] == ["alpaca_en_demo.jsonl", "fastchat_dummy_conversation.jsonl",
                                         "glaive_toolcall_en_demo.jsonl"]
     result = run(inputs, tmp_path, ValidateConfig(tokenizer=str(model_dir)))
@@ -238,8 +238,8 @@ def test_real_datasets_all_valid_and_unchanged(tmp_path, shared_data, model_dir)
 
 # ---------------------------------------------------------------- CLI: exit codes and messages
 
-def test_cli_exit_codes(tmp_path, capsys, shared_data):
-    clean = str(shared_data / "fastchat_dummy_conversation.jsonl")
+def test_cli_exit_codes(tmp_path, capsys, real_data):
+    clean = str(real_data / "fastchat_dummy_conversation.jsonl")
     assert cli(["validate", clean, "--out-dir", str(tmp_path / "a")]) == 0
     assert cli(["validate", str(MIXED), "--out-dir", str(tmp_path / "b")]) == 1
     err = capsys.readouterr().err
@@ -256,7 +256,7 @@ def test_cli_exit_codes(tmp_path, capsys, shared_data):
     (tmp_path / "file").write_text("")
     assert cli(["validate", clean, "--out-dir", str(tmp_path / "file")]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
-    assert cli(["validate", clean, "--out-dir", str(shared_data)]) == 2
+    assert cli(["validate", clean, "--out-dir", str(real_data)]) == 2
     assert "would overwrite the input" in capsys.readouterr().err
     other = tmp_path / "other" / "fastchat_dummy_conversation.jsonl"
     other.parent.mkdir()
@@ -298,7 +298,7 @@ def big_file(tmp_path_factory) -> Path:
 
 MEMORY_PROBE = """
 import json, resource, sys
-from pipeline.validate import ValidateConfig, run
+from sftpack.checks.validate import ValidateConfig, run
 big, small, out = sys.argv[1:4]
 run([small], out + "/warm", ValidateConfig())  # imports, schema compile, first allocations
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -327,7 +327,7 @@ def test_killed_run_leaves_no_output_that_looks_complete(tmp_path, big_file):
     run([small], out, ValidateConfig())
     assert (out / "big.validate.json").exists()
 
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "validate", str(big_file), "--out-dir", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "sftpack", "validate", str(big_file), "--out-dir", str(out)],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while not any(p.name.startswith(".incomplete-") and p.stat().st_size > 1_000_000 for p in out.iterdir()):
@@ -344,7 +344,7 @@ def test_killed_run_leaves_no_output_that_looks_complete(tmp_path, big_file):
 
 
 def test_reasoning_fields_are_strings_on_assistant_turns_only():
-    from pipeline.messages import classify_line
+    from sftpack.checks.messages import classify_line
 
     def rules(messages):
         return [(e.rule, e.path) for e in classify_line(json.dumps({"messages": messages}).encode())[1]]
@@ -362,7 +362,7 @@ def test_one_pass_verdict_equals_the_conversation_rules():
     contents), and its errors are theirs, in their order."""
     import itertools
 
-    from pipeline.messages import CONVERSATION_RULES, _passes_rules, check_conversation
+    from sftpack.checks.messages import CONVERSATION_RULES, _passes_rules, check_conversation
 
     call = {"type": "function", "function": {"name": "f", "arguments": {}}}
     kinds = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hi"},

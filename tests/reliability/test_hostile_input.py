@@ -14,10 +14,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.chat_template import ChatRenderer
-from pipeline.masking import encode_batch
-from pipeline.messages import classify_line
-from stages.cli import main as cli
+from sftpack.templates.chat_template import ChatRenderer
+from sftpack.templates.masking import encode_batch
+from sftpack.checks.messages import classify_line
+from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -119,11 +119,11 @@ def test_a_50mb_line_is_handled_in_bounded_memory(tmp_path, model_dir):
                                               {"role": "assistant", "content": "word " * 10_000_000}]}) + "\n")
         handle.write(json.dumps(small) + "\n")
     cap = 3 * 1024**3
-    validate = _run_limited([sys.executable, "-m", "stages.cli", "validate", str(path), "--out-dir", str(tmp_path / "v"),
+    validate = _run_limited([sys.executable, "-m", "sftpack", "validate", str(path), "--out-dir", str(tmp_path / "v"),
                              "--tokenizer", str(model_dir)], cap)
     assert validate.returncode == 0, validate.stderr
     assert "long_turn" in validate.stdout + validate.stderr
-    pack = _run_limited([sys.executable, "-m", "stages.cli", "pack", str(tmp_path / "v" / "big.jsonl"),
+    pack = _run_limited([sys.executable, "-m", "sftpack", "pack", str(tmp_path / "v" / "big.jsonl"),
                          "--out-dir", str(tmp_path / "p"), "--tokenizer", str(model_dir), "--max-length", "512"], cap)
     assert pack.returncode == 0, pack.stderr
     assert "too_long=1" in pack.stdout and "Traceback" not in pack.stderr

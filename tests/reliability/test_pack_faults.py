@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.atomic import INCOMPLETE_PREFIX
-from pipeline.shards import verify_folder
+from sftpack.store.atomic import INCOMPLETE_PREFIX
+from sftpack.store.shards import verify_folder
 
-SFTPACK = [sys.executable, "-m", "stages.cli"]
+SFTPACK = [sys.executable, "-m", "sftpack"]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -42,8 +42,8 @@ def _wait_for(predicate, timeout=120.0):
 
 
 @pytest.fixture(scope="module")
-def inputs(shared_data):
-    return [shared_data / "alpaca_en_demo.jsonl", shared_data / "fastchat_dummy_conversation.jsonl"]
+def inputs(real_data):
+    return [real_data / "alpaca_en_demo.jsonl", real_data / "fastchat_dummy_conversation.jsonl"]
 
 
 @pytest.mark.parametrize("moment", ["temp folder created", "spill written", "shards written"])

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import build_config
-from pipeline.errors import SftpackError
-from pipeline.train import run
+from sftpack.config.run_config import build_config
+from sftpack.errors import SftpackError
+from sftpack.train.stage import run
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
@@ -34,7 +34,7 @@ def test_sigkill_between_checkpoints_then_resume_reaches_the_same_step(tiny_mode
     out = tmp_path / "run"
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(_config(tiny_model_dir, packed_chat, out)))
-    proc = subprocess.Popen([sys.executable, "-m", "stages.cli", "train", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "sftpack", "train", "--config", str(config)],
                             cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "checkpoint-8" / "trainer_state.json").exists():
@@ -45,7 +45,7 @@ def test_sigkill_between_checkpoints_then_resume_reaches_the_same_step(tiny_mode
     proc.wait()
     assert not (out / "final").exists()
     assert not (out / "sftpack_run.json").exists() or json.loads((out / "sftpack_run.json").read_text())["steps"] < 16
-    resumed = subprocess.run([sys.executable, "-m", "stages.cli", "train", "--config", str(config),
+    resumed = subprocess.run([sys.executable, "-m", "sftpack", "train", "--config", str(config),
                               "train.resume_from_checkpoint=true"], cwd=REPO, env=ENV, capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

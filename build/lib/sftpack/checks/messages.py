@@ -1,0 +1,396 @@
+"""One line of messages JSONL: parse it, check its shape and its conversation, say what is wrong.
+
+A line goes through three layers; a layer runs only when the one before found nothing, because
+each assumes what the earlier ones established:
+
+    raw bytes --parse_line--> JSON object --schema_errors--> shaped record --ROW_CHECKS--> ok
+              (invalid_utf8,               (schema_<keyword>,             (no_assistant_turn,
+               invalid_json, not_object,    JSON path of each error)       empty_assistant, ...)
+               trailing_garbage)
+
+`classify_line` runs all three and is what validate (and later report) call per line. Checks
+that need a tokenizer (`tokenizer_checks`) are built per tokenizer and appended by the caller.
+
+Conversation rules (the `role_order` rule and its neighbours), chosen so that every chat
+template renders the conversation and every trained turn answers something:
+  - at most one system message, and only first (`system_not_first`);
+  - the first turn after the system message is the user's (`role_order`);
+  - user is followed by assistant; assistant by user, or by its tool results when it made
+    tool calls (an unanswered call is only allowed as the very last turn); tool results by
+    more tool results (one per call at most) or by assistant (`role_order`, `tool_without_call`);
+  - the last turn is the assistant's: a trailing user or tool turn trains nothing (`role_order`);
+  - at least one assistant turn (`no_assistant_turn`), none empty unless it calls tools
+    (`empty_assistant`), and only assistant turns carry `tool_calls` (`tool_calls_not_assistant`)
+    or reasoning: `reasoning_content`, `reasoning`, `thinking` (`reasoning_not_assistant`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterable
+
+import msgspec
+
+from sftpack.checks.schema import schema_fast_type, schema_validator
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_MESSAGE_CHARS = 200  # error messages quote the offending value; keep them one line
+
+
+@dataclass(frozen=True)
+class RowError:
+    """One problem with one line."""
+
+    path: str
+    """JSON pointer to the offending value (`/messages/2/content`); "" for the whole line."""
+    rule: str
+    """Short stable name of the check, used for counting (`rejected_<rule>`)."""
+    message: str
+    """What is wrong and, where it helps, how to fix it."""
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+Record = dict[str, Any]
+Check = Callable[[Record], Iterable[RowError]]
+
+
+def _shorten(text: str) -> str:
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+# ---------------------------------------------------------------- layer 1: bytes -> object
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON (use null or a string)")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# The fast path: msgspec decodes an object line ~1.6x faster than json, to the same value
+# (numbers, duplicate keys, escapes: tests/test_schema_fastpath.py). It accepts less (no NaN or
+# Infinity, no 1e400, no surrounding whitespace but JSON's), and lines it fails on, or that could
+# differ (lone-surrogate escapes; nesting near the recursion limit, where both give up at depths
+# that depend on the call stack), go through json, which writes every error.
+_FAST_DECODER = msgspec.json.Decoder()
+_FAST_MAX_BRACKETS = 500  # fewer [ and { than this: nested far less deeply than either limit
+
+
+def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowError]]:
+    """Decode one line (UTF-8 JSON holding one object and nothing else).
+
+    Args:
+        raw: the line's bytes, with or without its line ending.
+        fast: try msgspec first. False decodes with json alone (the reference the fast path is
+            tested against); the result is the same.
+
+    Returns:
+        (the object, []) or (None, [one error]) with rule invalid_utf8, invalid_json,
+        not_object, trailing_garbage or lone_surrogate.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, [RowError("", "invalid_utf8", f"byte {raw[err.start]:#04x} at byte offset {err.start} is not "
+                                                     "UTF-8; re-encode the file as UTF-8")]
+    if fast and raw.count(b"[") + raw.count(b"{") < _FAST_MAX_BRACKETS and not _SURROGATE_ESCAPE.search(text):
+        try:
+            value = _FAST_DECODER.decode(raw)
+        except msgspec.DecodeError:  # also its ValidationError (numbers out of range)
+            value = None
+        if type(value) is dict:
+            return value, []
+    text = text.strip()
+    if text.startswith("\ufeff"):
+        return None, [RowError("", "invalid_json", "line starts with a byte-order mark; save the file as UTF-8 "
+                                                    "without BOM")]
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except json.JSONDecodeError as err:
+        return None, [RowError("", "invalid_json", f"{err.msg} at column {err.colno}")]
+    except (ValueError, RecursionError) as err:
+        return None, [RowError("", "invalid_json", str(err) or "nested too deeply")]
+    if text[end:].strip():
+        return None, [RowError("", "trailing_garbage", f"text after the JSON value at column {end + 1}: "
+                                                        f"{_shorten(text[end:].strip())!r}; one object per line")]
+    if not isinstance(value, dict):
+        return None, [RowError("", "not_object", f"the line is a JSON {type(value).__name__}, expected an object "
+                                                  "with a `messages` list")]
+    if _SURROGATE_ESCAPE.search(text):  # rare: only then pay for the full check
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as err:
+            return None, [RowError("", "lone_surrogate", f"a \\u{ord(err.object[err.start]):04x} escape is half of a "
+                                                          "UTF-16 surrogate pair; such text cannot be tokenized; fix "
+                                                          "the escape or remove it")]
+    return value, []
+
+
+# ---------------------------------------------------------------- layer 2: JSON Schema
+# The record's shape as schemas/messages.schema.json says (pipeline/checks/schema.py: jsonschema,
+# the authority, after its msgspec fast path).
+
+def _pointer(path: Iterable[Any]) -> str:
+    return "".join(f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in path)
+
+
+def schema_errors(record: Any, fast: bool = True) -> list[RowError]:
+    """Every JSON Schema violation in `record`, each with its JSON pointer.
+
+    Args:
+        record: a parsed line.
+        fast: try `schema_fast_type` first. False asks jsonschema straight away (the reference
+            the fast path is tested against); the result is the same.
+
+    Returns:
+        Errors with rule `schema_<keyword>` (schema_required, schema_type, schema_enum, ...),
+        in document order.
+    """
+    fast_type = schema_fast_type() if fast else None
+    if fast_type is not None:
+        try:
+            msgspec.convert(record, fast_type)
+            return []
+        except Exception:  # noqa: BLE001 - whatever the fast path says against a row, jsonschema decides
+            pass
+    errors = []
+    for err in schema_validator().iter_errors(record):
+        path = _pointer(err.absolute_path)
+        message = _shorten(err.message)
+        if err.validator == "enum" and path.endswith("/role"):
+            message += "; map other role names (human -> user, gpt -> assistant, function -> tool)"
+        errors.append((list(map(str, err.absolute_path)), RowError(path, f"schema_{err.validator}", message)))
+    # Natural document order: /messages/2 before /messages/10.
+    errors.sort(key=lambda item: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in item[0]])
+    return [error for _, error in errors]
+
+
+# ---------------------------------------------------------------- layer 3: conversation rules
+# Each check takes a schema-valid record and yields errors; CONVERSATION_RULES is the order they run.
+
+def check_has_assistant(record: Record) -> Iterable[RowError]:
+    if not any(m["role"] == "assistant" for m in record["messages"]):
+        yield RowError("/messages", "no_assistant_turn", "no assistant turn, so nothing to train on; add the "
+                                                           "assistant's answer or drop the line")
+
+
+def check_assistant_content(record: Record) -> Iterable[RowError]:
+    for i, message in enumerate(record["messages"]):
+        if message["role"] == "assistant" and not message.get("tool_calls") and not message["content"].strip():
+            yield RowError(f"/messages/{i}/content", "empty_assistant",
+                           "assistant content is empty or whitespace and it makes no tool calls")
+
+
+def check_tool_calls_role(record: Record) -> Iterable[RowError]:
+    for i, message in enumerate(record["messages"]):
+        if message.get("tool_calls") and message["role"] != "assistant":
+            yield RowError(f"/messages/{i}/tool_calls", "tool_calls_not_assistant",
+                           f"a {message['role']} message carries tool_calls; only assistant turns call tools")
+
+
+def check_reasoning_role(record: Record) -> Iterable[RowError]:
+    for i, message in enumerate(record["messages"]):
+        for field in ("reasoning_content", "reasoning", "thinking"):
+            if message.get(field) is not None and message["role"] != "assistant":
+                yield RowError(f"/messages/{i}/{field}", "reasoning_not_assistant",
+                               f"a {message['role']} message carries {field}; only assistant turns reason")
+
+
+def check_system_first(record: Record) -> Iterable[RowError]:
+    for i, message in enumerate(record["messages"]):
+        if message["role"] == "system" and i > 0:
+            yield RowError(f"/messages/{i}/role", "system_not_first",
+                           "system message is not the first message; merge it into the first one")
+
+
+def check_tool_results(record: Record) -> Iterable[RowError]:
+    open_calls = 0  # tool calls of the latest assistant turn not yet answered by a tool result
+    for i, message in enumerate(record["messages"]):
+        if message["role"] == "tool":
+            if open_calls == 0:
+                yield RowError(f"/messages/{i}", "tool_without_call",
+                               "tool result without a preceding assistant tool call (or more results than calls)")
+            open_calls = max(open_calls - 1, 0)
+        else:
+            open_calls = len(message.get("tool_calls") or ()) if message["role"] == "assistant" else 0
+
+
+# role -> roles that may follow it; "assistant+calls" is an assistant turn with tool_calls.
+_NEXT = {
+    "start": {"user"},
+    "user": {"assistant"},
+    "assistant": {"user"},
+    "assistant+calls": {"tool"},
+    "tool": {"tool", "assistant"},
+}
+
+
+_DESCRIBE = {"start": "the start", "user": "a user turn", "assistant": "an assistant turn",
+             "assistant+calls": "an assistant tool call", "tool": "a tool result"}
+
+
+def check_role_order(record: Record) -> Iterable[RowError]:
+    messages = record["messages"]
+    state = "start"
+    for i, message in enumerate(messages):
+        role = message["role"]
+        if role == "system":
+            continue  # placement is system_not_first's job
+        if role == "tool" and state not in ("assistant+calls", "tool"):
+            state = "tool"
+            continue  # tool_without_call reports it
+        if role not in _NEXT[state]:
+            hint = "; merge consecutive turns of one role" if state == role else ""
+            yield RowError(f"/messages/{i}/role", "role_order", f"{role} turn after {_DESCRIBE[state]}; expected "
+                           f"{' or '.join(sorted(_NEXT[state]))}{hint}")
+        state = "assistant+calls" if role == "assistant" and message.get("tool_calls") else role
+    last = messages[-1]["role"]
+    if last in ("user", "tool") and any(m["role"] == "assistant" for m in messages):
+        yield RowError(f"/messages/{len(messages) - 1}/role", "role_order",
+                       f"conversation ends with a {last} turn, which trains nothing; drop it or add the "
+                       "assistant's reply")
+
+
+CONVERSATION_RULES: list[Check] = [
+    check_has_assistant,
+    check_assistant_content,
+    check_tool_calls_role,
+    check_reasoning_role,
+    check_system_first,
+    check_tool_results,
+    check_role_order,
+]
+"""The conversation rules in the order their errors are listed."""
+
+
+def _passes_rules(messages: list[dict[str, Any]]) -> bool:
+    # All of CONVERSATION_RULES in one pass, for the common case: True only where none of them
+    # finds anything (tests/test_validate.py checks this on generated conversations). False may
+    # be wrong-footed by an unusual shape; the rules themselves then decide and write the errors.
+    state, open_calls, assistant = "start", 0, False
+    for i, message in enumerate(messages):
+        role, calls = message["role"], message.get("tool_calls")
+        if role == "assistant":
+            if not calls and not message["content"].strip():
+                return False
+            assistant = True
+        elif calls or message.get("reasoning_content") is not None or message.get("reasoning") is not None \
+                or message.get("thinking") is not None:
+            return False
+        if role == "system":
+            if i:
+                return False
+            continue
+        if role == "tool":
+            if open_calls == 0 or state not in ("assistant+calls", "tool"):
+                return False
+            open_calls -= 1
+            state = "tool"
+            continue
+        if role not in _NEXT[state]:
+            return False
+        open_calls = len(calls or ()) if role == "assistant" else 0
+        state = "assistant+calls" if role == "assistant" and calls else role
+    return assistant and messages[-1]["role"] not in ("user", "tool")
+
+
+def check_conversation(record: Record) -> Iterable[RowError]:
+    """Every error of CONVERSATION_RULES, in their order; one pass when there is none."""
+    if _passes_rules(record["messages"]):
+        return ()
+    return [error for rule in CONVERSATION_RULES for error in rule(record)]
+
+
+ROW_CHECKS: list[Check] = [check_conversation]
+"""The checks of a schema-valid record that need no tokenizer."""
+
+
+# ---------------------------------------------------------------- checks that need a tokenizer
+
+def control_token_check(tokenizer: Any) -> Check:
+    """A check rejecting message content that holds the tokenizer's special or added tokens.
+
+    Such text (`<|im_end|>` inside a user turn) tokenizes to the control token itself, so it
+    silently ends turns early or opens new ones. Every role's content is checked.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+
+    Returns:
+        The check (rule `control_token`).
+    """
+    tokens = sorted(set(tokenizer.all_special_tokens) | set(tokenizer.get_added_vocab()), key=len, reverse=True)
+    pattern = re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+    def check_control_tokens(record: Record) -> Iterable[RowError]:
+        if pattern is None:
+            return
+        for i, message in enumerate(record["messages"]):
+            found = pattern.search(message["content"])
+            if found:
+                yield RowError(f"/messages/{i}/content", "control_token",
+                               f"content contains {found.group()!r}, which the tokenizer reads as a control token "
+                               f"(at character {found.start()}); remove or escape it")
+
+    return check_control_tokens
+
+
+def template_check(tokenizer: Any) -> Check:
+    """A check rejecting conversations the tokenizer's chat template cannot render.
+
+    Renders with `tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)`, the
+    same call the pack stage's templates are tested against.
+
+    Args:
+        tokenizer: a transformers tokenizer with a chat template.
+
+    Returns:
+        The check (rule `template_error`, message = the template's own exception text).
+    """
+
+    def check_template(record: Record) -> Iterable[RowError]:
+        try:
+            tokenizer.apply_chat_template(record["messages"], tools=record.get("tools") or None, tokenize=False)
+        except Exception as err:  # noqa: BLE001 - a template is user code; whatever it raises is the reject
+            yield RowError("/messages", "template_error",
+                           f"chat template failed: {_shorten(str(err) or type(err).__name__)}")
+
+    return check_template
+
+
+def tokenizer_checks(tokenizer: Any) -> list[Check]:
+    """The tokenizer-dependent checks, in the order they run (after ROW_CHECKS)."""
+    return [control_token_check(tokenizer), template_check(tokenizer)]
+
+
+# ---------------------------------------------------------------- one line, all layers
+
+def classify_line(raw: bytes, checks: list[Check] | None = None,
+                  max_errors: int = 20) -> tuple[Record | None, list[RowError]]:
+    """Parse and check one raw JSONL line.
+
+    Args:
+        raw: the line's bytes (line ending optional). Blank lines are the caller's business.
+        checks: conversation checks to run on a schema-valid record; ROW_CHECKS by default,
+            `ROW_CHECKS + tokenizer_checks(tok)` to include the template.
+        max_errors: keep at most this many errors (the rest are summarised in one more).
+
+    Returns:
+        (record, errors). The record is None when the line is not a JSON object. The line
+        is valid when errors is empty.
+    """
+    record, errors = parse_line(raw)
+    if record is None:
+        return None, errors
+    errors = schema_errors(record)
+    if not errors:
+        for check in ROW_CHECKS if checks is None else checks:
+            errors.extend(check(record))
+    if len(errors) > max_errors:
+        extra = len(errors) - max_errors
+        errors = errors[:max_errors] + [RowError("", "too_many_errors", f"{extra} more errors not shown")]
+    return record, errors

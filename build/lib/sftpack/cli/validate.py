@@ -1,0 +1,36 @@
+"""`sftpack validate`: check conversations (any container, any layout); write valid lines, rejects, counts."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sftpack import api
+from sftpack.checks.validate import ValidateConfig, summary
+from sftpack.cli.input_options import add_input_arguments, read_arguments
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", help="JSONL (.gz, .zst), Parquet files, folders, globs or dataset names")
+    parser.add_argument("--out-dir", required=True, help="folder for <name>.jsonl, .rejects.jsonl, .validate.json")
+    parser.add_argument("--allow-rejects", action="store_true", help="exit 0 even when lines are rejected")
+    parser.add_argument("--tokenizer", help="tokenizer folder: also check the chat template and control tokens")
+    parser.add_argument("--config", help="run config YAML: model.name_or_path is the default --tokenizer, "
+                                         "data.format the default --format")
+    parser.add_argument("--max-turn-chars", type=int, default=ValidateConfig.max_turn_chars,
+                        help="warn about messages longer than this many characters")
+    parser.add_argument("--ray", metavar="ADDRESS", help="check on a Ray cluster: local, auto, HOST:PORT or "
+                                                         "ray://HOST:PORT (same outputs; README \"More than one machine\")")
+    add_input_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        result = api.validate(args.inputs, args.out_dir, config=args.config, tokenizer=args.tokenizer, ray=args.ray,
+                              max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects,
+                              **read_arguments(args))
+    except OSError as err:
+        print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
+        return 2
+    print("\n".join(summary(result)), file=sys.stderr if result["totals"]["rejected"] else sys.stdout)
+    return 1 if result["totals"]["rejected"] and not args.allow_rejects else 0

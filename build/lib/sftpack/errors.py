@@ -1,0 +1,12 @@
+"""The one exception type stages turn into a clear message and a non-zero exit."""
+
+
+class SftpackError(Exception):
+    """A user-facing error: what went wrong, where (file:line, key) and how to fix it.
+
+    Stages catch it, print the message without a traceback and exit with `exit_code`.
+    """
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code

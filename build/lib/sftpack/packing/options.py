@@ -1,0 +1,71 @@
+"""Pack's options: one frozen dataclass, each field defined once with its default and meaning.
+
+Kept apart from the stage so that the encoding workers and the Ray executor, which receive a
+PackConfig, never import the pack stage itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from sftpack.config.data_options import DEFAULT_MAX_LENGTH, data_values
+from sftpack.config.data_options import problems as data_problems
+from sftpack.errors import SftpackError
+from sftpack.templates.turn_targets import MaskOptions
+
+
+@dataclass(frozen=True)
+class PackConfig:
+    tokenizer: str
+    """Tokenizer folder (usually the model folder)."""
+    max_length: int = DEFAULT_MAX_LENGTH
+    """Longest row in tokens; longer examples are dropped or truncated."""
+    chat_template: str | None = None
+    """Path to a Jinja chat template that replaces the tokenizer's own."""
+    strategy: str = "bfd"
+    """bfd: best-fit-decreasing packing; none: one example per row."""
+    train_on: str = "all"
+    """all: every assistant turn is trained; last: only the final one."""
+    turns: str = "auto"
+    """auto: a conversation whose template renders a turn unlike at inference is split into the
+    fewest sequences that train every turn as the model writes it; whole: one sequence as rendered."""
+    reasoning: str = "train"
+    """Assistant reasoning: train (with the answer), mask (rendered, not trained), drop (removed)."""
+    truncation: str = "drop"
+    """Examples longer than max_length: drop (counted) or truncate (keep the start, counted)."""
+    num_proc: int = 1
+    """Encoding processes; the output is identical for any value."""
+    threads: int = 2
+    """Encoding threads when num_proc is 1: while one is inside the Rust tokenizer (which releases
+    the GIL) the other renders the next batch, so tokenizing overlaps templating on a second core;
+    1 is strictly serial. The output is identical for any value."""
+    batch_size: int = 512
+    """Conversations per tokenizer call."""
+    shard_tokens: int = 32_000_000
+    """Tokens per shard file (about 256 MB of ids and labels)."""
+    ray: str | None = None
+    """Encode and write on a Ray cluster (pipeline/distributed/driver.py): local, auto, HOST:PORT or
+    ray://HOST:PORT; None runs here. The output is identical either way."""
+
+    def __post_init__(self) -> None:
+        problems = data_problems(dataclasses.asdict(self))
+        if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
+            problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
+        if problems:
+            raise SftpackError("pack options: " + "; ".join(problems))
+
+    @classmethod
+    def from_run_config(cls, run_config: Any, **overrides: Any) -> "PackConfig":
+        """The pack options a run config implies (model.name_or_path, data.*), then `overrides`."""
+        return cls(**data_values(run_config, {"ray": run_config.data.ray} | overrides))
+
+    def mask_options(self) -> MaskOptions:
+        """The options that decide which tokens are trained."""
+        return MaskOptions(self.train_on, self.turns, self.reasoning)
+
+    def output_options(self) -> dict[str, Any]:
+        """The options that change the output (num_proc, threads, batch_size and ray do not)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("num_proc", "threads", "batch_size", "tokenizer", "ray")}

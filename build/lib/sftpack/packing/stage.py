@@ -1,0 +1,268 @@
+"""The pack stage: conversations -> packed Arrow shard folder named by fingerprint.
+
+    inputs ──readers.open_input (any container and layout, streamed in batches)──> records
+           ──validate's checks (schema, ROW_CHECKS, control tokens); a failing record is dropped
+             as rejected_<rule>──> checked records
+           ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
+           ──best-fit-decreasing over lengths──> bins
+           ──gather rows from the spill (pack_rows)──> data-*.arrow, stats.parquet, manifest.json
+
+Only lengths stay in memory for packing; token data goes to disk as it is produced. The
+output folder `out_dir/<fingerprint>/` is built under a temp name and renamed when complete,
+manifest last. Running again with the same inputs and options reuses it after checking every
+shard's checksum; a corrupt folder is rebuilt.
+
+Inputs are read as validate reads them (JSONL, .jsonl.gz/.zst, Parquet, a save_to_disk folder,
+a cached dataset; messages, sharegpt or alpaca layout), and every record gets validate's checks
+without the template one (encoding renders it anyway): pack never trusts its input, so a user
+turn holding `<|im_end|>\n<|im_start|>assistant\n` is never packed as a real turn boundary. The
+same data in any container or layout packs to the same input_ids and labels; the fingerprint
+covers the input's bytes as stored plus how they were read (layout, column map, split).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftpack import __version__
+from sftpack.store.atomic import atomic_dir, remove_stale, write_json
+from sftpack.errors import SftpackError
+from sftpack.store.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
+from sftpack.io.readers import InputSource, ReadOptions
+from sftpack.packing.options import PackConfig
+from sftpack.store.packed_folder import MANIFEST, PackedFolder
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# Bump when the bytes pack writes for the same inputs and options change meaning.
+PACK_FORMAT_VERSION = 2  # 2: rows from pack_bins (BFD + local search)
+
+
+def _is_plain(source: InputSource) -> bool:
+    """A single messages JSONL file read as it is: identified and fingerprinted as pack always did."""
+    return source.container == "jsonl" and source.verbatim
+
+
+def input_identity(source: InputSource) -> dict[str, Any]:
+    """What a manifest records for one input.
+
+    Args:
+        source: the opened input.
+
+    Returns:
+        fingerprint.file_identity of a plain messages JSONL file (what pack has always recorded),
+        else `InputSource.identity()`: sha256 of the bytes as stored, lines or rows, container,
+        layout, column map and split.
+    """
+    return file_identity(source.files[0]) if _is_plain(source) else source.identity()
+
+
+def _fingerprint_input(source: InputSource, identity: dict[str, Any]) -> dict[str, Any]:
+    # A plain JSONL file keeps its old entry, so folders packed before stay reused. Anything else
+    # adds how it was read: the same bytes read with another layout, column map or split give
+    # other records. The stem names examples without an id, so it stands in for the file name.
+    if _is_plain(source):
+        return {"name": source.files[0].name, "sha256": identity["sha256"]}
+    reading = {key: identity.get(key) for key in ("container", "layout", "columns", "split")}
+    return {"name": source.stem, "sha256": identity["sha256"]} | reading
+
+
+def _open_sources(inputs: list[str | Path], read: ReadOptions) -> list[InputSource]:
+    """Open every input (readers.open_input); collect every problem and raise once (exit 2)."""
+    if not inputs:
+        raise SftpackError("pack: no input files given")
+    sources, problems = [], []
+    for spec in inputs:
+        try:
+            sources.append(read.open(spec))
+        except SftpackError as err:
+            problems.append(str(err))
+    if problems:
+        raise SftpackError("\n".join(problems))
+    return sources
+
+
+# ---------------------------------------------------------------- the stage
+
+def _fingerprint_of(sources: list[InputSource], cfg: PackConfig) -> tuple[str, list[dict], dict[str, str]]:
+    """The packed folder's fingerprint, the inputs' identities and the tokenizer files' hashes.
+
+    Reuse is decided from file hashes alone: the tokenizer folder's files and the override
+    template stand in for the loaded tokenizer, so a reused run loads neither transformers nor
+    the template (the full tokenizer identity is still recorded in the manifest at build time).
+
+    Raises:
+        SftpackError: no tokenizer folder, or no template file where one is named.
+    """
+    tokenizer_path = Path(cfg.tokenizer)
+    if not tokenizer_path.is_dir():
+        raise SftpackError(f"{tokenizer_path}: tokenizer folder not found (--tokenizer)")
+    template_sha = None
+    if cfg.chat_template:
+        if not Path(cfg.chat_template).is_file():
+            raise SftpackError(f"{cfg.chat_template}: chat template file not found")
+        template_sha = sha256_file(cfg.chat_template)
+    input_ids = [input_identity(source) for source in sources]
+    tokenizer_files = tokenizer_files_identity(tokenizer_path)
+    fp = fingerprint({
+        "format": PACK_FORMAT_VERSION,
+        "inputs": [_fingerprint_input(source, i) for source, i in zip(sources, input_ids)],
+        "tokenizer_files": tokenizer_files,
+        "options": cfg.output_options() | {"chat_template": template_sha},
+    })
+    return fp, input_ids, tokenizer_files
+
+
+def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
+        read: ReadOptions | None = None) -> dict[str, Any]:
+    """Pack `inputs` into `out_dir/<fingerprint>/`, or reuse that folder when sound.
+
+    Args:
+        inputs: files, folders, globs or dataset names in any layout (readers.open_input);
+            usually the validate stage's output. Records validate would reject are dropped.
+        out_dir: parent folder of packed folders.
+        cfg: pack options.
+        read: how inputs are read (layout, split, column map); auto-detected layout by default.
+
+    Returns:
+        The manifest, with `path` (the packed folder) and `reused` added.
+
+    Raises:
+        SftpackError: missing or unreadable input, unusable tokenizer or template, nothing left to pack.
+    """
+    started = time.time()
+    sources = _open_sources(list(inputs), read or ReadOptions())
+    out_dir = Path(out_dir)
+    fp, input_ids, tokenizer_files = _fingerprint_of(sources, cfg)
+    folder = out_dir / fp
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SftpackError(f"{out_dir}: cannot create output folder: {err.strerror}") from None
+    remove_stale(out_dir)
+    existing = PackedFolder.at(folder)
+    if existing is not None:
+        problems = existing.checksum_errors()  # bytes as pack wrote them; `sftpack verify` rechecks rows too
+        if not problems:
+            return {**existing.manifest, "path": str(folder), "reused": True}
+        print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
+
+    # Building imports what a reused run never needs (numpy, the template, the encoders): that
+    # keeps a reused pack's start-up short.
+    from sftpack.packing.encode import set_worker_state
+    from sftpack.templates.tokenizer import load_renderer
+
+    tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
+    identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files}
+    set_worker_state(cfg, tokenizer, renderer)  # forked workers inherit it
+    try:
+        manifest = _build(folder, sources, input_ids, identity, fp, cfg, started, tokenizer_files)
+    except OSError as err:  # disk full, file size limit, permissions: nothing is left behind
+        raise SftpackError(f"{folder}: writing the packed folder failed: {err.strerror or err} "
+                           f"({err.filename or 'shard data'}); free space or choose another --out-dir",
+                           exit_code=1) from None
+    return {**manifest, "path": str(folder), "reused": False}
+
+
+def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], identity: dict, fp: str,
+           cfg: PackConfig, started: float, tokenizer_files: dict | None = None) -> dict[str, Any]:
+    """Encode, pack and write the folder under a temp name; rename it into place last."""
+    from sftpack.packing.encode import encode_all
+    from sftpack.packing.rows import write_shards
+    from sftpack.packing.bins import one_per_row, pack_bins
+    from sftpack.store.shards import write_dataset_metadata
+
+    with atomic_dir(folder) as tmp:
+        spill_path = tmp / ".spill.arrow"
+        if cfg.ray:  # encode and write on a Ray cluster, the same bytes (pipeline/distributed/driver.py)
+            from sftpack.distributed.driver import RayPack
+
+            cluster = RayPack(tmp, sources, input_ids, cfg, tokenizer_files)
+            engine = cluster.engine
+            lengths, dropped, first_errors, audit = cluster.encode()
+        else:
+            engine = {"name": "local", "num_proc": cfg.num_proc, "threads": cfg.threads}
+            lengths, dropped, first_errors, audit = encode_all(
+                sources, cfg, spill_path, tmp / "stats.parquet",
+                sum(i.get("lines", i.get("rows", 0)) for i in input_ids))
+        if lengths.size == 0:
+            raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
+                               f"first: {first_errors[:3]}")
+        bins = pack_bins(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
+        if cfg.ray:
+            shards = cluster.write_shards(bins, lengths)
+            cluster.close()
+        else:
+            shards = write_shards(tmp, spill_path, bins, lengths, cfg.shard_tokens)
+            spill_path.unlink()
+        write_dataset_metadata(tmp, [s["file"] for s in shards], fp)
+        manifest = {
+            "fingerprint": fp,
+            "sftpack_version": __version__,
+            "pack_format": PACK_FORMAT_VERSION,
+            "created_unix": int(time.time()),
+            "inputs": input_ids,
+            "tokenizer": identity,
+            "options": dataclasses.asdict(cfg),
+            "engine": engine,  # information only: not in the fingerprint, the output is the same
+            "shards": shards,
+            "totals": _totals(tmp, lengths, len(bins), shards, dropped, audit, cfg.max_length),
+            "first_drops": first_errors,
+            "seconds": round(time.time() - started, 3),
+        }
+        write_json(tmp / MANIFEST, manifest)
+    return manifest
+
+
+def _totals(folder: Path, lengths: np.ndarray, rows: int, shards: list[dict[str, Any]], dropped: dict[str, int],
+            audit: dict[str, int], max_length: int) -> dict[str, Any]:
+    """manifest totals: examples read and packed (from `folder`'s stats.parquet), drops, tokens, rows,
+    how full they are against the capacity and the lower bound, and the audit counts."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from sftpack.packing.bins import lower_bound_rows
+
+    stats = pq.read_table(folder / "stats.parquet", columns=["truncated", "dropped"])
+    tokens = int(lengths.sum())
+    trained = sum(s["trained_tokens"] for s in shards)
+    return {
+        "examples_read": stats.num_rows,
+        "examples_packed": int(pc.sum(pc.is_null(stats.column("dropped"))).as_py() or 0),
+        "sequences_packed": int(lengths.size),
+        "dropped": dict(sorted(dropped.items())),
+        "truncated": int(pc.sum(stats.column("truncated")).as_py() or 0),
+        "rows": rows,
+        "tokens": tokens,
+        "trained_tokens": trained,
+        "trained_share": round(trained / tokens, 6),
+        "capacity": rows * max_length,
+        "packing_efficiency": round(tokens / (rows * max_length), 6),
+        "lower_bound_rows": lower_bound_rows(tokens, max_length),
+        "audit": audit,
+    }
+
+
+def audit_warnings(audit: dict[str, int]) -> list[str]:
+    """One sentence per audit count that needs a user's attention, each with a fix."""
+    fixes = {
+        "reasoning_not_rendered": "assistant turns carry reasoning the chat template does not render, so it is not "
+                                  "trained; use a template that renders reasoning_content, or --reasoning drop to say so",
+        "tool_calls_not_rendered": "assistant turns call tools the chat template does not render; they are left "
+                                   "untrained; use a template that renders tool_calls (--chat-template)",
+        "turns_rendered_differently": "assistant turns are trained as the full conversation renders them, not as the "
+                                      "model writes them at inference (--turns whole); --turns auto splits them",
+        "turns_without_stop": "trained turns end in no stop marker the tokenizer knows: the model may not learn "
+                              "to stop; check the template's end-of-turn token",
+        "sequences_without_stop": "sequences' last trained token is not a stop token: the model may not learn to "
+                                  "stop; check the template's end-of-turn token",
+        "spans_with_role_header": "trained spans hold a user or system role header: the template's turns cannot be "
+                                  "told apart; check the template",
+    }
+    return [f"{audit[key]} {text}" for key, text in fixes.items() if audit.get(key)]

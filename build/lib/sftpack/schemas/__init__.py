@@ -1,0 +1,1 @@
+"""Data definitions only: the JSON Schemas (messages, run config) and pandera table schemas."""

@@ -1,0 +1,292 @@
+"""A chat template, compiled once, and what sftpack learns about it by rendering.
+
+`ChatRenderer.render` equals `tokenizer.apply_chat_template(..., tokenize=False)`. Beyond that the
+renderer knows the template's control text, measured from the tokenizer and a few probe renders,
+never from the template's source:
+
+  stop_markers   the texts a model emits to end a turn: the tokenizer's eos and the ids of the
+                 folder's generation_config.json `eos_token_id`; without that file, the added tokens
+                 in KNOWN_STOP_MARKERS (<|im_end|>, <|eot_id|>, <end_of_turn>, </s>, <|end|>...)
+  implied_stop   for templates that write no end marker after a turn (GLM), the stop marker that
+                 opens the next turn (<|user|>), which is what the model emits to stop
+  role_headers   the text that opens a user or system message (<|im_start|>user, [INST], ...),
+                 for the audit that no trained span holds one
+
+Messages are normalised once per conversation (`prepare`): reasoning is read from
+`reasoning_content`, `reasoning` or `thinking`, or from a `<think>...</think>` block at the start of
+an assistant turn's content, and given to the template under all three names (Qwen3 and GLM read
+`reasoning_content`, gpt-oss `thinking`); tool-call `arguments` are objects, or JSON strings for
+templates that concatenate them (DeepSeek V3.1), found by the first render that needs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from transformers.utils.chat_template_utils import (
+    _compile_jinja_template,
+    _plain_template_data,
+)
+
+from sftpack.errors import SftpackError
+
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+"""Names a message's reasoning is read from, in this order, and given to the template under."""
+KNOWN_STOP_MARKERS = (
+    "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>", "<|return|>", "<|call|>",
+    "<end_of_turn>", "</s>", "<|END_OF_TURN_TOKEN|>", "<｜end▁of▁sentence｜>", "<|endoftext|>",
+    "<|user|>", "<|observation|>",
+)
+"""End-of-turn tokens of the model families sftpack knows; only those the tokenizer defines count."""
+PROBE_MESSAGE = {"role": "user", "content": "Continue."}
+"""Appended after a final assistant turn to see what the template writes after it."""
+_SENTINEL = "\u2063sftpack\u2063"
+_THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>\s*", re.S)
+RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError)
+"""What a template raises on data it does not accept (raise_exception, undefined keys, str + dict)."""
+
+
+def split_reasoning(message: dict) -> tuple[str | None, str]:
+    """(reasoning or None, content without it) of one message: the first of REASONING_FIELDS that is
+    a string, else a `<think>...</think>` block that opens the content."""
+    content = message.get("content")
+    content = content if isinstance(content, str) else ""
+    for field in REASONING_FIELDS:
+        if isinstance(message.get(field), str):
+            return message[field], content
+    if message.get("role") == "assistant" and content.lstrip().startswith("<think>"):
+        match = _THINK_BLOCK.match(content)
+        if match:
+            return match.group(1).strip("\n"), content[match.end():]
+    return None, content
+
+
+def _arguments_as(tool_calls: list, as_string: bool) -> list:
+    """Tool calls with `arguments` as objects (parsed from JSON strings) or as JSON strings."""
+    out = []
+    for call in tool_calls:
+        function = dict(call.get("function") or {})
+        arguments = function.get("arguments")
+        if as_string and not isinstance(arguments, str):
+            function["arguments"] = json.dumps(arguments, ensure_ascii=False)
+        elif not as_string and isinstance(arguments, str):
+            try:
+                parsed = json.loads(arguments)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                function["arguments"] = parsed
+        out.append({**call, "function": function})
+    return out
+
+
+class ChatRenderer:
+    """A compiled chat template plus the variables `apply_chat_template` gives it.
+
+    Rendering equals `tokenizer.apply_chat_template(messages, tools=tools, chat_template=template,
+    add_generation_prompt=..., tokenize=False)`: messages lose None-valued keys, are converted to
+    plain JSON data, and the template sees the tokenizer's named special tokens (bos_token,
+    eos_token, ...), raise_exception, strftime_now and tojson.
+    """
+
+    def __init__(self, tokenizer: Any, chat_template: str | None = None):
+        """Args:
+            tokenizer: a Hugging Face tokenizer; its special tokens become template variables.
+            chat_template: Jinja source overriding the tokenizer's template; None uses the
+                tokenizer's (its "default" entry when it has several).
+
+        Raises:
+            SftpackError: no template, or the template does not compile.
+        """
+        if chat_template is None:
+            try:
+                chat_template = tokenizer.get_chat_template()
+            except ValueError as err:
+                raise SftpackError(f"chat template: {err}") from None
+        self.template: str = chat_template
+        try:
+            self._compiled = _compile_jinja_template(chat_template)
+        except jinja2.TemplateSyntaxError as err:
+            raise SftpackError(
+                f"chat template line {err.lineno}: {err.message}; fix the Jinja syntax"
+            ) from None
+        self._variables = _plain_template_data(dict(tokenizer.special_tokens_map))
+        added = sorted(map(str, tokenizer.added_tokens_encoder), key=len, reverse=True)
+        self._added = frozenset(added)
+        self.added_re = re.compile("|".join(map(re.escape, added)) or "(?!)")  # (?!): never matches
+        self._added_max = max(map(len, added), default=1)
+        self.stop_markers: tuple[str, ...] = _stop_markers(tokenizer, self._added)
+        self.arguments_as_string = False
+        """Tool-call arguments go to the template as JSON strings (set when objects make it raise)."""
+        self._probed: dict[str, Any] = {}
+        self.memo: dict[str, Any] = {}
+        """What masking learns once per template (pipeline/templates/masking.py: skeletons per conversation shape)."""
+
+    @property
+    def template_sha256(self) -> str:
+        """Hex sha256 of the template source (utf-8)."""
+        return hashlib.sha256(self.template.encode("utf-8")).hexdigest()
+
+    # ------------------------------------------------------------ rendering
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None,
+               add_generation_prompt: bool = False) -> str:
+        """Render one conversation to text, exactly as apply_chat_template(tokenize=False) does.
+
+        Raises:
+            jinja2.TemplateError (and TypeError, ...): whatever the template raises.
+        """
+        return self.render_prepared(*self.prepare(messages, tools)[:2], add_generation_prompt)
+
+    def prepare(self, messages: list[dict], tools: list[dict] | None,
+                reasoning: str = "train") -> tuple[list[dict], Any, list[str | None]]:
+        """The messages and tools as the template sees them (done once per conversation).
+
+        Args:
+            messages: the conversation as read.
+            tools: tool schemas, or None.
+            reasoning: "train"/"mask" give each assistant turn's reasoning to the template under
+                every name in REASONING_FIELDS; "drop" removes it.
+
+        Returns:
+            (messages, tools, the reasoning of each message or None).
+        """
+        prepared, reasonings = [], []
+        for original in messages:
+            thought, content = split_reasoning(original)
+            message = {k: v for k, v in original.items() if v is not None and k not in REASONING_FIELDS}
+            if message.get("role") != "assistant":
+                thought = None
+            else:
+                message["content"] = content
+                if thought is not None and reasoning != "drop":
+                    message.update(dict.fromkeys(REASONING_FIELDS, thought))
+                if message.get("tool_calls"):
+                    message["tool_calls"] = _arguments_as(message["tool_calls"], self.arguments_as_string)
+            prepared.append(message)
+            reasonings.append(thought if reasoning != "drop" else None)
+        return _plain_template_data(prepared), _plain_template_data(tools), reasonings
+
+    def render_prepared(self, messages: list[dict], tools: Any, add_generation_prompt: bool) -> str:
+        """Render messages from `prepare`."""
+        return self._compiled.render(
+            messages=messages, tools=tools, documents=None,
+            add_generation_prompt=add_generation_prompt, **self._variables,
+        )
+
+    # ------------------------------------------------------------ what the renders tell
+
+    def split_point(self, a: str, b: str) -> int:
+        """Where a and b part: their common prefix length, moved back to the start of an added
+        token (<|user|>, <|endoftext|>) it would cut, so "...<|end|>\\n<|endoftext|>" and
+        "...<|end|>\\n<|user|>" part after the newline, not after "<|".
+        """
+        end = common_prefix_len(a, b)
+        for text in (a, b):
+            window = max(0, end - self._added_max + 1)
+            for match in self.added_re.finditer(text, window, end + self._added_max):
+                if match.start() < end < match.end():
+                    end = match.start()
+                    break
+        return end
+
+    def first_stop_end(self, text: str) -> int | None:
+        """Where the first stop marker in `text` ends: a turn is trained up to there, and what the
+        template writes after it (Phi-3's final eos, Command-R's next-turn opener) never is."""
+        found = [text.find(m) + len(m) for m in self.stop_markers if m in text]
+        return min(found) if found else None
+
+    def _probe(self, messages: list[dict]) -> str | None:
+        """A probe conversation rendered, with no tools or an empty list (Hermes needs one); None
+        when the template refuses both."""
+        for tools in (None, []):
+            try:
+                return self.render(messages, tools)
+            except RENDER_ERRORS:
+                continue
+        return None
+
+    @property
+    def implied_stop(self) -> str | None:
+        """The stop marker that opens the turn after an assistant turn, for templates that write no
+        end marker of their own (GLM: "<|user|>"); None for the others."""
+        if "implied_stop" not in self._probed:
+            plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+            found = None
+            text, continued = self._probe(plain), self._probe(plain + [PROBE_MESSAGE])
+            if text and continued and self.first_stop_end(text[text.rfind("Hello"):]) is None:
+                at = self.split_point(text, continued)
+                follows = continued[at:].lstrip()
+                found = next((m for m in self.stop_markers if follows.startswith(m)), None)
+            self._probed["implied_stop"] = found
+        return self._probed["implied_stop"]
+
+    @property
+    def role_headers(self) -> tuple[str, ...]:
+        """The text that opens a user or a system message, from the last stop marker (or the
+        start) to the message's content, stripped: "<|im_start|>user", "<|start_header_id|>user
+        <|end_header_id|>", "[INST]". Only headers holding an added token count."""
+        if "role_headers" not in self._probed:
+            headers = set()
+            for role in ("system", "user"):
+                text = self._probe([{"role": role, "content": _SENTINEL}]
+                                   + ([] if role == "user" else [{"role": "user", "content": "Hi"}]))
+                if text is None:
+                    continue
+                at = text.find(_SENTINEL)
+                if at < 0:
+                    continue
+                before = text[:at].rstrip()
+                # A header may itself be a stop marker (Phi-3's <|user|> ends GLM turns): keep it.
+                own = next((m for m in self.stop_markers if before.endswith(m)), "")
+                search = before[: len(before) - len(own)]
+                cut = max((search.rfind(m) + len(m) for m in self.stop_markers if m in search), default=0)
+                header = before[cut:].strip()
+                bos = self._variables.get("bos_token")
+                if cut == 0 and isinstance(bos, str) and bos and header.startswith(bos) \
+                        and self.added_re.search(header[len(bos):]):  # ChatML's bos is <|im_start|> itself
+                    header = header[len(bos):].strip()
+                if header and self.added_re.search(header):
+                    headers.add(header)
+            self._probed["role_headers"] = tuple(sorted(headers))
+        return self._probed["role_headers"]
+
+
+def _stop_markers(tokenizer: Any, added: frozenset[str]) -> tuple[str, ...]:
+    """The tokenizer's eos and the ids of its folder's generation_config.json `eos_token_id` (what
+    generate() stops on); without that file, eos and the known end markers the tokenizer defines.
+    Longest first, so a marker that contains another is matched whole."""
+    markers = set()
+    if isinstance(getattr(tokenizer, "eos_token", None), str) and tokenizer.eos_token:
+        markers.add(tokenizer.eos_token)
+    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
+    try:
+        ids = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        markers |= {m for m in KNOWN_STOP_MARKERS if m in added}
+        ids = None
+    for token_id in ids if isinstance(ids, list) else [ids] if isinstance(ids, int) else []:
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if isinstance(token, str) and token in added:
+            markers.add(token)
+    return tuple(sorted(markers, key=len, reverse=True))
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix; binary search over C-speed slice compares."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # invariant: a[:lo] == b[:lo] and a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

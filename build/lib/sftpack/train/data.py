@@ -1,0 +1,132 @@
+"""The data a run trains on: packed folders, made from raw data on the way when needed.
+
+    data.train / data.validation ──prepare_data──> packed folders (raw data goes through
+                                                    validate + pack, reused by fingerprint;
+                                                    rejects stop it unless data.allow_rejects)
+    packed folder + the model's tokenizer ──load_packed──> datasets.Dataset of TRAIN_COLUMNS
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from sftpack.config.run_config import RunConfig
+from sftpack.errors import SftpackError
+from sftpack.store.packed_folder import MANIFEST, PackedFolder
+
+logger = logging.getLogger("sftpack.train")
+
+# Columns the collator reads; example_ids stay on disk (provenance only).
+TRAIN_COLUMNS = ["input_ids", "labels", "seq_lengths"]
+
+
+def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
+    """Packed folders for `data.train` and `data.validation`: the one way into training.
+
+    A packed folder is used as it is. Anything else (a file, a folder or glob of data, a cached
+    dataset name; any layout validate reads, `data.format` naming it) goes through validate and
+    pack into `data.out_dir` (`validated/`, `packed/`); pack reuses an existing folder with the
+    same fingerprint, so a second run re-tokenizes nothing. One reject policy, `data.allow_rejects`:
+    false (default, as `make validate`) stops on a rejected line naming the rejects file.
+
+    Returns:
+        (train folder, validation folder or None).
+
+    Raises:
+        SftpackError: data.train missing, an input that cannot be read, a folder left by a pack
+            that did not finish, rejected lines without data.allow_rejects, no valid line at all.
+    """
+    data = cfg.data
+    if not data.train:
+        raise SftpackError("data.train: not set; give a messages JSONL or a packed folder "
+                           "(e.g. data.train=out/packed/<fingerprint>)")
+    train = _packed_path("data.train", data.train, cfg)
+    validation = _packed_path("data.validation", data.validation, cfg) if data.validation else None
+    return train, validation
+
+
+def _packed_path(key: str, value: str, cfg: RunConfig) -> Path:
+    """`value` itself when it is a packed folder, else what validate and pack make of it."""
+    path = Path(value)
+    if PackedFolder.holds_one(path):
+        return path
+    if path.is_dir() and (path / "stats.parquet").is_file():  # pack writes it; only a packed folder has one
+        raise SftpackError(f"{key} {path}: a folder without {MANIFEST}; not a (complete) packed folder. "
+                           f"Re-run `sftpack pack`, or give the raw data")
+    return _validate_and_pack(key, value, cfg)
+
+
+def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
+    """Raw data -> data.out_dir/validated/<name>.jsonl -> data.out_dir/packed/<fingerprint>/.
+
+    Raises:
+        SftpackError: unreadable input; rejected lines unless data.allow_rejects; no valid line.
+    """
+    from sftpack.checks import validate
+    from sftpack.io.readers import ReadOptions
+    from sftpack.packing import stage as pack
+    from sftpack.packing.options import PackConfig
+
+    out = Path(cfg.data.out_dir)
+    try:
+        checked = validate.run([spec], out / "validated", validate.ValidateConfig(
+            tokenizer=cfg.model.name_or_path, allow_rejects=cfg.data.allow_rejects), ReadOptions(cfg.data.format))
+    except SftpackError as err:
+        raise SftpackError(f"{key}: {err}", exit_code=err.exit_code) from None
+    result = checked["files"][0]
+    counts = result["counts"]
+    rejects = out / "validated" / result["outputs"]["rejects"]["path"]
+    if not counts["kept"]:
+        raise SftpackError(f"{key} {spec}: no valid line (all {counts['read'] - counts['blank']} rejected); see "
+                           f"{rejects}", exit_code=1)
+    if counts["rejected"] and not cfg.data.allow_rejects:
+        rules = ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in counts.items() if k.startswith("rejected_"))
+        raise SftpackError(f"{key} {spec}: {counts['rejected']} of {counts['read']} lines rejected ({rules}); see "
+                           f"{rejects}. Fix or drop them, or set data.allow_rejects=true to train on the "
+                           f"{counts['kept']} kept", exit_code=1)
+    if counts["rejected"]:
+        logger.warning("%s: %d of %d lines rejected (see %s); training on the %d kept (data.allow_rejects)", spec,
+                       counts["rejected"], counts["read"], rejects, counts["kept"])
+    kept = out / "validated" / result["outputs"]["kept"]["path"]
+    manifest = pack.run([kept], out / "packed", PackConfig.from_run_config(cfg))
+    logger.info("%s -> %s (%s)", spec, manifest["path"], "reused" if manifest.get("reused") else "packed")
+    return Path(manifest["path"])
+
+
+def load_packed(folder: Path, tokenizer, key: str):
+    """Open a packed folder for training; check it was made with this model's tokenizer.
+
+    Raises:
+        SftpackError: vocabulary mismatch, or missing columns.
+    """
+    from sftpack.store.fingerprint import tokenizer_identity
+
+    packed = PackedFolder.at(folder) or PackedFolder(Path(folder), {})
+    problems = packed.verify()
+    if problems:
+        raise SftpackError(f"{key} {folder}: failed verification, refusing to train on it: {problems[0]}"
+                           f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                           f"re-run `sftpack pack` to rebuild it")
+    packed_vocab = packed.tokenizer.get("vocab_sha256")
+    ours = tokenizer_identity(tokenizer, None)["vocab_sha256"]
+    if packed_vocab and packed_vocab != ours:
+        raise SftpackError(
+            f"{key} {folder}: packed with tokenizer {packed.tokenizer.get('name_or_path')!r} whose "
+            f"vocabulary differs from model.name_or_path's; re-pack with the model's tokenizer")
+    ds = packed.dataset()
+    missing = [c for c in TRAIN_COLUMNS if c not in ds.column_names]
+    if missing:
+        raise SftpackError(f"{key} {folder}: columns {missing} missing; not an sftpack packed folder")
+    return ds.select_columns(TRAIN_COLUMNS)
+
+
+def rows_holding(ds, examples: int) -> int:
+    """How many leading rows of a packed dataset hold at least `examples` sequences (all if fewer)."""
+    seen = row = 0
+    for batch in ds.select_columns(["seq_lengths"]).iter(batch_size=1024):  # never the whole column
+        for lengths in batch["seq_lengths"]:
+            seen, row = seen + len(lengths), row + 1
+            if seen >= examples:
+                return row
+    return len(ds)

@@ -1,0 +1,195 @@
+"""sftpack from Python: the stages as functions. The command line (stages/, `sftpack.cli`) parses
+its flags and calls exactly these.
+
+    import sftpack
+    folder = sftpack.pack(["chats.jsonl"], "out/packed", tokenizer="models/smollm2-135m-instruct",
+                          max_length=1024)
+    folder.dataset()          # the datasets.Dataset that TRL's SFTTrainer takes as it is
+
+Keyword names are the run config's keys (`data.*`, with `tokenizer` for `model.name_or_path`);
+given ones win over `config=` (a run config YAML), which wins over the defaults. How inputs are
+read is `format`, `split` and `columns` (a ColumnMap, or a dict of its fields).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from sftpack.errors import SftpackError
+
+if TYPE_CHECKING:
+    from sftpack.config.run_config import RunConfig
+    from sftpack.io.readers import ReadOptions
+    from sftpack.plan.request import Plan
+    from sftpack.store.packed_folder import PackedFolder
+
+Inputs = Sequence["str | Path"]
+
+
+def load_run_config(config: "str | Path | RunConfig | dict | None", overrides: Sequence[str] = ()) -> "RunConfig | None":
+    """A RunConfig from a YAML path, a mapping or a RunConfig (None stays None)."""
+    from sftpack.config.run_config import RunConfig, build_config, load_config
+
+    if config is None or isinstance(config, RunConfig):
+        return config
+    if isinstance(config, dict):
+        return build_config(config)
+    return load_config(config, list(overrides))
+
+
+def read_options(config: "RunConfig | None", format: str | None = None, split: str | None = None,
+                 columns: Any = None) -> "ReadOptions":
+    """How inputs are read: the arguments, else the config's data.format, else auto-detection."""
+    from sftpack.io.layouts import ColumnMap
+    from sftpack.io.readers import ReadOptions
+
+    if isinstance(columns, dict):
+        columns = ColumnMap(**columns)
+    default_format = config.data.format if config is not None else "auto"
+    return ReadOptions(format=format or default_format, split=split, columns=columns or ColumnMap())
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _unknown(stage: str, options: dict[str, Any], known: Sequence[str]) -> None:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise SftpackError(f"{stage}: unknown option(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+
+
+def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokenizer: str | None = None,
+             format: str | None = None, split: str | None = None, columns: Any = None,
+             ray: str | None = None, **options: Any) -> dict[str, Any]:
+    """Check conversations; write `<name>.jsonl` (kept lines), `.rejects.jsonl` and `.validate.json`.
+
+    Args:
+        inputs: files, folders, globs or dataset names, in any container and layout.
+        out_dir: the output folder.
+        config: a run config (path, mapping or RunConfig): model.name_or_path is the default
+            tokenizer, data.format the default format, data.ray the default ray.
+        tokenizer: tokenizer folder: adds the chat-template and control-token checks.
+        format, split, columns: how inputs are read.
+        ray: check on a Ray cluster (local, auto, HOST:PORT); the same outputs.
+        **options: ValidateConfig fields (max_turn_chars, allow_rejects, ...).
+
+    Returns:
+        {"files": [each input's manifest], "totals": read/kept/rejected/blank summed}.
+
+    Raises:
+        SftpackError: unreadable inputs or options (rejected lines are counted, not raised).
+    """
+    from sftpack.checks import validate as validate_stage
+
+    run_config = load_run_config(config)
+    _unknown("validate", options, [f.name for f in dataclasses.fields(validate_stage.ValidateConfig)])
+    if run_config is not None:
+        tokenizer = tokenizer or run_config.model.name_or_path
+        ray = ray or run_config.data.ray
+    cfg = validate_stage.ValidateConfig(tokenizer=tokenizer, **_given(options))
+    read = read_options(run_config, format, split, columns)
+    if ray:
+        from sftpack.checks.validate_ray import run as run_on_ray
+
+        return run_on_ray(list(inputs), out_dir, cfg, read, ray)
+    return validate_stage.run(list(inputs), out_dir, cfg, read)
+
+
+def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str | None = None,
+         split: str | None = None, columns: Any = None, **options: Any) -> "PackedFolder":
+    """Check, template, mask and pack conversations into `out_dir/<fingerprint>/`, or reuse it.
+
+    Args:
+        inputs: files, folders, globs or dataset names, in any container and layout.
+        out_dir: parent of the packed folder.
+        config: a run config (path, mapping or RunConfig) giving model.name_or_path and data.*.
+        format, split, columns: how inputs are read.
+        **options: PackConfig fields: tokenizer, max_length, chat_template, strategy, train_on,
+            turns, reasoning, truncation, num_proc, ray, ...
+
+    Returns:
+        The PackedFolder (`.reused` says whether it was there already; `.dataset()` the rows).
+
+    Raises:
+        SftpackError: unreadable inputs, bad options or tokenizer, nothing left to pack.
+    """
+    from sftpack.packing import stage as pack_stage
+    from sftpack.packing.options import PackConfig
+    from sftpack.store.packed_folder import PackedFolder
+
+    run_config = load_run_config(config)
+    _unknown("pack", options, [f.name for f in dataclasses.fields(PackConfig)])
+    given = _given(options)
+    if run_config is not None:
+        cfg = PackConfig.from_run_config(run_config, **given)
+    elif "tokenizer" not in given:
+        raise SftpackError("pack: give tokenizer= (--tokenizer PATH), or a config with model.name_or_path")
+    else:
+        cfg = PackConfig(**given)
+    manifest = pack_stage.run(list(inputs), out_dir, cfg, read_options(run_config, format, split, columns))
+    return PackedFolder(Path(manifest["path"]), manifest, reused=bool(manifest.get("reused")))
+
+
+def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str | None = None,
+           split: str | None = None, columns: Any = None, **options: Any) -> dict[str, Any]:
+    """The QA report of conversations, or of one packed folder: `out` (HTML) and report.json beside it.
+
+    Args:
+        inputs: conversations in any container and layout, or one packed folder.
+        out: the HTML path.
+        config: a run config giving model.name_or_path and data.*.
+        format, split, columns: how inputs are read.
+        **options: ReportConfig fields: tokenizer, max_length, train_on, turns, reasoning, ...
+
+    Returns:
+        What report.json holds, plus `html` and `json` (the paths written).
+    """
+    from sftpack.config.data_options import data_values
+    from sftpack.report import stage as report_stage
+    from sftpack.report.scan import ReportConfig
+
+    run_config = load_run_config(config)
+    _unknown("report", options, [f.name for f in dataclasses.fields(ReportConfig)] + ["strategy"])
+    values = data_values(run_config, options)
+    values.pop("strategy", None)  # the estimate packs as pack does by default
+    return report_stage.run(list(inputs), out, ReportConfig(**values), read_options(run_config, format, split, columns))
+
+
+def plan(*, plot: str | Path | None = None, write_config: str | Path | None = None,
+         write_json: str | Path | None = None, **request: Any) -> "Plan":
+    """Starting hyperparameters by model size, batch arithmetic and learning-rate schedules.
+
+    Args:
+        plot: PNG of the learning rate per step.
+        write_config: a run config YAML with the planned `train` values.
+        write_json: the planned values as a JSON file.
+        **request: PlanRequest fields: model, params, gpus, per_device_batch, target_batch,
+            examples, data (a packed folder), epochs, config.
+
+    Returns:
+        The Plan (`.values` are the planned SFTConfig values).
+    """
+    from sftpack.plan import stage as plan_stage
+    from sftpack.plan.request import PlanRequest
+
+    _unknown("plan", request, [f.name for f in dataclasses.fields(PlanRequest)])
+    return plan_stage.run(PlanRequest(**request), plot=plot, config_out=write_config, json_out=write_json)
+
+
+def train(config: Any, overrides: Sequence[str] = (), callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Fine-tune with TRL's SFTTrainer on packed folders (raw data is validated and packed first).
+
+    Args:
+        config: a run config: a YAML path, a mapping or a RunConfig.
+        overrides: dotted `key=value` overrides (with a YAML path).
+        callbacks: extra transformers TrainerCallbacks.
+
+    Returns:
+        The run manifest (also written to output_dir/sftpack_run.json).
+    """
+    from sftpack.train import stage as train_stage
+
+    return train_stage.run(load_run_config(config, overrides), callbacks)

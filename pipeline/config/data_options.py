@@ -1,0 +1,56 @@
+"""The data options every stage that prepares conversations reads, each defined once.
+
+Which tokens are trained is `MaskOptions` (pipeline/templates/turn_targets.py: train_on, turns, reasoning);
+this module holds the lengths and the packing, and the one mapping from a run config's `data`
+section and command-line flags onto a stage's options (flags win over the config, the config over
+the defaults). `schemas/run_config.schema.json` lists the same choices for config files;
+tests/test_foundation.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from sftpack.templates.turn_targets import REASONING, TRAIN_ON, TURNS, MaskOptions
+
+Strategy = Literal["bfd", "none"]
+Truncation = Literal["drop", "truncate"]
+STRATEGIES: tuple[str, ...] = Strategy.__args__
+TRUNCATIONS: tuple[str, ...] = Truncation.__args__
+DEFAULT_MAX_LENGTH = 1024
+"""Longest packed row in tokens, and the longest example kept, unless configured."""
+MIN_MAX_LENGTH = 8
+CHOICES = {"train_on": TRAIN_ON, "turns": TURNS, "reasoning": REASONING, "truncation": TRUNCATIONS,
+           "strategy": STRATEGIES}
+"""Option -> its accepted values, for flags and messages."""
+DATA_KEYS = ("tokenizer", "max_length", "chat_template", "strategy", "train_on", "turns", "reasoning", "truncation")
+"""What a stage that prepares conversations takes from `model.name_or_path` and the `data` section."""
+
+
+def problems(values: dict[str, Any]) -> list[str]:
+    """What is wrong with the data options among `values`, one message each."""
+    found = [f"{key} {values[key]!r}: expected one of {', '.join(choices)}"
+             for key, choices in CHOICES.items() if key in values and key not in MaskOptions.__dataclass_fields__
+             and values[key] not in choices]
+    mask = {key: values[key] for key in MaskOptions.__dataclass_fields__ if key in values}
+    found += MaskOptions(**mask).problems()
+    if "max_length" in values and values["max_length"] < MIN_MAX_LENGTH:
+        found.append(f"max_length {values['max_length']}: must be at least {MIN_MAX_LENGTH}")
+    return found
+
+
+def data_values(run_config: Any | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """DATA_KEYS values: the run config's (model.name_or_path, data.*), then the flags given.
+
+    Args:
+        run_config: a loaded RunConfig, or None.
+        flags: option -> value from the command line; None values are not given.
+    """
+    values: dict[str, Any] = {}
+    if run_config is not None:
+        data = run_config.data
+        values = {"tokenizer": run_config.model.name_or_path, "max_length": data.max_length,
+                  "chat_template": data.chat_template, "strategy": "bfd" if data.packing else "none",
+                  "train_on": data.train_on, "turns": data.turns, "reasoning": data.reasoning,
+                  "truncation": data.truncation}
+    return values | {key: value for key, value in flags.items() if value is not None}

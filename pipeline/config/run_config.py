@@ -1,0 +1,315 @@
+"""The run config: one YAML, validated against `schemas/run_config.schema.json`.
+
+Sections: `model`, `data`, `monitor` (typed frozen dataclasses below; defaults live only
+here) and `train`, whose keys are TRL `SFTConfig` field names passed through unchanged.
+All problems in a config are collected and raised once, each naming its key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from sftpack.config.data_options import DEFAULT_MAX_LENGTH
+from sftpack.errors import SftpackError
+
+SCHEMA_PATH = files("sftpack.schemas") / "run_config.schema.json"  # schemas/ in the repo, sftpack/schemas/ installed
+
+# SFTConfig fields that the pack stage owns: setting them under `train` would be read in
+# two places (or silently ignored), so they are refused with the key to use instead.
+OWNED_BY_DATA = {
+    "max_length": "data.max_length",
+    "packing": "data.packing",
+    "packing_strategy": "data.packing",
+    "padding_free": "data.packing",
+    "eval_packing": "data.packing",
+    "assistant_only_loss": "data.train_on",
+    "completion_only_loss": "data.train_on",
+    "chat_template_path": "data.chat_template",
+    "dataset_text_field": "data.train",
+    "dataset_kwargs": "data.train",
+    "truncation_mode": "data.truncation",
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name_or_path: str = "models/smollm2-135m-instruct"
+    """Local HF model folder (or hub id where a hub is reachable)."""
+    dtype: str = "auto"
+    """auto (bf16 on a GPU that supports it, else float32) | bfloat16 | float32."""
+    attn_implementation: str = "auto"
+    """auto (flash_attention_2 when installed on Ampere+, else sdpa) | flash_attention_2 | sdpa | eager."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str | None = None
+    """Raw messages JSONL (validated and packed on the fly, reused by fingerprint) or a packed folder."""
+    validation: str | None = None
+    """Same as `train`, for evaluation; null for no evaluation."""
+    format: str = "auto"
+    """Layout of raw inputs: auto (from the first record's keys) | messages | sharegpt | alpaca (pipeline/io/readers.py)."""
+    max_length: int = DEFAULT_MAX_LENGTH
+    """Longest packed row in tokens; also the longest example kept."""
+    packing: bool = True
+    """Best-fit-decreasing packing of several examples per row; false: one example per row."""
+    train_on: str = "all"
+    """all: every assistant turn is trained; last: only the final assistant turn."""
+    turns: str = "auto"
+    """auto: split a conversation where its template renders a turn unlike at inference (Qwen3,
+    gpt-oss, R1); whole: train the full rendering as it is. README "Turns and reasoning"."""
+    reasoning: str = "train"
+    """Assistant reasoning: train (with the answer), mask (rendered, not trained), drop (removed)."""
+    truncation: str = "drop"
+    """What happens to examples longer than max_length: drop (counted) or truncate (counted)."""
+    chat_template: str | None = None
+    """Path to a Jinja chat template overriding the tokenizer's own."""
+    out_dir: str = "out"
+    """Where validate/pack write when `train` is given raw JSONL."""
+    allow_rejects: bool = False
+    """Raw `train`/`validation` data with lines validate rejects: false stops with the rejects
+    file's path (as `make validate` stops); true trains on the kept lines, rejects counted."""
+    ray: str | None = None
+    """Ray cluster address for validate and pack (local, auto, HOST:PORT, ray://HOST:PORT); null runs
+    on this machine. The outputs are the same (README "More than one machine")."""
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations without eval_loss improving; null disables."""
+    grad_norm_high: float = 10.0
+    """Warn when the gradient norm exceeds this (exploding gradients)."""
+    grad_norm_low: float = 1e-6
+    """Warn when the gradient norm falls below this (vanishing gradients)."""
+    loss_spike_factor: float = 2.0
+    """Warn when a logged loss exceeds this multiple of the recent average."""
+    throughput_drop_factor: float = 0.5
+    """Warn when tokens/s falls below this fraction of the running median."""
+    sample_prompts: tuple[str, ...] = ()
+    """User prompts answered greedily before and after training (samples.json): the evidence."""
+    sample_max_new_tokens: int = 48
+    """Length of those answers in tokens."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig
+    data: DataConfig
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    train: Mapping[str, Any] = field(default_factory=dict)
+    """TRL SFTConfig keyword arguments, exactly as written."""
+    source: str = "<dict>"
+    """Where the config came from, for messages."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (saved beside every run)."""
+        return {
+            "model": dataclasses.asdict(self.model),
+            "data": dataclasses.asdict(self.data),
+            "monitor": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.monitor).items()},
+            "train": dict(self.train),
+        }
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which
+    would turn TRL values such as `eval_strategy: no` into False."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as sftpack reads it (config files and command-line override values)."""
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def sft_config_fields() -> dict[str, Any]:
+    """Field name -> type annotation of the installed TRL `SFTConfig`."""
+    from trl import SFTConfig
+
+    hints = typing.get_type_hints(SFTConfig)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(SFTConfig)}
+
+
+def _close(key: str, valid: list[str]) -> str:
+    matches = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(matches)}?" if matches else ""
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    """Loose check of a YAML value against a simple annotation; unknown shapes pass."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    return True
+
+
+# Keys whose YAML values may be wider than the SFTConfig annotation: sftpack resolves them
+# before SFTConfig sees them (resume_from_checkpoint: true = the last checkpoint).
+WIDER_TYPES = {"resume_from_checkpoint": str | bool | None}
+
+
+def _train_errors(train: Mapping[str, Any]) -> list[str]:
+    fields = sft_config_fields() | WIDER_TYPES
+    errors = []
+    for key, value in train.items():
+        if key in OWNED_BY_DATA:
+            errors.append(
+                f"train.{key}: conflicts with {OWNED_BY_DATA[key]} (packing is done offline "
+                f"by sftpack); set {OWNED_BY_DATA[key]} instead and remove train.{key}."
+            )
+        elif key not in fields:
+            errors.append(
+                f"train.{key}: not a TRL SFTConfig field.{_close(key, list(fields))}"
+            )
+        elif not _type_ok(value, fields[key]):
+            errors.append(f"train.{key}: {value!r} is not of type {_type_name(fields[key])}.")
+    return errors
+
+
+def _schema_errors(raw: Mapping[str, Any]) -> list[str]:
+    schema = json.loads(SCHEMA_PATH.read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = []
+    for err in sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+        if err.validator == "additionalProperties":
+            sub = schema
+            for part in err.absolute_path:
+                sub = sub["properties"][part]
+            valid = sorted(sub["properties"])
+            extra = sorted(set(err.instance) - set(valid))
+            for key in extra:
+                name = f"{where}.{key}" if err.absolute_path else key
+                errors.append(
+                    f"{name}: unknown key; valid keys here: {', '.join(valid)}.{_close(key, valid)}"
+                )
+        else:
+            errors.append(f"{where}: {err.message}")
+    return errors
+
+
+def cross_field_errors(raw: Mapping[str, Any]) -> list[str]:
+    """Every pair of keys that cannot go together, each naming both. What depends on the run waits
+    for train (pipeline/train/args.py): `train.bf16` against `model.dtype: auto` (the device decides),
+    and evaluation against `data.validation` (make passes the packed folders to train only)."""
+    train, model = raw.get("train") or {}, raw.get("model") or {}
+    monitor = raw.get("monitor") or {}
+    errors = []
+    dtype = model.get("dtype", "auto")
+    if "bf16" in train and dtype != "auto" and bool(train["bf16"]) != (dtype == "bfloat16"):
+        errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {dtype}; remove train.bf16 (it "
+                      f"follows model.dtype) or set model.dtype to match")
+    evaluates = train.get("eval_strategy", "no") != "no"
+    if monitor.get("early_stopping_patience") is not None:
+        if not train.get("load_best_model_at_end"):
+            errors.append("monitor.early_stopping_patience needs train.load_best_model_at_end=true")
+        if not evaluates:
+            errors.append("monitor.early_stopping_patience needs train.eval_strategy=steps (or epoch)")
+    return errors
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a raw config dict.
+
+    Raises:
+        SftpackError: an override without `=` or a dotted path through a non-mapping.
+    """
+    for item in overrides:
+        if "=" not in item:
+            raise SftpackError(f"override {item!r}: expected section.key=value, e.g. train.max_steps=20")
+        dotted, text = item.split("=", 1)
+        parts = dotted.split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SftpackError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = parse_yaml(text) if text != "" else None
+    return raw
+
+
+def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
+    """Validate a raw config mapping and build the typed `RunConfig`.
+
+    Raises:
+        SftpackError: every problem found, one per line, each naming its key.
+    """
+    if not isinstance(raw, Mapping):
+        raise SftpackError(f"{source}: the config must be a mapping with model, data and train sections")
+    errors = _schema_errors(raw)
+    if isinstance(raw.get("train"), Mapping):
+        errors += _train_errors(raw["train"])
+    if not errors:  # pairs of keys, checked once each key is known to be valid on its own
+        errors += cross_field_errors(raw)
+    if errors:
+        lines = "\n  ".join(errors)
+        raise SftpackError(f"{source}: invalid config:\n  {lines}")
+    return RunConfig(
+        model=ModelConfig(**raw["model"]),
+        data=DataConfig(**raw["data"]),
+        monitor=MonitorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (raw.get("monitor") or {}).items()}),
+        train=dict(raw.get("train") or {}),
+        source=source,
+    )
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides, validate it.
+
+    Raises:
+        SftpackError: missing file, YAML syntax error (with line), or invalid content.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SftpackError(f"{path}: config file not found")
+    try:
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise SftpackError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, list(overrides))
+    return build_config(raw, source=str(path))
+
+
+def write_config(path: str | Path, cfg: RunConfig) -> None:
+    """Write the resolved config as YAML, atomically."""
+    from sftpack.store.atomic import atomic_file
+
+    with atomic_file(path, "w", encoding="utf-8") as handle:
+        yaml.safe_dump(cfg.to_dict(), handle, sort_keys=False)

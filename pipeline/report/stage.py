@@ -1,0 +1,154 @@
+"""The report stage: a dataset QA report (one self-contained HTML file + report.json), no training.
+
+Raw conversations (any container and layout validate reads: pipeline/io/readers.py, streamed in batches):
+
+    x.jsonl --readers, pack.first_reject (the validate checks)--> rejects: counted per rule, lines kept
+            --encode_batch (template, mask, tokenize; batched)--> template errors join the rejects
+            --conversation_facts + token counts--> examples table (polars, one row per valid example)
+            --summaries, findings, plots--> report.json, report.html (written atomically)
+
+A packed folder (`out/packed/<fingerprint>/`): its stats.parquet is the examples table and the
+rows' lengths give the fill of each row.
+
+Definitions used throughout (and in report.json):
+  - turns: messages in the conversation (system and tool messages included);
+  - exact duplicate: messages and tools equal to an earlier valid example's (canonical JSON);
+  - similar prompt: the first user message, lowercased with runs of punctuation and whitespace
+    collapsed to one space, equals an earlier example's, and the conversation is not an exact
+    duplicate;
+  - prompt tokens: tokens not trained (tokens - trained); response tokens: trained tokens;
+  - script: the Unicode script with the most letters over all message contents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sftpack import __version__
+from sftpack.store.atomic import atomic_file, write_json
+from sftpack.errors import SftpackError
+from sftpack.packing.stage import input_identity
+from sftpack.packing.bins import pack_bins
+from sftpack.io.readers import DATA_SUFFIXES, InputSource, ReadOptions
+from sftpack.report.findings import describe_jsonl, describe_packed, kept_lengths
+from sftpack.report.html import make_plots, render_html
+from sftpack.report.scan import ReportConfig, _Encoder, scan_jsonl
+from sftpack.store.packed_folder import MANIFEST, PackedFolder
+
+# ---------------------------------------------------------------- the stage
+
+def _open_inputs(inputs: list[str | Path], out: Path, read: ReadOptions) -> tuple[Path | None, list[InputSource]]:
+    """Open the inputs, collecting every usage problem and raising once (exit 2).
+
+    Returns:
+        (the packed folder, []) for one packed folder, else (None, the inputs opened with `read`).
+    """
+    problems, sources, specs = [], [], [str(p) for p in inputs]
+    if not specs:
+        problems.append("give at least one input (JSONL, Parquet, a folder, a glob or a dataset name) or one "
+                        "packed folder")
+    packed = [Path(spec) for spec in specs if PackedFolder.holds_one(spec)]
+    if packed and len(specs) > 1:
+        problems.append("give one packed folder, or data inputs, not both or several packed folders")
+    for spec in specs if not packed else []:
+        if spec.endswith(DATA_SUFFIXES) and not Path(spec).exists() and not any(ch in spec for ch in "*?["):
+            problems.append(f"{spec}: input not found")  # a file name: never looked up as a dataset name
+            continue
+        try:
+            sources.append(read.open(spec))
+        except SftpackError as err:
+            folder = f"{spec}: not a packed folder (no {MANIFEST} inside); " if Path(spec).is_dir() else ""
+            problems.append(folder + str(err))
+    if out.suffix.lower() != ".html":
+        problems.append(f"--out {out}: expected an .html path (report.json is written beside it)")
+    if problems:
+        raise SftpackError("report: " + "\n  ".join(problems), exit_code=2)
+    return (packed[0] if packed else None), sources
+
+
+def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig,
+        read: ReadOptions | None = None) -> dict[str, Any]:
+    """Write the QA report of raw conversations or of one packed folder.
+
+    Args:
+        inputs: files, folders, globs or dataset names in any layout (readers.open_input), or
+            one packed folder (`manifest.json` inside).
+        out: the HTML path; the same numbers go to `<out without .html>.json` beside it.
+        cfg: the options. For a packed folder, max_length comes from its manifest.
+        read: how raw inputs are read (layout, split, column map); auto-detected layout by default.
+
+    Returns:
+        What report.json holds (plus `html` and `json`: the paths written).
+
+    Raises:
+        SftpackError: (exit 2) missing inputs, a folder that is not packed, mixed inputs, an
+            unusable tokenizer or template; a table failing its pandera schema.
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    folder, sources = _open_inputs(list(inputs), out, read or ReadOptions())
+    if folder is not None:
+        report, provenance, plots, cards, mask_audit, cfg = _packed_report(folder, cfg)
+    else:
+        report, provenance, plots, cards, mask_audit = _conversations_report(sources, cfg)
+    if mask_audit is not None:
+        report["mask_audit"] = mask_audit
+    report = {"stage": "report", "version": __version__, **provenance, "options": dataclasses.asdict(cfg)} | report
+    report["seconds"] = round(time.perf_counter() - started, 3)
+    json_path = out.with_suffix(".json")
+    write_json(json_path, report)
+    page = render_html(report | {"cards": cards, "inputs_label": ", ".join(map(str, inputs))}, plots)
+    with atomic_file(out, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    return report | {"html": str(out), "json": str(json_path)}
+
+
+def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
+    """(numbers, provenance, plots, cards, pack's mask audit, cfg with the folder's max_length)."""
+    packed = PackedFolder.at(folder) or PackedFolder(folder, {})
+    manifest = packed.manifest
+    max_length = int(packed.options.get("max_length") or cfg.max_length)
+    cfg = dataclasses.replace(cfg, max_length=max_length)
+    numbers, frame, row_tokens = describe_packed(packed, cfg)
+    report = {"kind": "packed"} | numbers
+    provenance = {"inputs": [{"path": str(folder), "fingerprint": manifest.get("fingerprint"),
+                              "inputs": manifest.get("inputs")}], "tokenizer": manifest.get("tokenizer")}
+    plots = make_plots(frame, max_length, row_tokens, frame is not None)
+    cards = {"examples": (report.get("counts") or {}).get("examples"), "packed rows": report["rows"]["rows"],
+             "packing efficiency": f"{report['rows']['packing_efficiency']:.1%}",
+             "trained share": f"{report['rows']['trained_share']:.1%}"}
+    audit = (manifest.get("totals") or {}).get("audit")  # pack's own counts (older folders lack them)
+    return report, provenance, plots, cards, audit, cfg
+
+
+def _conversations_report(sources: list[InputSource], cfg: ReportConfig) -> tuple:
+    """(numbers, provenance, plots, cards, masking's audit or None without a tokenizer)."""
+    from sftpack.schemas.tables import ReportExamples, validate_table
+
+    encoder = _Encoder(cfg) if cfg.tokenizer else None
+    frame, scan = scan_jsonl(sources, cfg, encoder)
+    validate_table(ReportExamples, frame, "report examples table")
+    report = {"kind": "jsonl"} | describe_jsonl(frame, scan, cfg, encoder is not None)
+    identity, row_tokens = None, None
+    if encoder:
+        from sftpack.store.fingerprint import tokenizer_identity
+
+        identity = tokenizer_identity(encoder.tokenizer, encoder.renderer.template)
+    if encoder and frame.height:
+        kept = kept_lengths(frame, cfg)["length"].to_numpy()
+        row_tokens = np.array([kept[row].sum() for row in pack_bins(kept, cfg.max_length)])
+    provenance = {"inputs": [input_identity(source) for source in sources], "tokenizer": identity}
+    plots = make_plots(frame, cfg.max_length, row_tokens, encoder is not None)
+    counts = report["counts"]
+    cards = {"lines": counts["lines"], "valid": counts["valid"], "rejected": counts["rejected"],
+             "exact duplicates": report["duplicates"]["exact"]}
+    if encoder:
+        t = report["tokens"]
+        cards |= {"tokens": t["tokens"], "trained share": f"{t['trained_share']:.1%}",
+                  f"over {cfg.max_length}": t["over_max_length"], "est. packed rows": t["packing"]["rows"]}
+    return report, provenance, plots, cards, encoder.audit if encoder else None

@@ -1,0 +1,187 @@
+"""The trainer: TRL's SFTTrainer with token counting and a stop on non-finite loss, built for a run.
+
+    Runtime (train_runtime) + SFTConfig (train_args) + packed data (train_data)
+        ──build_trainer──> Session: PackedSFTTrainer (+ MetricsCallback, HealthCallback), what it was built from
+
+`train.run` trains a Session to the end; `sanity` trains one briefly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from transformers import DefaultFlowCallback, EarlyStoppingCallback, TrainerCallback
+from trl import SFTTrainer
+
+from sftpack.config.run_config import RunConfig
+from sftpack.train.monitoring import HealthCallback, MetricsCallback, TokenCounter
+from sftpack.templates.masking import IGNORE_INDEX
+from sftpack.train.args import sft_config
+from sftpack.train.data import load_packed, prepare_data, rows_holding
+from sftpack.train.runtime import Runtime, load_model, resolve_runtime
+
+logger = logging.getLogger("sftpack.train")
+
+
+class PackedSFTTrainer(SFTTrainer):
+    """SFTTrainer that counts tokens (all processes) and stops on a non-finite loss.
+
+    Counting lives here because callbacks never see batches; stopping lives here because
+    `Trainer` hides NaN losses from its logs (`logging_nan_inf_filter`).
+    """
+
+    def __init__(self, *args, counter: TokenCounter, health: HealthCallback, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.counter = counter
+        self.health = health
+        self.nonfinite_saved_to: str | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.model.training:
+            # labels are already -100 at each sequence start (collator), so this counts targets.
+            local = torch.stack([
+                torch.tensor(inputs["input_ids"].numel(), device=inputs["labels"].device),
+                (inputs["labels"] != IGNORE_INDEX).sum(),
+            ])
+            total, trained = self.accelerator.gather(local).view(-1, 2).sum(0).tolist()
+            self.counter.total += int(total)
+            self.counter.trained += int(trained)
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        # Every process must agree, or one would stop while the others wait in all-reduce.
+        finite = bool(self.accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+        if not finite and not self.health.stopped_nonfinite:
+            step = self.state.global_step + 1
+            saved = Path(self.args.output_dir) / f"nonfinite-step-{step}"
+            self.save_model(str(saved))  # the weights before this step's update
+            self.nonfinite_saved_to = str(saved)
+            self.health.nonfinite_loss(step, float(loss.detach().float().cpu()), str(saved))
+        return loss
+
+
+class PackedRowsNoise(logging.Filter):
+    """Drops library warnings that are wrong for packed rows, and only those:
+
+    - TRL's "per_device_train_batch_size of 1 ... annihilate the benefits of padding-free
+      training": a packed row already holds many sequences, so a batch of one row is full;
+    - transformers' "missing keys in the checkpoint model loaded" when every missing key is a
+      tied parameter (lm_head.weight of a tied-embedding model), which tie_weights restores.
+    """
+
+    def __init__(self, tied: set[str]):
+        super().__init__()
+        self.tied = tied
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "annihilate the benefits of padding-free" in message:
+            return False
+        if message.startswith("There were missing keys in the checkpoint model loaded:"):
+            missing = set(re.findall(r"'([^']+)'", message))
+            return not (missing and missing <= self.tied)
+        return True
+
+
+def tied_parameters(model) -> set[str]:
+    """Names of the parameters that share their storage with an earlier one (tied weights)."""
+    first: dict[int, str] = {}
+    tied = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if first.setdefault(parameter.data_ptr(), name) != name:
+            tied.add(name)
+    return tied
+
+
+def quiet_library_noise(model) -> None:
+    """Attach PackedRowsNoise to the loggers that emit those warnings (once per logger)."""
+    noise = PackedRowsNoise(tied_parameters(model))
+    for name in ("trl.trainer.sft_trainer", "transformers.trainer"):
+        library_logger = logging.getLogger(name)
+        for old in [f for f in library_logger.filters if isinstance(f, PackedRowsNoise)]:
+            library_logger.removeFilter(old)
+        library_logger.addFilter(noise)
+
+
+def _insert_monitors(trainer, monitors: Sequence[TrainerCallback]) -> None:
+    """Put monitors after DefaultFlowCallback (so their control changes win) and before the
+    trackers (so the keys they add to `logs` reach TensorBoard and W&B)."""
+    callbacks = trainer.callback_handler.callbacks
+    position = max((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), default=0)
+    for offset, monitor in enumerate(monitors):
+        callbacks.insert(position + offset, monitor)
+
+
+def configure_trackers(train: dict[str, Any]) -> None:
+    """W&B offline when no API key is set; W&B files go beside the run unless WANDB_DIR is set."""
+    report_to = train.get("report_to") or []
+    report_to = [report_to] if isinstance(report_to, str) else list(report_to)
+    if "wandb" in report_to or "all" in report_to:
+        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+            os.environ["WANDB_MODE"] = "offline"
+            logger.info("WANDB_API_KEY unset: W&B runs offline; upload later with `wandb sync %s/wandb/offline-run-*`",
+                        train.get("output_dir"))
+        os.environ.setdefault("WANDB_DIR", str(train.get("output_dir", ".")))
+        Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+        if train.get("run_name"):
+            os.environ.setdefault("WANDB_NAME", str(train["run_name"]))
+
+
+@dataclass
+class Session:
+    """Everything a run needs, built by `build_trainer`; `sanity` reuses it."""
+
+    trainer: PackedSFTTrainer
+    runtime: Runtime
+    resume: str | bool | None
+    train_dir: Path
+    val_dir: Path | None
+    metrics: MetricsCallback
+    health: HealthCallback
+
+
+def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
+                  train_examples: int | None = None) -> Session:
+    """Resolve the runtime, load model and data, build SFTConfig and the trainer.
+
+    Args:
+        cfg: the run config.
+        callbacks: extra TrainerCallbacks (tests use them to crash or inject faults).
+        train_examples: train on the first rows only, enough to hold this many sequences
+            (the sanity check); None: every row.
+
+    Raises:
+        SftpackError: any config, model or data problem.
+    """
+    runtime = resolve_runtime(cfg.model)
+    logger.info("device %s: %s, %s attention (%s)", runtime.device, runtime.dtype,
+                runtime.attn_implementation, runtime.reason)
+    args, resume = sft_config(cfg, runtime)
+    configure_trackers(dict(cfg.train))
+    with args.main_process_first(desc="validate and pack"):  # one process packs, the others reuse
+        train_dir, val_dir = prepare_data(cfg)
+    model, tokenizer = load_model(cfg.model, runtime)
+    quiet_library_noise(model)
+    train_ds = load_packed(train_dir, tokenizer, "data.train")
+    if train_examples is not None:
+        train_ds = train_ds.select(range(rows_holding(train_ds, train_examples)))
+    eval_ds = load_packed(val_dir, tokenizer, "data.validation") if val_dir else None
+    counter = TokenCounter()
+    metrics = MetricsCallback(counter)
+    health = HealthCallback(cfg=cfg.monitor)
+    extra = list(callbacks)
+    if cfg.monitor.early_stopping_patience is not None:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.monitor.early_stopping_patience))
+    trainer = PackedSFTTrainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tokenizer, callbacks=extra, counter=counter, health=health,
+    )
+    _insert_monitors(trainer, [metrics, health])
+    return Session(trainer, runtime, resume, train_dir, val_dir, metrics, health)

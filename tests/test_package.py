@@ -1,0 +1,169 @@
+"""The installed package: one top-level name, a lazy Python API, no import circles, small modules,
+and outputs byte-identical to those recorded before the move to one package."""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import REAL_DATA, REAL_NAMES, REPO
+
+
+def _package_dirs() -> dict[str, Path]:
+    """Installed package name -> its folder in the repo, from pyproject's package-dir."""
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    return {name: REPO / folder for name, folder in tool["package-dir"].items()}
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for prefix, base in _package_dirs().items():
+        for path in base.rglob("*.py"):
+            parts = [p for p in path.relative_to(base).with_suffix("").parts if p != "__init__"]
+            modules[".".join([prefix, *parts])] = path
+    return modules
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """Every sftpack module `path` imports, at the top or inside a function (lazy imports count)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sftpack"):
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                found.add(full if full in modules else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.startswith("sftpack"))
+    return {name for name in found if name in modules}
+
+
+def test_no_import_circles():
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    assert len(graph) > 60  # the walk saw the whole package
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            name = todo.pop()
+            if name not in seen:
+                seen.add(name)
+                todo.extend(graph[name])
+        return seen
+
+    circles = sorted(name for name in graph if name in reaches(name))
+    assert circles == [], f"modules on an import circle: {circles}"
+
+
+def test_the_ray_executor_never_imports_a_stage():
+    modules = _modules()
+    stages = {"sftpack.packing.stage", "sftpack.checks.validate", "sftpack.report.stage", "sftpack.api", "sftpack"}
+    for name, path in modules.items():
+        if name.startswith("sftpack.distributed"):
+            assert not _imports(path, modules) & stages, name
+
+
+def test_no_module_over_400_lines_no_function_over_60():
+    too_long = []
+    for name, path in _modules().items():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 400:
+            too_long.append(f"{name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    too_long.append(f"{name}.{node.name}: {lines} lines")
+    assert too_long == []
+
+
+def test_import_sftpack_is_lazy_and_the_stages_are_callable():
+    code = ("import sys, sftpack\n"
+            "assert callable(sftpack.pack) and callable(sftpack.validate) and callable(sftpack.train)\n"
+            "assert callable(sftpack.report) and callable(sftpack.plan) and sftpack.PackedFolder.dataset\n"
+            "heavy = sorted(m for m in ('torch', 'pyarrow', 'transformers', 'datasets', 'numpy') if m in sys.modules)\n"
+            "print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
+
+
+def test_python_m_sftpack_is_the_command_line():
+    proc = subprocess.run([sys.executable, "-m", "sftpack", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "pack" in proc.stdout and "validate" in proc.stdout
+
+
+def test_the_wheel_holds_one_top_level_package(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("sftpack-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert top == {"sftpack"}
+    for expected in ("sftpack/__init__.py", "sftpack/__main__.py", "sftpack/py.typed", "sftpack/cli/__init__.py",
+                     "sftpack/cli/pack.py", "sftpack/schemas/messages.schema.json",
+                     "sftpack/schemas/run_config.schema.json", "sftpack/packing/stage.py"):
+        assert expected in names, expected
+
+
+# ---------------------------------------------------------------- outputs unchanged by the move
+
+GOLDEN = json.loads((REPO / "tests" / "data" / "pack_golden.json").read_text())
+OPTIONS = {"default": {}, "all_turns_512": {"max_length": 512, "train_on": "last"}}
+
+
+def _demo_data(folder: Path) -> Path:
+    """`make demo-data` into `folder`/data/demo; returns train.jsonl."""
+    subprocess.run([sys.executable, str(REPO / "data" / "generate_demo.py"), "--out-dir", str(folder / "data" / "demo")],
+                   check=True, capture_output=True)
+    return folder / "data" / "demo" / "train.jsonl"
+
+
+@pytest.fixture(scope="module")
+def golden_inputs(real_data, tmp_path_factory) -> dict[str, Path]:
+    inputs = {name: real_data / f"{name}.jsonl" for name in REAL_NAMES}
+    return inputs | {"demo_train": _demo_data(tmp_path_factory.mktemp("golden"))}
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_masks_shards_and_fingerprints_are_those_recorded_before_the_move(case, golden_inputs, model_dir, tmp_path):
+    import sftpack
+
+    name, options = case.split("/")
+    folder = sftpack.pack([golden_inputs[name]], tmp_path, tokenizer=str(model_dir), **OPTIONS[options])
+    expected = GOLDEN[case]
+    assert folder.path.name == expected["fingerprint"]
+    assert {s["file"]: s["sha256"] for s in folder.manifest["shards"]} == expected["shards"]
+    assert {k: folder.totals[k] for k in expected["totals"]} == expected["totals"]
+
+
+def test_real_data_in_the_repo_matches_its_notice():
+    notice = (REAL_DATA / "NOTICE").read_text()
+    for name in REAL_NAMES:
+        lines = gzip.decompress((REAL_DATA / f"{name}.jsonl.gz").read_bytes()).splitlines()
+        assert f"{name}.jsonl.gz\n  {len(lines)} " in notice
+    assert notice.count("Apache License 2.0") >= 3
+
+
+def test_readme_python_example_packs_and_trains_with_trl(model_dir, tmp_path):
+    """The README's "From Python" block, as it is, in a folder laid out as after `make model demo-data`."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    _demo_data(tmp_path)
+    (tmp_path / "models").symlink_to(REPO / "models", target_is_directory=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained tokens" in proc.stdout
+    assert (tmp_path / "out" / "runs" / "python").is_dir()
