@@ -1,7 +1,7 @@
 """Validate on a Ray cluster (`sftpack validate --ray ADDRESS`): the same output files as the local run.
 
     driver                                       workers (Ray Data)
-    inputs -> ranges (distributed_ranges.py)  -> count newlines                   (tasks)
+    inputs -> ranges (distributed/ranges.py)  -> count newlines                   (tasks)
                                                -> check_row on every row of a range (actor pool:
                                                   one tokenizer each when --tokenizer is given)
                                                   -> staging/kept-R, rejects-R

@@ -10,13 +10,13 @@
               the first drops, audit counts
     pack_bins(all lengths, in input order)        ->  staging/plan-*.npy (rows as sequence indices)
     shard ranges (same as local)                  ->  one task per shard: gather its rows from the
-                                                      spills (pack_rows), write data-*.arrow;
+                                                      spills (packing.rows), write data-*.arrow;
                                                       one task: stats.parquet from the parts, in order
     dataset metadata, manifest (pipeline/packing/stage.py)
 
 Why the output is byte-identical to the local run: sequences are numbered in input order (file,
 line, split part) whatever range or node encoded them, `pack_bins` sees the same lengths in the
-same order, and each shard is written by pack_rows' `gathered_batches` and `write_shard` over the same
+same order, and each shard is written by packing.rows' `gathered_batches` and `write_shard` over the same
 rows. Ray Data retries a task or actor killed mid-run; every staged file is written under a temp
 name and renamed, so a retry rewrites the same bytes and a killed attempt leaves nothing used.
 
@@ -25,9 +25,9 @@ dies nothing finished-looking is left, and the next run's `remove_stale` deletes
 see the inputs, the tokenizer folder and --out-dir at the same paths (shared storage); a node that
 does not is reported by name with the path it could not see.
 
-This module is the driver's side (`RayPack`); the nodes' side is in distributed_cluster.py (joining
-the cluster, what a worker checks), distributed_ranges.py (byte ranges and their rows),
-distributed_encode.py (the encoding actor) and distributed_write.py (the shard and stats tasks).
+This module is the driver's side (`RayPack`); the nodes' side is in cluster.py (joining
+the cluster, what a worker checks), ranges.py (byte ranges and their rows),
+encode.py (the encoding actor) and write.py (the shard and stats tasks).
 Nothing here is imported unless `--ray` is given.
 """
 
@@ -95,7 +95,7 @@ class RayPack:
         self.trained = np.zeros(0, np.int32)
 
     def encode(self) -> tuple[np.ndarray, dict[str, int], list[dict], dict[str, int]]:
-        """Encode every row on the cluster; return what `pack_encode.encode_all` returns (lengths in input
+        """Encode every row on the cluster; return what `packing.encode.encode_all` returns (lengths in input
         order, drop counts, the first 20 drops, audit counts) and write stats.parquet's parts."""
         import ray.data
 

@@ -18,7 +18,7 @@ from sftpack.errors import SftpackError
 
 
 class Encoder:
-    """One Ray Data actor: loads the tokenizer once, encodes whole ranges with `pack_encode.encode_lines`.
+    """One Ray Data actor: loads the tokenizer once, encodes whole ranges with `packing.encode.encode_lines`.
 
     `job` holds cfg (pack options, paths absolute), the staging folder and its check file's token
     (check_shared), the driver's tokenizer file hashes (a node whose folder differs is refused) and

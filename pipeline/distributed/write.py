@@ -1,5 +1,5 @@
 """Writing pack's output on a Ray cluster: one task per shard gathers its rows from the staged
-spills and writes it as the local run would (pack_rows.gathered_batches, shards.write_shard);
+spills and writes it as the local run would (packing.rows.gathered_batches, shards.write_shard);
 one task writes stats.parquet from the staged parts, in order."""
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def write_part(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_stats(staging: Path, target: Path, sources: list[list[int]], batch_size: int) -> None:
-    """stats.parquet as the local run writes it: one row group per batch pack_encode.line_batches makes
+    """stats.parquet as the local run writes it: one row group per batch packing.encode.line_batches makes
     (per input, `batch_size` rows, cut where a folder's file ends)."""
     import pyarrow.parquet as pq
 

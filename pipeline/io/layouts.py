@@ -15,7 +15,7 @@ Conversion rules (the record in messages form is what validate checks and what p
     what validate has always kept. From an Arrow container (Parquet, save_to_disk, a dataset) null
     values are dropped at every depth first: Arrow gives every row every key any row of the column
     has, null where the row had none (so `tool_calls: null` on plain turns, or another call's
-    argument names in `arguments`); dropping them (input_containers.drop_nulls) gives back the record
+    argument names in `arguments`); dropping them (containers.drop_nulls) gives back the record
     as it was written.
   - sharegpt: each turn's `from` maps to a role: human/user -> user, gpt/assistant -> assistant,
     system -> system, observation/tool -> tool (content = value), and function_call -> an assistant

@@ -1,6 +1,6 @@
 """Read conversations from any container and layout into messages form, in streamed batches.
 
-    spec ──input_containers──> items ──input_layouts──> Row (a record in messages form, or a RowError)
+    spec ──containers──> items ──layouts──> Row (a record in messages form, or a RowError)
           JSONL/.gz/.zst, Parquet       messages, sharegpt, alpaca,
           files/folders/globs,          a column map (`ColumnMap`)
           save_to_disk, dataset names
@@ -31,8 +31,8 @@ from sftpack.io.containers import (DATA_SUFFIXES, Item, container_identity, drop
 from sftpack.io.layouts import FORMATS, ColumnMap, Record, converter, detect_layout
 from sftpack.checks.messages import RowError
 
-# The public entry. ColumnMap, converter (input_layouts), file_container and DATA_SUFFIXES
-# (input_containers) are listed because callers import them from here: stages, tests,
+# The public entry. ColumnMap, converter (layouts), file_container and DATA_SUFFIXES
+# (containers) are listed because callers import them from here: stages, tests,
 # pipeline/report/stage.py, pipeline/distributed/driver.py; `_file_items` likewise, for pipeline/distributed/driver.py.
 __all__ = ["DATA_SUFFIXES", "ColumnMap", "InputSource", "ReadOptions", "Row", "converter", "file_container",
            "open_input", "provenance_line"]
@@ -107,7 +107,7 @@ class InputSource:
     columns: ColumnMap
     """The column map applied (ColumnMap() for none)."""
     layout: str = "messages"
-    """One of input_layouts.LAYOUTS (resolved by open_input)."""
+    """One of layouts.LAYOUTS (resolved by open_input)."""
     dataset: Any = None
     """The datasets (Iterable)Dataset of a dataset name."""
     split: str | None = None

@@ -5,7 +5,7 @@
              as rejected_<rule>──> checked records
            ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
            ──best-fit-decreasing over lengths──> bins
-           ──gather rows from the spill (pack_rows)──> data-*.arrow, stats.parquet, manifest.json
+           ──gather rows from the spill (packing.rows)──> data-*.arrow, stats.parquet, manifest.json
 
 Only lengths stay in memory for packing; token data goes to disk as it is produced. The
 output folder `out_dir/<fingerprint>/` is built under a temp name and renamed when complete,

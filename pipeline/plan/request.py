@@ -45,7 +45,7 @@ class Plan:
     row: SizeRow
     """The size row used."""
     values: Mapping[str, Any]
-    """Exactly plan_format.PLAN_KEYS."""
+    """Exactly plan.format.PLAN_KEYS."""
     sources: Mapping[str, str]
     """Planned key -> flag | config | table | default | computed."""
     examples: int | None

@@ -1,11 +1,11 @@
 """Plan a run: starting hyperparameters by model size, batch arithmetic, LR schedules.
 
-    parameters (config.json on the meta device, or --params) ──> size row (plan_table)
+    parameters (config.json on the meta device, or --params) ──> size row (plan.table)
     flags > base run config `train` > size row ──> learning rate, epochs, warmup, ... (choose)
     target effective batch / (per-device x GPUs) ──> gradient accumulation steps
     packed rows (manifest totals.rows or --examples) ──> optimizer steps per epoch, total, warmup
-                                                         (plan_arithmetic, as the Trainer counts)
-    Plan ──> text table, --json, run config, LR plot (plan_format)
+                                                         (plan.arithmetic, as the Trainer counts)
+    Plan ──> text table, --json, run config, LR plot (plan.format)
 
 This module resolves the request into a `Plan` and writes the files asked for (`run`); the
 numbers live in `pipeline/plan/table.py`, the arithmetic in `pipeline/plan/arithmetic.py`, the
@@ -33,7 +33,7 @@ def run(req: PlanRequest, plot: str | Path | None = None, config_out: str | Path
 
     Args:
         req: what was asked.
-        plot: PNG of the learning rate per step (plan_format.SCHEDULES).
+        plot: PNG of the learning rate per step (plan.format.SCHEDULES).
         config_out: run config YAML with the planned `train` values.
         json_out: the `--json` object as a file.
 
@@ -197,7 +197,7 @@ def _batch(req: PlanRequest, per_device: int, base_accumulation: int | None,
 
 
 def _planned_values(start: Mapping[str, Any], batch: BatchPlan, steps: StepCounts) -> dict[str, Any]:
-    """The `--json` object, in plan_format.PLAN_KEYS order."""
+    """The `--json` object, in plan.format.PLAN_KEYS order."""
     return {
         "learning_rate": float(start["learning_rate"]),
         "effective_batch_size": batch.effective,

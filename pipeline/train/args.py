@@ -45,7 +45,7 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
         packing=False,
         max_length=None,
         dataset_kwargs={"skip_prepare_dataset": True},
-        remove_unused_columns=False,  # the datasets hold exactly train_data.TRAIN_COLUMNS
+        remove_unused_columns=False,  # the datasets hold exactly train.data.TRAIN_COLUMNS
     )
     try:
         return SFTConfig(**train), resume

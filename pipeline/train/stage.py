@@ -1,10 +1,10 @@
 """The train stage: packed shard folders -> a fine-tuned model, with TRL's SFTTrainer.
 
-    data.train / data.validation ──train_data.prepare_data──> packed folders (raw data goes
+    data.train / data.validation ──train.data.prepare_data──> packed folders (raw data goes
                                   through validate + pack, reused by fingerprint; rejects stop
                                   it unless data.allow_rejects)
-    model.name_or_path ──train_runtime (resolve_runtime, load_model)──> model, tokenizer
-    train section + sftpack's settings ──train_args.sft_config──> SFTConfig
+    model.name_or_path ──train.runtime (resolve_runtime, load_model)──> model, tokenizer
+    train section + sftpack's settings ──train.args.sft_config──> SFTConfig
     trainer.build_trainer ──> PackedSFTTrainer (+ monitors)
     run: .train() ──> output_dir/checkpoint-*, output_dir/final,
                       output_dir/sftpack_config.yaml (first), output_dir/sftpack_run.json (last)

@@ -1,6 +1,6 @@
 """The trainer: TRL's SFTTrainer with token counting and a stop on non-finite loss, built for a run.
 
-    Runtime (train_runtime) + SFTConfig (train_args) + packed data (train_data)
+    Runtime (train.runtime) + SFTConfig (train.args) + packed data (train.data)
         ──build_trainer──> Session: PackedSFTTrainer (+ MetricsCallback, HealthCallback), what it was built from
 
 `train.run` trains a Session to the end; `sanity` trains one briefly.

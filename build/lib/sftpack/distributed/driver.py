@@ -190,5 +190,12 @@ class RayPack:
         return shards
 
     def close(self) -> None:
-        """Remove the staging area (the folder's rename comes next, in pack)."""
+        """Remove the staging area (the folder's rename comes next, in pack) and leave the cluster.
+
+        Leaving stops Ray's log subscriber: a late message from a node (a retried task, say)
+        would otherwise print after the folder path that `sftpack pack` prints last.
+        """
+        import ray
+
         shutil.rmtree(self.staging, ignore_errors=True)
+        ray.shutdown()
