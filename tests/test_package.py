@@ -7,6 +7,7 @@ import ast
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -103,8 +104,14 @@ def test_python_m_sftpack_is_the_command_line():
 
 
 def test_the_wheel_holds_one_top_level_package(tmp_path):
+    source = tmp_path / "source"  # a copy: setuptools writes build/ beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "pipeline", "stages", "schemas"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                           if (REPO / name).is_dir() else {}))
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True)
+                           "-w", str(tmp_path), str(source)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("sftpack-*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,1 +1,0 @@
-"""Data definitions only: the JSON Schemas (messages, run config) and pandera table schemas."""
