@@ -53,13 +53,20 @@ def test_counts_match_the_hand_count(report):
                                "tool_calls": 3, "tool_results": 3}
     assert report["duplicates"] == {"exact": 2, "similar_prompts": 1}
     assert report["scripts"] == {"latin": 10, "cyrillic": 1}
-    assert {s: e["examples"] for s, e in report["sources"].items()} == {"(none)": 1, "alpaca": 4, "chat": 4, "tools": 2}
+    assert {s: e["examples"] for s, e in report["sources"].items()} == {"conversations.jsonl": 1, "alpaca": 4,
+                                                                           "chat": 4, "tools": 2}
 
 
 def test_findings_name_the_rows(report):
     found = {f["kind"]: f for f in report["findings"]}
     assert set(found) == {"rejected", "exact_duplicates", "too_long", "short_answers", "language_mix",
-                          "similar_prompts"}
+                          "similar_prompts", "tool_calls_not_rendered"}
+    # SmolLM2's template renders no tool calls: lines 7 (one call) and 13 (two turns, one call each).
+    tools = found["tool_calls_not_rendered"]
+    assert tools["rows"] == ["conversations.jsonl:7", "conversations.jsonl:13"] and tools["count"] == 2
+    assert tools["message"] == f"{report['mask_audit']['tool_calls_not_rendered']} turns in 2 conversations"
+    assert tools["severity"] == "fix" and "--chat-template" in tools["advice"]
+    assert report["verdict"]["label"] == "Fix first"
     assert found["exact_duplicates"]["rows"] == ["conversations.jsonl:3 (repeats conversations.jsonl:1)",
                                                  "conversations.jsonl:14 (repeats conversations.jsonl:5)"]
     assert found["similar_prompts"]["rows"] == ["conversations.jsonl:4 (like conversations.jsonl:1)"]
@@ -81,7 +88,8 @@ def test_token_counts_equal_the_tokenizer(report, records, smol_tokenizer):
     assert t["over_max_length"] == t["would_drop"] == 1  # line 12 only
     by_source: dict[str, int] = {}
     for n, r in records.items():
-        by_source[r.get("source", "(none)")] = by_source.get(r.get("source", "(none)"), 0) + lengths[n]
+        source = r.get("source", FIXTURE.name)  # no source field: the input's file name
+        by_source[source] = by_source.get(source, 0) + lengths[n]
     assert {s: e["tokens"] for s, e in report["sources"].items()} == by_source
 
     # Trained tokens of plain chats: each answer's content plus its <|im_end|> (ChatML).
@@ -102,7 +110,7 @@ def test_token_counts_equal_the_tokenizer(report, records, smol_tokenizer):
 def test_html_is_self_contained_and_phone_readable(report):
     page = report["html_path"].read_text(encoding="utf-8")
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
-    assert page.count('src="data:image/png;base64,') >= 5  # lengths, share, turns, sources, row fill
+    assert page.count('src="data:image/png;base64,') == 5  # lengths, trained share, tokens, row fill, turns
     assert not re.search(r"https?://", page)
     assert "<link" not in page and "<script" not in page
     assert "@media" in page
@@ -156,7 +164,11 @@ def test_packed_folder_report(tmp_path, model_dir):
     assert result["counts"]["examples"] == 13 and result["counts"]["dropped"] == totals["dropped"]
     assert result["tokens"]["tokens"] == totals["tokens"]
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "Fill of rows" in page and not re.search(r"https?://", page)
+    assert "How full are the packed rows?" in page and not re.search(r"https?://", page)
+    # Samples as `sftpack inspect` shows the rows: one per source first, each a whole sequence.
+    sources = {s["source"] for s in result["samples"]}
+    assert sources == set(result["sources"]) and len(result["samples"]) == 8
+    assert page.count("<div class=sample>") == 8 and "<span class=tr>" in page
 
 
 # ---------------------------------------------------------------- the tables against their schemas

@@ -36,7 +36,10 @@ from sftpack.packing.stage import input_identity
 from sftpack.packing.bins import pack_bins
 from sftpack.io.readers import DATA_SUFFIXES, InputSource, ReadOptions
 from sftpack.report.findings import describe_jsonl, describe_packed, kept_lengths
-from sftpack.report.html import make_plots, render_html
+from sftpack.report.html import render_html
+from sftpack.report.kinds import MASK_KINDS, finding, verdict
+from sftpack.report.plots import make_plots
+from sftpack.report.samples import packed_views, sample_views, samples_json
 from sftpack.report.scan import ReportConfig, _Encoder, scan_jsonl
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
@@ -93,23 +96,24 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig,
     out = Path(out)
     folder, sources = _open_inputs(list(inputs), out, read or ReadOptions())
     if folder is not None:
-        report, provenance, plots, cards, mask_audit, cfg = _packed_report(folder, cfg)
+        report, provenance, plots, samples, mask_audit, cfg = _packed_report(folder, cfg)
     else:
-        report, provenance, plots, cards, mask_audit = _conversations_report(sources, cfg)
+        report, provenance, plots, samples, mask_audit = _conversations_report(sources, cfg)
     if mask_audit is not None:
         report["mask_audit"] = mask_audit
     report = {"stage": "report", "version": __version__, **provenance, "options": dataclasses.asdict(cfg)} | report
+    report |= {"verdict": verdict(report["findings"]), "samples": samples_json(samples)}
     report["seconds"] = round(time.perf_counter() - started, 3)
     json_path = out.with_suffix(".json")
     write_json(json_path, report)
-    page = render_html(report | {"cards": cards, "inputs_label": ", ".join(map(str, inputs))}, plots)
+    page = render_html(report | {"inputs_label": ", ".join(map(str, inputs))}, plots, samples)
     with atomic_file(out, "w", encoding="utf-8") as handle:
         handle.write(page)
     return report | {"html": str(out), "json": str(json_path)}
 
 
 def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
-    """(numbers, provenance, plots, cards, pack's mask audit, cfg with the folder's max_length)."""
+    """(numbers, provenance, plots, samples, pack's mask audit, cfg with the folder's max_length)."""
     packed = PackedFolder.at(folder) or PackedFolder(folder, {})
     manifest = packed.manifest
     max_length = int(packed.options.get("max_length") or cfg.max_length)
@@ -118,16 +122,17 @@ def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
     report = {"kind": "packed"} | numbers
     provenance = {"inputs": [{"path": str(folder), "fingerprint": manifest.get("fingerprint"),
                               "inputs": manifest.get("inputs")}], "tokenizer": manifest.get("tokenizer")}
-    plots = make_plots(frame, max_length, row_tokens, frame is not None)
-    cards = {"examples": (report.get("counts") or {}).get("examples"), "packed rows": report["rows"]["rows"],
-             "packing efficiency": f"{report['rows']['packing_efficiency']:.1%}",
-             "trained share": f"{report['rows']['trained_share']:.1%}"}
+    plots = make_plots(frame, report.get("sources"), max_length, row_tokens, frame is not None)
     audit = (manifest.get("totals") or {}).get("audit")  # pack's own counts (older folders lack them)
-    return report, provenance, plots, cards, audit, cfg
+    total = (report.get("counts") or {}).get("examples") or 0
+    found = [finding(kind, audit[kind], total, f"{audit[kind]:,} (pack's count; rows not recorded)", [])
+             for kind in MASK_KINDS if (audit or {}).get(kind)]
+    report["findings"] = sorted(report["findings"] + found, key=lambda f: (-f["impact"], f["kind"]))
+    return report, provenance, plots, packed_views(packed, frame, cfg.tokenizer), audit, cfg
 
 
 def _conversations_report(sources: list[InputSource], cfg: ReportConfig) -> tuple:
-    """(numbers, provenance, plots, cards, masking's audit or None without a tokenizer)."""
+    """(numbers, provenance, plots, samples, masking's audit or None without a tokenizer)."""
     from sftpack.schemas.tables import ReportExamples, validate_table
 
     encoder = _Encoder(cfg) if cfg.tokenizer else None
@@ -143,12 +148,6 @@ def _conversations_report(sources: list[InputSource], cfg: ReportConfig) -> tupl
         kept = kept_lengths(frame, cfg)["length"].to_numpy()
         row_tokens = np.array([kept[row].sum() for row in pack_bins(kept, cfg.max_length)])
     provenance = {"inputs": [input_identity(source) for source in sources], "tokenizer": identity}
-    plots = make_plots(frame, cfg.max_length, row_tokens, encoder is not None)
-    counts = report["counts"]
-    cards = {"lines": counts["lines"], "valid": counts["valid"], "rejected": counts["rejected"],
-             "exact duplicates": report["duplicates"]["exact"]}
-    if encoder:
-        t = report["tokens"]
-        cards |= {"tokens": t["tokens"], "trained share": f"{t['trained_share']:.1%}",
-                  f"over {cfg.max_length}": t["over_max_length"], "est. packed rows": t["packing"]["rows"]}
-    return report, provenance, plots, cards, encoder.audit if encoder else None
+    plots = make_plots(frame, report["sources"], cfg.max_length, row_tokens, encoder is not None)
+    samples = sample_views(encoder, scan.candidates.choose([f["kind"] for f in report["findings"]])) if encoder else []
+    return report, provenance, plots, samples, encoder.audit if encoder else None
