@@ -117,4 +117,12 @@ def verdict(found: list[dict[str, Any]]) -> dict[str, Any]:
     else:
         label, deciding = "Ready to train", []
     also = [f for f in caution if f not in deciding]
-    return {"label": label, "reasons": [f"{f['title']}: {f['message']}" for f in (deciding + also)[:4]]}
+    return {"label": label, "reasons": [f"{f['title']}: {_amount(f)}" for f in (deciding + also)[:4]]}
+
+
+def _amount(found: dict[str, Any]) -> str:
+    """How much a finding touches, in words: masking's counts as they are, else examples (lines)."""
+    if found["kind"] in MASK_KINDS:
+        return found["message"]
+    unit = "lines" if found["kind"] == "rejected" else "examples"
+    return f"{found['count']:,} {unit} ({found['share']:.1%})"

@@ -49,6 +49,7 @@ def length_plot(tokens: np.ndarray, max_length: int) -> str:
         ax.axvline(np.percentile(tokens, q), color=MARK, linestyle=style, label=f"p{q} {np.percentile(tokens, q):,.0f}")
     ax.axvline(max_length, color=LIMIT, linewidth=2, label=f"max_length {max_length:,}")
     ax.set(xlabel="tokens per example (log scale)", ylabel="examples")
+    ax.xaxis.set_major_formatter(_count_format())
     ax.legend(fontsize=9, frameon=False)
     return _png(fig)
 

@@ -26,6 +26,8 @@ PER_SOURCE = 4
 """Examples kept per source, to fill the samples when the findings are few."""
 GOOD_LENGTH = 600
 """A source's sample is its first example with at most this many tokens (readable at a glance)."""
+UNTRAINED = ("tool_calls_not_rendered",)
+"""Audit kinds whose turns stay untrained (grey) in the samples."""
 SHOWN_TOKENS = 1500
 """Tokens shown per sequence; the rest is counted, not shown (keeps the page small)."""
 
@@ -148,7 +150,8 @@ def samples_html(views: list[dict[str, Any]]) -> str:
     parts = ["<p class=legend><span class=tr>trained (highlighted)</span> <span class=pr>prompt, not trained"
              "</span> <span class=sp>special token</span> · hover a token for its id</p>"]
     for view in views:
-        notes = [f"{KINDS[k].title.lower()}: {n}" for k, n in view["audit"].items() if k in KINDS]
+        notes = [f"{KINDS[k].title.lower()}: {n}" + (" (left grey: not trained)" if k in UNTRAINED else "")
+                 for k, n in view["audit"].items() if k in KINDS]
         parts.append(f"<div class=sample><p class=shead><b><code>{html.escape(view['where'])}</code></b> · source "
                      f"{html.escape(view['source'])} · shown for: {html.escape('; '.join(view['why']))}"
                      + (f"<br><span class=warn>{html.escape('; '.join(notes))}</span>" if notes else "") + "</p>")
