@@ -226,3 +226,27 @@ def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
     assert result["mask_audit"]["split_extra_tokens"] == audit["split_extra_tokens"] > 0
     assert "Masks: will it stop" in (tmp_path / "r.html").read_text()
     assert report([packed["path"]], tmp_path / "p.html", ReportConfig())["mask_audit"] == audit
+
+
+# ---------------------------------------------------------------- issue 24: sources and repeats per input
+
+def _chat_line(prompt: str, **meta) -> str:
+    return json.dumps(meta | {"messages": [{"role": "user", "content": prompt},
+                                           {"role": "assistant", "content": f"About {prompt}, in short."}]})
+
+
+def test_sources_fall_back_to_the_file_name_and_repeats_count_per_input_pair(tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(_chat_line(f"q{i}") for i in range(5)) + "\n", encoding="utf-8")
+    glaive = tmp_path / "glaive.jsonl"  # 3 rows of chats.jsonl again, one of its own twice, one tagged row
+    glaive.write_text("\n".join([_chat_line("q0"), _chat_line("g1"), _chat_line("q1"), _chat_line("g1"),
+                                 _chat_line("q2"), _chat_line("t", source="tagged")]) + "\n", encoding="utf-8")
+    result = run([chats, glaive], tmp_path / "r.html", ReportConfig())
+    assert {s: e["examples"] for s, e in result["sources"].items()} == {"chats.jsonl": 5, "glaive.jsonl": 5,
+                                                                        "tagged": 1}
+    found = {f["kind"]: f for f in result["findings"]}["exact_duplicates"]
+    assert found["pairs"] == [{"input": "glaive.jsonl", "of": "chats.jsonl", "count": 3},
+                              {"input": "glaive.jsonl", "of": "glaive.jsonl", "count": 1}]
+    assert "glaive.jsonl repeats 3 rows of chats.jsonl; glaive.jsonl repeats 1 row of itself" in found["message"]
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "glaive.jsonl repeats 3 rows of chats.jsonl" in page and "(none)" not in page

@@ -257,6 +257,7 @@ def test_100k_short_lines(tmp_path):
     started = time.perf_counter()
     result = run([path], tmp_path / "report.html", ReportConfig())
     assert time.perf_counter() - started < 120  # 10-30 s on 2 shared cores, most of it validation
+    assert Path(result["html"]).stat().st_size < 3_000_000  # the page stays small whatever the input size
     assert result["counts"] == {"lines": 100_000, "blank": 0, "valid": 99_900, "rejected": 100}
     # 3000 distinct conversations, every prompt repeated 3 times across them.
     assert result["duplicates"] == {"exact": 99_900 - 3000, "similar_prompts": 2000}

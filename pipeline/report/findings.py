@@ -137,7 +137,7 @@ def _content_findings(frame: pl.DataFrame, cfg: ReportConfig, total: int) -> lis
     dup = int(frame["duplicate_of"].is_not_null().sum())
     if dup:
         pairs = repeats_by_input(frame)
-        where = "; ".join(f"{p['input']} repeats {p['count']:,} rows of "
+        where = "; ".join(f"{p['input']} repeats {p['count']:,} row{'s' if p['count'] != 1 else ''} of "
                           + ("itself" if p["input"] == p["of"] else p["of"]) for p in pairs[:5])
         out.append(_finding("exact_duplicates", dup, total, f"conversations repeat an earlier one exactly ({where})",
                             _repeats(frame, pl.col("duplicate_of").is_not_null(), "duplicate_of", cfg, "repeats"))

@@ -25,12 +25,13 @@ h3{font-size:1em;margin:.2em 0}p{margin:.35em 0}code{font-size:.88em;overflow-wr
 .verdict.fix{background:#fdecea;border-color:#c62828}.verdict.care{background:#fff6e0;border-color:#e09b00}
 .verdict.ready{background:#e8f5e9;border-color:#2e7d32}.verdict .label{font-size:1.5em;font-weight:700}
 .verdict ul{margin:.3em 0 .2em;padding-left:1.2em}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:8px;margin-top:10px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(110px,1fr));gap:8px;margin-top:10px}
 .card{border:1px solid #ddd;border-radius:8px;padding:6px 10px;background:#fff}.card b{display:block;font-size:1.25em}
 .finding{border:1px solid #ddd;border-left:6px solid #e09b00;border-radius:6px;padding:8px 12px;margin:10px 0}
 .finding.fix{border-left-color:#c62828}.tag{font-size:.75em;font-weight:700;color:#fff;background:#e09b00;
  border-radius:4px;padding:1px 6px;vertical-align:middle}.fix .tag{background:#c62828}
 .rows{display:flex;flex-wrap:wrap;gap:4px 10px;margin:.3em 0}.rows code{background:#f3f3f3;padding:0 4px}
+summary{cursor:pointer;color:#0b57d0}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(300px,1fr));gap:12px;align-items:start}
 figure{margin:0}figcaption{font-size:.9em;color:#444}img{max-width:100%;height:auto;display:block}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.92em;margin:.4em 0}
@@ -148,12 +149,14 @@ def _findings(found: list[dict[str, Any]]) -> str:
     parts = []
     for f in found:
         tag = "Fix" if f["severity"] == "fix" else "Check"
+        unit = "lines" if f["kind"] == "rejected" else "examples"
         rows = "".join(f"<code>{html.escape(r)}</code>" for r in f["rows"])
         parts.append(
             f"<div class=\"finding {f['severity']}\"><h3><span class=tag>{tag}</span> {html.escape(f['title'])}: "
-            f"{f['count']:,} ({f['share']:.1%})</h3><p>{html.escape(f['explanation'])}.</p>"
+            f"{f['count']:,} {unit} ({f['share']:.1%})</h3><p>{html.escape(f['explanation'])}.</p>"
             f"<p class=muted>{html.escape(f['message'])}</p><p><b>Change it:</b> {html.escape(f['advice'])}</p>"
-            + (f"<div class=rows>{rows}</div>" if rows else "") + "</div>")
+            + (f"<details><summary>{len(f['rows'])} rows to look at</summary><div class=rows>{rows}</div></details>"
+               if rows else "") + "</div>")
     return "".join(parts)
 
 

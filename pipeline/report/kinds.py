@@ -65,8 +65,8 @@ KINDS: dict[str, Kind] = {
         "Duplicate conversations", "repeats weigh those examples double in training",
         "deduplicate the inputs (each row names the earlier copy)", 0.8, CARE),
     "similar_prompts": Kind(
-        "Near-identical prompts", "first user prompts equal an earlier one after lowercasing and "
-        "collapsing punctuation", "check the answers agree; keep one or a few per prompt", 0.25, CARE),
+        "Near-identical prompts", "the same question again weighs its answer double, or teaches two answers "
+        "to one question", "check the answers agree; keep one or a few per prompt", 0.25, CARE),
     "short_answers": Kind(
         "Very short answers", "very short answers teach terse replies", "check they are intended", 0.8, CARE),
     "language_mix": Kind(

@@ -73,7 +73,7 @@ class SampleCandidates:
         findings', then more of each source in turn.
 
         Returns:
-            [(candidate, why it is shown: finding titles and/or "source X")] in example order.
+            [(candidate, why it is shown: finding titles and/or "source X")], the top finding's first.
         """
         chosen: dict[int, tuple[Candidate, list[str]]] = {}
 
@@ -95,7 +95,7 @@ class SampleCandidates:
             for source, candidates in self.by_source.items():
                 if rank < len(candidates) and candidates[rank].index not in chosen:
                     take(candidates[rank], f"source {source}", SAMPLES)
-        return [chosen[index] for index in sorted(chosen)]
+        return list(chosen.values())
 
 
 def sample_views(encoder: Any, chosen: list[tuple[Candidate, list[str]]]) -> list[dict[str, Any]]:

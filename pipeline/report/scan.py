@@ -11,7 +11,8 @@ Definitions (also in report.json):
   - similar prompt: the first user message, lowercased with runs of punctuation and whitespace
     collapsed to one space, equals an earlier example's, and the conversation is not an exact
     duplicate;
-  - script: the Unicode script with the most letters over all message contents.
+  - script: the Unicode script with the most letters over all message contents;
+  - source: the record's `source` field, else the name of the input file it came from.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ Raw conversations (any container and layout validate reads: pipeline/io/readers.
     x.jsonl --readers, pack.first_reject (the validate checks)--> rejects: counted per rule, lines kept
             --encode_batch (template, mask, tokenize; batched)--> template errors join the rejects
             --conversation_facts + token counts--> examples table (polars, one row per valid example)
-            --summaries, findings, plots--> report.json, report.html (written atomically)
+            --summaries, findings (kinds.py), verdict--> report.json
+            --samples (encode_batch + inspect.token_pieces), plots--> report.html (both written atomically)
 
 A packed folder (`out/packed/<fingerprint>/`): its stats.parquet is the examples table and the
 rows' lengths give the fill of each row.
@@ -17,7 +18,8 @@ Definitions used throughout (and in report.json):
     collapsed to one space, equals an earlier example's, and the conversation is not an exact
     duplicate;
   - prompt tokens: tokens not trained (tokens - trained); response tokens: trained tokens;
-  - script: the Unicode script with the most letters over all message contents.
+  - script: the Unicode script with the most letters over all message contents;
+  - source: the record's `source` field, else the name of the input file it came from.
 """
 
 from __future__ import annotations
