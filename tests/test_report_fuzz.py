@@ -175,7 +175,7 @@ def check_report(result: dict, want: dict) -> None:
         assert result["tools"][key] == want["tools"].get(key, 0)
     written = json.loads(Path(result["json"]).read_text(encoding="utf-8"))
     assert written["counts"] == result["counts"] and written["findings"] == result["findings"]
-    assert "<h1>sftpack report</h1>" in Path(result["html"]).read_text(encoding="utf-8")
+    assert "<h1>sftpack dataset report</h1>" in Path(result["html"]).read_text(encoding="utf-8")
 
 
 def check_tokens(result: dict) -> None:

@@ -197,7 +197,9 @@ def _detail_sections(report: dict[str, Any]) -> list[str]:
                   "reasoning or tool calls the template does not render; turns or sequences that end in no stop "
                   "token; trained spans holding a role header (these last must be 0)</p>", _pairs(report["mask_audit"])]
     if report.get("rejected_reasons"):
-        parts += ["<h2>Rejected lines by rule</h2>", _table(report["rejected_reasons"])]
+        parts += ["<h2>Rejected lines by rule</h2>", _table([
+            {"rule": r["rule"], "count": r["count"], "first seen": r["first"], "rows to look at": r["lines"]}
+            for r in report["rejected_reasons"]])]
     for key, title in (("counts", "Counts"), ("duplicates", "Duplicates"), ("scripts", "Scripts (language mix)")):
         if report.get(key):
             parts += [f"<h2>{title}</h2>", _pairs(report[key])]

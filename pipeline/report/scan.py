@@ -246,8 +246,8 @@ class _Scan:
             "trained_beyond_max": tokens[2] if tokens else None,
         })
 
-
     def _audit(self, where: str, audit: dict[str, int]) -> None:
+        """Count masking's audit of one conversation at `where` (`file:line`)."""
         for key, value in audit.items():
             self.audit_examples[key] += 1
             self.audit_counts[key] += value
