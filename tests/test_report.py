@@ -224,7 +224,13 @@ def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
     audit = packed["totals"]["audit"]
     assert result["mask_audit"]["split_conversations"] == audit["split_conversations"] == 1
     assert result["mask_audit"]["split_extra_tokens"] == audit["split_extra_tokens"] > 0
-    assert "Masks: will it stop" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "Masks: will it stop" in page
+    # The samples show the split conversation as the sequences pack trains.
+    [sample] = result["samples"]
+    assert "Conversations split into sequences" in sample["why"] and len(sample["sequences"]) == 2
+    assert "sequence 1 of 2: " in page and "sequence 2 of 2: " in page
+    assert {f["kind"]: f["rows"] for f in result["findings"]}["split_conversations"] == ["r.jsonl:1"]
     assert report([packed["path"]], tmp_path / "p.html", ReportConfig())["mask_audit"] == audit
 
 
@@ -250,3 +256,25 @@ def test_sources_fall_back_to_the_file_name_and_repeats_count_per_input_pair(tmp
     assert "glaive.jsonl repeats 3 rows of chats.jsonl; glaive.jsonl repeats 1 row of itself" in found["message"]
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
     assert "glaive.jsonl repeats 3 rows of chats.jsonl" in page and "(none)" not in page
+
+
+def test_plots_mark_max_length_on_a_log_axis_and_keep_every_bar_inside(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import sftpack.report.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or "png")  # keep the figures open
+    frame = pl.DataFrame({"tokens": [20, 30, 40, 50, 5000] * 40, "turns": [2] * 150 + [4] * 49 + [90]})
+    sources = {"a": {"tokens": 900, "trained_tokens": 300}, "b.jsonl": {"tokens": 100, "trained_tokens": 100}}
+    made = plots.make_plots(frame, sources, 1024, np.array([1000, 512]), with_tokens=True)
+    assert set(made) == {"lengths", "turns", "trained_share", "tokens", "fill"}
+    lengths, turns = figures[0].axes[0], figures[1].axes[0]
+    assert lengths.get_xscale() == "log"
+    assert {line.get_label() for line in lengths.get_lines()} == {"max_length 1,024", "p50 40", "p90 5,000",
+                                                                  "p99 5,000"}
+    top, (left, right) = turns.get_ylim()[1], turns.get_xlim()
+    assert all(bar.get_height() < top and left < bar.get_x() and bar.get_x() + bar.get_width() < right
+               for bar in turns.patches)
+    assert all(ax.get_xlabel() for fig in figures for ax in fig.axes)
+    plt.close("all")
