@@ -20,7 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     report = api.report(args.inputs, args.out, config=args.config, **data_flags(args), **read_arguments(args))
+    print(f"{report['verdict']['label']}")
     for finding in report["findings"][:5]:
-        print(f"  {finding['kind']}: {finding['count']} ({finding['share']:.1%}) {finding['message']}")
+        print(f"  {finding['title']}: {finding['count']:,} ({finding['share']:.1%}) {finding['message']}; "
+              f"change: {finding['advice']}")
     print(f"wrote {report['html']} and {report['json']}")
     return 0

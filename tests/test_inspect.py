@@ -87,3 +87,17 @@ def test_errors_are_clear(packed, tmp_path, capsys):
     assert "gone: tokenizer folder not found" in err and "--tokenizer" in err
     assert main(["inspect", str(tmp_path)]) == 2
     assert "no readable manifest.json" in capsys.readouterr().err
+
+
+def test_token_pieces_add_up_to_the_decoding_with_special_tokens_marked(smol_tokenizer):
+    from sftpack.report.inspect import token_pieces
+
+    text = "<|im_start|>user\nCafé 中文 ok<|im_end|>"
+    ids = np.array(smol_tokenizer(text, add_special_tokens=False)["input_ids"])
+    labels = np.where(np.arange(ids.size) >= ids.size - 4, ids, -100)
+    pieces = token_pieces(smol_tokenizer, ids, labels)
+    assert "".join(p.text for p in pieces) == text and "\ufffd" not in "".join(p.text for p in pieces)
+    assert [p.token_ids for p in pieces if p.special] == [(1,), (2,)]  # <|im_start|>, <|im_end|>
+    assert sum(len(p.token_ids) for p in pieces) == ids.size and len(pieces) > 6  # one piece per token mostly
+    assert [p.trained for p in pieces][-1] and not pieces[0].trained
+    assert mark_trained(smol_tokenizer, ids, labels, color=False).endswith("]]")

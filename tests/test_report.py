@@ -53,13 +53,20 @@ def test_counts_match_the_hand_count(report):
                                "tool_calls": 3, "tool_results": 3}
     assert report["duplicates"] == {"exact": 2, "similar_prompts": 1}
     assert report["scripts"] == {"latin": 10, "cyrillic": 1}
-    assert {s: e["examples"] for s, e in report["sources"].items()} == {"(none)": 1, "alpaca": 4, "chat": 4, "tools": 2}
+    assert {s: e["examples"] for s, e in report["sources"].items()} == {"conversations.jsonl": 1, "alpaca": 4,
+                                                                           "chat": 4, "tools": 2}
 
 
 def test_findings_name_the_rows(report):
     found = {f["kind"]: f for f in report["findings"]}
     assert set(found) == {"rejected", "exact_duplicates", "too_long", "short_answers", "language_mix",
-                          "similar_prompts"}
+                          "similar_prompts", "tool_calls_not_rendered"}
+    # SmolLM2's template renders no tool calls: lines 7 (one call) and 13 (two turns, one call each).
+    tools = found["tool_calls_not_rendered"]
+    assert tools["rows"] == ["conversations.jsonl:7", "conversations.jsonl:13"] and tools["count"] == 2
+    assert tools["message"] == f"{report['mask_audit']['tool_calls_not_rendered']} turns in 2 conversations"
+    assert tools["severity"] == "fix" and "--chat-template" in tools["advice"]
+    assert report["verdict"]["label"] == "Fix first"
     assert found["exact_duplicates"]["rows"] == ["conversations.jsonl:3 (repeats conversations.jsonl:1)",
                                                  "conversations.jsonl:14 (repeats conversations.jsonl:5)"]
     assert found["similar_prompts"]["rows"] == ["conversations.jsonl:4 (like conversations.jsonl:1)"]
@@ -81,7 +88,8 @@ def test_token_counts_equal_the_tokenizer(report, records, smol_tokenizer):
     assert t["over_max_length"] == t["would_drop"] == 1  # line 12 only
     by_source: dict[str, int] = {}
     for n, r in records.items():
-        by_source[r.get("source", "(none)")] = by_source.get(r.get("source", "(none)"), 0) + lengths[n]
+        source = r.get("source", FIXTURE.name)  # no source field: the input's file name
+        by_source[source] = by_source.get(source, 0) + lengths[n]
     assert {s: e["tokens"] for s, e in report["sources"].items()} == by_source
 
     # Trained tokens of plain chats: each answer's content plus its <|im_end|> (ChatML).
@@ -102,7 +110,7 @@ def test_token_counts_equal_the_tokenizer(report, records, smol_tokenizer):
 def test_html_is_self_contained_and_phone_readable(report):
     page = report["html_path"].read_text(encoding="utf-8")
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
-    assert page.count('src="data:image/png;base64,') >= 5  # lengths, share, turns, sources, row fill
+    assert page.count('src="data:image/png;base64,') == 5  # lengths, trained share, tokens, row fill, turns
     assert not re.search(r"https?://", page)
     assert "<link" not in page and "<script" not in page
     assert "@media" in page
@@ -156,7 +164,11 @@ def test_packed_folder_report(tmp_path, model_dir):
     assert result["counts"]["examples"] == 13 and result["counts"]["dropped"] == totals["dropped"]
     assert result["tokens"]["tokens"] == totals["tokens"]
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
-    assert "Fill of rows" in page and not re.search(r"https?://", page)
+    assert "How full are the packed rows?" in page and not re.search(r"https?://", page)
+    # Samples as `sftpack inspect` shows the rows: one per source first, each a whole sequence.
+    sources = {s["source"] for s in result["samples"]}
+    assert sources == set(result["sources"]) and len(result["samples"]) == 8
+    assert page.count("<div class=sample>") == 8 and "<span class=tr>" in page
 
 
 # ---------------------------------------------------------------- the tables against their schemas
@@ -212,5 +224,57 @@ def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
     audit = packed["totals"]["audit"]
     assert result["mask_audit"]["split_conversations"] == audit["split_conversations"] == 1
     assert result["mask_audit"]["split_extra_tokens"] == audit["split_extra_tokens"] > 0
-    assert "Masks: will it stop" in (tmp_path / "r.html").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert "Masks: will it stop" in page
+    # The samples show the split conversation as the sequences pack trains.
+    [sample] = result["samples"]
+    assert "Conversations split into sequences" in sample["why"] and len(sample["sequences"]) == 2
+    assert "sequence 1 of 2: " in page and "sequence 2 of 2: " in page
+    assert {f["kind"]: f["rows"] for f in result["findings"]}["split_conversations"] == ["r.jsonl:1"]
     assert report([packed["path"]], tmp_path / "p.html", ReportConfig())["mask_audit"] == audit
+
+
+# ---------------------------------------------------------------- issue 24: sources and repeats per input
+
+def _chat_line(prompt: str, **meta) -> str:
+    return json.dumps(meta | {"messages": [{"role": "user", "content": prompt},
+                                           {"role": "assistant", "content": f"About {prompt}, in short."}]})
+
+
+def test_sources_fall_back_to_the_file_name_and_repeats_count_per_input_pair(tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("\n".join(_chat_line(f"q{i}") for i in range(5)) + "\n", encoding="utf-8")
+    glaive = tmp_path / "glaive.jsonl"  # 3 rows of chats.jsonl again, one of its own twice, one tagged row
+    glaive.write_text("\n".join([_chat_line("q0"), _chat_line("g1"), _chat_line("q1"), _chat_line("g1"),
+                                 _chat_line("q2"), _chat_line("t", source="tagged")]) + "\n", encoding="utf-8")
+    result = run([chats, glaive], tmp_path / "r.html", ReportConfig())
+    assert {s: e["examples"] for s, e in result["sources"].items()} == {"chats.jsonl": 5, "glaive.jsonl": 5,
+                                                                        "tagged": 1}
+    found = {f["kind"]: f for f in result["findings"]}["exact_duplicates"]
+    assert found["pairs"] == [{"input": "glaive.jsonl", "of": "chats.jsonl", "count": 3},
+                              {"input": "glaive.jsonl", "of": "glaive.jsonl", "count": 1}]
+    assert "glaive.jsonl repeats 3 rows of chats.jsonl; glaive.jsonl repeats 1 row of itself" in found["message"]
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "glaive.jsonl repeats 3 rows of chats.jsonl" in page and "(none)" not in page
+
+
+def test_plots_mark_max_length_on_a_log_axis_and_keep_every_bar_inside(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import sftpack.report.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or "png")  # keep the figures open
+    frame = pl.DataFrame({"tokens": [20, 30, 40, 50, 5000] * 40, "turns": [2] * 150 + [4] * 49 + [90]})
+    sources = {"a": {"tokens": 900, "trained_tokens": 300}, "b.jsonl": {"tokens": 100, "trained_tokens": 100}}
+    made = plots.make_plots(frame, sources, 1024, np.array([1000, 512]), with_tokens=True)
+    assert set(made) == {"lengths", "turns", "trained_share", "tokens", "fill"}
+    lengths, turns = figures[0].axes[0], figures[1].axes[0]
+    assert lengths.get_xscale() == "log"
+    assert {line.get_label() for line in lengths.get_lines()} == {"max_length 1,024", "p50 40", "p90 5,000",
+                                                                  "p99 5,000"}
+    top, (left, right) = turns.get_ylim()[1], turns.get_xlim()
+    assert all(bar.get_height() < top and left < bar.get_x() and bar.get_x() + bar.get_width() < right
+               for bar in turns.patches)
+    assert all(ax.get_xlabel() for fig in figures for ax in fig.axes)
+    plt.close("all")

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sftpack.report.findings as report_findings
-import sftpack.report.html as report_html
+import sftpack.report.plots as report_plots
 from sftpack.report.stage import ReportConfig, run
 from sftpack.report.findings import findings
 from sftpack.report.scan import EXAMPLE_SCHEMA
@@ -149,7 +149,7 @@ def expected(name: str, lines: list[str | dict]) -> dict:
         first_conversation.setdefault(key, at)
         if prompt:
             first_prompt.setdefault(prompt, at)
-        sources[line.get("source", "(none)")] += 1
+        sources[line.get("source", name)] += 1  # no source: the file's name
         turns[str(len(messages))] += 1
         tools["tool_calls"] += sum(len(m.get("tool_calls", ())) for m in messages)
         tools["tool_results"] += sum(m["role"] == "tool" for m in messages)
@@ -175,7 +175,7 @@ def check_report(result: dict, want: dict) -> None:
         assert result["tools"][key] == want["tools"].get(key, 0)
     written = json.loads(Path(result["json"]).read_text(encoding="utf-8"))
     assert written["counts"] == result["counts"] and written["findings"] == result["findings"]
-    assert "<h1>sftpack report</h1>" in Path(result["html"]).read_text(encoding="utf-8")
+    assert "<h1>sftpack dataset report</h1>" in Path(result["html"]).read_text(encoding="utf-8")
 
 
 def check_tokens(result: dict) -> None:
@@ -189,7 +189,7 @@ def check_tokens(result: dict) -> None:
 
 
 def _no_png(fig) -> str:
-    """Stands in for report._png: the plots are still drawn, only tight_layout and PNG encoding
+    """Stands in for plots._png: the plots are still drawn, only tight_layout and PNG encoding
     (most of a small report's time) are skipped, so hypothesis can try more files."""
     import matplotlib.pyplot as plt
 
@@ -202,7 +202,7 @@ def _no_png(fig) -> str:
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lines=datasets())
 def test_counts_match_the_generated_file_without_tokenizer(lines):
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_html, "_png", _no_png):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_plots, "_png", _no_png):
         path = write_lines(Path(tmp) / "gen.jsonl", lines)
         result = run([path], Path(tmp) / "report.html", ReportConfig(examples=100))
         check_report(result, expected(path.name, lines))
@@ -215,7 +215,7 @@ def test_counts_match_the_generated_file_without_tokenizer(lines):
 def test_counts_and_tokens_with_the_tokenizer(model_dir, lines, max_length, train_on, truncation):
     cfg = ReportConfig(tokenizer=str(model_dir), max_length=max_length, train_on=train_on, truncation=truncation,
                        examples=100)
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_html, "_png", _no_png):
+    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(report_plots, "_png", _no_png):
         path = write_lines(Path(tmp) / "gen.jsonl", lines)
         result = run([path], Path(tmp) / "report.html", cfg)
         check_report(result, expected(path.name, lines))
@@ -257,6 +257,7 @@ def test_100k_short_lines(tmp_path):
     started = time.perf_counter()
     result = run([path], tmp_path / "report.html", ReportConfig())
     assert time.perf_counter() - started < 120  # 10-30 s on 2 shared cores, most of it validation
+    assert Path(result["html"]).stat().st_size < 3_000_000  # the page stays small whatever the input size
     assert result["counts"] == {"lines": 100_000, "blank": 0, "valid": 99_900, "rejected": 100}
     # 3000 distinct conversations, every prompt repeated 3 times across them.
     assert result["duplicates"] == {"exact": 99_900 - 3000, "similar_prompts": 2000}

@@ -2,7 +2,7 @@
 conversations) or from a packed folder's stats.parquet and rows.
 
 Prompt tokens are the tokens not trained (tokens - trained); response tokens the trained ones.
-Findings are ranked by impact: the share of examples affected times FINDING_WEIGHTS.
+Findings are ranked by impact: the share of examples affected times their weight (kinds.KINDS).
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import polars as pl
 from sftpack.errors import SftpackError
 from sftpack.packing.bins import l2_lower_bound, lower_bound_rows, pack_bins
 from sftpack.store.packed_folder import PackedFolder
-from sftpack.report.scan import FINDING_WEIGHTS, NO_SOURCE, PERCENTILES, ReportConfig, _Scan
+from sftpack.report.kinds import MASK_KINDS, finding as _finding
+from sftpack.report.scan import PERCENTILES, ReportConfig, _Scan
 from sftpack.templates.masking import IGNORE_INDEX
 
 # ---------------------------------------------------------------- summaries
@@ -113,12 +114,6 @@ def _repeats(frame: pl.DataFrame, mask: pl.Expr, column: str, cfg: ReportConfig,
     return [f"{at}:{line} ({word} {inputs[k - 1]}:{lines[k - 1]})" for at, line, k in hits.iter_rows()]
 
 
-def _finding(kind: str, count: int, total: int, message: str, rows: list[str], advice: str) -> dict[str, Any]:
-    share = count / total if total else 0.0
-    return {"kind": kind, "count": count, "share": round(share, 4),
-            "impact": round(share * FINDING_WEIGHTS[kind], 4), "message": message, "rows": rows, "advice": advice}
-
-
 def findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, with_tokens: bool) -> list[dict[str, Any]]:
     """Problems worth a look, ranked by impact (share of examples x weight), each with rows to open."""
     total = frame.height + (scan.counts["rejected"] if scan else 0)
@@ -127,12 +122,12 @@ def findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, with_to
         top = ", ".join(f"{rule} {n}" for rule, n in scan.reasons.most_common(3))
         rows = [line for lines in scan.reason_lines.values() for line in lines][: cfg.examples]
         out.append(_finding("rejected", scan.counts["rejected"], total, f"lines fail the validate checks ({top})",
-                            rows, "fix or drop them (sftpack validate writes each reject with its rule)"))
+                            rows))
     if frame.height == 0:
         return out
     out += _content_findings(frame, cfg, total)
     if with_tokens:
-        out += _length_findings(frame, cfg, total)
+        out += _length_findings(frame, cfg, total) + _mask_findings(frame, scan, cfg, total)
     return sorted(out, key=lambda f: (-f["impact"], f["kind"]))
 
 
@@ -141,23 +136,24 @@ def _content_findings(frame: pl.DataFrame, cfg: ReportConfig, total: int) -> lis
     out = []
     dup = int(frame["duplicate_of"].is_not_null().sum())
     if dup:
-        out.append(_finding("exact_duplicates", dup, total, "conversations repeat an earlier one exactly",
-                            _repeats(frame, pl.col("duplicate_of").is_not_null(), "duplicate_of", cfg, "repeats"),
-                            "deduplicate: repeats weigh those examples double in training"))
+        pairs = repeats_by_input(frame)
+        where = "; ".join(f"{p['input']} repeats {p['count']:,} row{'s' if p['count'] != 1 else ''} of "
+                          + ("itself" if p["input"] == p["of"] else p["of"]) for p in pairs[:5])
+        out.append(_finding("exact_duplicates", dup, total, f"conversations repeat an earlier one exactly ({where})",
+                            _repeats(frame, pl.col("duplicate_of").is_not_null(), "duplicate_of", cfg, "repeats"))
+                   | {"pairs": pairs})
     similar_mask = pl.col("similar_prompt_of").is_not_null() & pl.col("duplicate_of").is_null()
     similar = int(frame.select(similar_mask.sum()).item())
     if similar:
         out.append(_finding("similar_prompts", similar, total,
                             "first user prompts repeat an earlier one (after lowercasing and collapsing punctuation)",
-                            _repeats(frame, similar_mask, "similar_prompt_of", cfg, "like"),
-                            "check the answers agree; keep one or a few per prompt"))
+                            _repeats(frame, similar_mask, "similar_prompt_of", cfg, "like")))
     short_mask = pl.col("shortest_answer_chars") < cfg.short_answer_chars
     short = int(frame.select(short_mask.sum()).item())
     if short:
         out.append(_finding("short_answers", short, total,
                             f"conversations with an assistant answer under {cfg.short_answer_chars} characters",
-                            _where(frame, short_mask, cfg, "{} chars", "shortest_answer_chars"),
-                            "very short answers teach terse replies; check they are intended"))
+                            _where(frame, short_mask, cfg, "{} chars", "shortest_answer_chars")))
     scripts = frame["script"].filter(frame["script"] != "none").value_counts(sort=True)
     if scripts.height > 1:
         main = scripts["script"][0]
@@ -165,8 +161,7 @@ def _content_findings(frame: pl.DataFrame, cfg: ReportConfig, total: int) -> lis
         mix = int(frame.select(mix_mask.sum()).item())
         mix_text = ", ".join(f"{s} {n}" for s, n in scripts.iter_rows())
         out.append(_finding("language_mix", mix, total, f"examples not mostly in {main} script ({mix_text})",
-                            _where(frame, mix_mask, cfg, "{}", "script"),
-                            "check the mix is intended; a few stray languages teach switching"))
+                            _where(frame, mix_mask, cfg, "{}", "script")))
     return out
 
 
@@ -177,15 +172,13 @@ def _length_findings(frame: pl.DataFrame, cfg: ReportConfig, total: int) -> list
     over = int(frame.select(over_mask.sum()).item())
     if over and cfg.truncation == "drop":
         out.append(_finding("too_long", over, total, f"examples over max_length {cfg.max_length} would be dropped",
-                            _where(frame, over_mask, cfg, "{} tokens", "tokens"),
-                            "raise --max-length or split the conversations"))
+                            _where(frame, over_mask, cfg, "{} tokens", "tokens")))
     cut_mask = over_mask & (pl.col("trained_beyond_max") > 0)
     cut = int(frame.select(cut_mask.sum()).item())
     if cut and cfg.truncation == "truncate":
         out.append(_finding("answers_truncated", cut, total,
                             f"answers cut by max_length {cfg.max_length} (the model learns to stop mid-answer)",
-                            _where(frame, cut_mask, cfg, "{} trained tokens cut", "trained_beyond_max"),
-                            "raise --max-length or drop these examples (truncation: drop)"))
+                            _where(frame, cut_mask, cfg, "{} trained tokens cut", "trained_beyond_max")))
     length = pl.col("tokens")
     median = float(frame["tokens"].median())
     extreme_mask = (length > median * cfg.extreme_factor) | (length < median / cfg.extreme_factor)
@@ -194,9 +187,43 @@ def _length_findings(frame: pl.DataFrame, cfg: ReportConfig, total: int) -> list
         out.append(_finding("extreme_lengths", extreme, total,
                             f"examples over {cfg.extreme_factor:g}x or under 1/{cfg.extreme_factor:g} of the "
                             f"median length ({median:g} tokens)",
-                            _where(frame, extreme_mask, cfg, "{} tokens", "tokens"),
-                            "look for pasted documents, logs or truncated answers"))
+                            _where(frame, extreme_mask, cfg, "{} tokens", "tokens")))
     return out
+
+
+def _mask_findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, total: int) -> list[dict[str, Any]]:
+    """What masking's audit found, per conversation, and examples with nothing trained."""
+    out = []
+    nothing_mask = pl.col("trained_tokens") == 0
+    nothing = int(frame.select(nothing_mask.sum()).item())
+    if nothing:
+        out.append(_finding("no_trained_tokens", nothing, total, "examples train no token (pack drops them)",
+                            _where(frame, nothing_mask, cfg)))
+    for kind in MASK_KINDS:
+        examples = scan.audit_examples[kind] if scan is not None else 0
+        if examples:
+            counted = f"{scan.audit_counts[kind]:,} {'spans' if kind == 'spans_with_role_header' else 'turns'} " \
+                f"in {examples:,} conversations"
+            if kind == "split_conversations":
+                counted = f"{examples:,} conversations, {scan.audit_counts['split_extra_tokens']:,} prompt tokens repeated"
+            out.append(_finding(kind, examples, total, counted, scan.audit_rows[kind]))
+    return out
+
+
+def repeats_by_input(frame: pl.DataFrame) -> list[dict[str, Any]]:
+    """Exact duplicates counted per (input, input of the earlier copy), most first.
+
+    Returns:
+        [{"input": file name, "of": the earlier copy's file name, "count": rows}].
+    """
+    dup = frame.select(pl.col("input"), pl.col("duplicate_of")).with_row_index("row").filter(
+        pl.col("duplicate_of").is_not_null())
+    if dup.height == 0:
+        return []
+    earlier = frame["input"].gather((dup["duplicate_of"] - 1).cast(pl.UInt32))
+    pairs = dup.select("input").with_columns(earlier.alias("of")).group_by("input", "of").len("count")
+    return [{"input": i, "of": o, "count": n} for i, o, n in pairs.sort(["count", "input", "of"],
+                                                                         descending=[True, False, False]).iter_rows()]
 
 
 def describe_jsonl(frame: pl.DataFrame, scan: _Scan, cfg: ReportConfig, with_tokens: bool) -> dict[str, Any]:
@@ -273,8 +300,7 @@ def describe_packed(packed: PackedFolder, cfg: ReportConfig) -> tuple[dict[str, 
         return report | {"findings": []}, None, tokens
     stats = validate_table(ExampleStats, pl.read_parquet(stats_path), str(stats_path))
     kept = stats.filter(pl.col("dropped").is_null()).with_columns(pl.col("tokens", "trained_tokens").cast(pl.Int64))
-    kept = kept.with_columns(pl.when(pl.col("source").is_null()).then(pl.lit(NO_SOURCE)).otherwise("source")
-                             .alias("source"), pl.lit(0, pl.Int64).alias("trained_beyond_max"))
+    kept = kept.with_columns(pl.col("source").fill_null(pl.col("input")), pl.lit(0, pl.Int64).alias("trained_beyond_max"))
     dropped = stats["dropped"].drop_nulls().value_counts(sort=True)
     report["counts"] = {"examples": stats.height, "packed": kept.height, "truncated": int(stats["truncated"].sum()),
                         "dropped": {reason: n for reason, n in dropped.iter_rows()}}
@@ -287,11 +313,12 @@ def describe_packed(packed: PackedFolder, cfg: ReportConfig) -> tuple[dict[str, 
     for reason, n in dropped.iter_rows():
         kind = "too_long" if reason == "too_long" else "rejected"
         found.append(_finding(kind, n, total, f"examples dropped while packing: {reason}",
-                              _where(stats, pl.col("dropped") == reason, cfg), "see the manifest's first_drops"))
+                              _where(stats, pl.col("dropped") == reason, cfg),
+                              "see the manifest's first_drops"))
     if report["counts"]["truncated"]:
         found.append(_finding("answers_truncated", report["counts"]["truncated"], total,
                               f"examples truncated to max_length {cfg.max_length}",
-                              _where(stats, pl.col("truncated"), cfg), "raise max_length or drop them"))
+                              _where(stats, pl.col("truncated"), cfg)))
     if kept.height:
         median = float(kept["tokens"].median())
         mask = (pl.col("tokens") > median * cfg.extreme_factor) | (pl.col("tokens") < median / cfg.extreme_factor)
@@ -299,8 +326,7 @@ def describe_packed(packed: PackedFolder, cfg: ReportConfig) -> tuple[dict[str, 
         if n:
             found.append(_finding("extreme_lengths", n, total, f"examples over {cfg.extreme_factor:g}x or under "
                                   f"1/{cfg.extreme_factor:g} of the median length ({median:g} tokens)",
-                                  _where(kept, mask, cfg, "{} tokens", "tokens"),
-                                  "look for pasted documents, logs or truncated answers"))
+                                  _where(kept, mask, cfg, "{} tokens", "tokens")))
     report["findings"] = sorted(found, key=lambda f: (-f["impact"], f["kind"]))
     return report, kept, tokens
 

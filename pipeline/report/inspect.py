@@ -50,6 +50,68 @@ class InspectConfig:
             raise SftpackError(f"inspect: --row {self.row}: rows are numbered from 0")
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One token as text (or a few tokens, where one alone is not whole UTF-8), or a whole run of
+    tokens where per-token text would not add up to the run's decoding."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    trained: bool
+    special: bool
+    """A special token of the tokenizer (`<|im_end|>`): shown as such."""
+
+
+def _token_texts(tokenizer: Any, ids: list[int], trained: np.ndarray) -> list[tuple[str, tuple[int, ...]]]:
+    """Each token decoded alone; a token whose text alone holds a replacement character is
+    joined with the next ones (up to 4, same mask) until the UTF-8 is whole."""
+    texts = tokenizer.batch_decode([[i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    out, i = [], 0
+    while i < len(ids):
+        j, text = i + 1, texts[i]
+        while "\ufffd" in text and j < len(ids) and j - i < 4 and trained[j] == trained[i]:
+            j += 1
+            text = tokenizer.decode(ids[i:j], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if "\ufffd" in text and j > i + 1:  # a real replacement character: the token alone
+            j, text = i + 1, texts[i]
+        out.append((text, tuple(ids[i:j])))
+        i = j
+    return out
+
+
+def token_pieces(tokenizer: Any, input_ids: np.ndarray, labels: np.ndarray) -> list[Piece]:
+    """The tokens of one sequence as text, with their mask: what `inspect` prints and the report shows.
+
+    Each run of consecutive tokens with the same mask decodes to exactly what decoding the run at
+    once gives; where the tokens' own texts do not add up to it (a tokenizer that decodes by
+    context), the run is one piece.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        input_ids: int (n,) token ids.
+        labels: int (n,) labels, -100 where not trained.
+
+    Returns:
+        The pieces in order; their texts joined are the sequence decoded run by run.
+    """
+    trained = np.asarray(labels) != IGNORE_INDEX
+    ids = np.asarray(input_ids).tolist()
+    special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    # Run boundaries: where the mask changes. starts[k]..starts[k+1] is one run.
+    starts = np.concatenate([[0], np.flatnonzero(trained[1:] != trained[:-1]) + 1, [len(ids)]]).tolist()
+    pieces: list[Piece] = []
+    for start, stop in zip(starts[:-1], starts[1:]):
+        if start == stop:
+            continue
+        run_text = tokenizer.decode(ids[start:stop], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        texts = _token_texts(tokenizer, ids[start:stop], trained[start:stop])
+        if "".join(text for text, _ in texts) != run_text:
+            texts = [(run_text, tuple(ids[start:stop]))]
+        flag = bool(trained[start])
+        pieces += [Piece(text, run, flag, len(run) == 1 and run[0] in special) for text, run in texts]
+    return pieces
+
+
 def mark_trained(tokenizer: Any, input_ids: np.ndarray, labels: np.ndarray, color: bool) -> str:
     """Decode `input_ids`, wrapping each run of trained tokens (label != -100) in markers.
 
@@ -62,19 +124,14 @@ def mark_trained(tokenizer: Any, input_ids: np.ndarray, labels: np.ndarray, colo
     Returns:
         The decoded text with markers.
     """
-    trained = np.asarray(labels) != IGNORE_INDEX
-    ids = np.asarray(input_ids)
-    if ids.size == 0:
-        return ""
-    # Run boundaries: where the mask changes. starts[k]..starts[k+1] is one run.
-    starts = np.concatenate([[0], np.flatnonzero(trained[1:] != trained[:-1]) + 1, [ids.size]])
     opened, closed = (ANSI_OPEN, ANSI_CLOSE) if color else (OPEN, CLOSE)
-    parts = []
-    for start, stop in zip(starts[:-1].tolist(), starts[1:].tolist()):
-        text = tokenizer.decode(ids[start:stop].tolist(), skip_special_tokens=False,
-                                clean_up_tokenization_spaces=False)
-        parts.append(f"{opened}{text}{closed}" if trained[start] else text)
-    return "".join(parts)
+    parts, inside = [], False
+    for piece in token_pieces(tokenizer, input_ids, labels):
+        if piece.trained != inside:
+            parts.append(opened if piece.trained else closed)
+            inside = piece.trained
+        parts.append(piece.text)
+    return "".join(parts + ([closed] if inside else []))
 
 
 def load_tokenizer(folder: Path, manifest: dict[str, Any], override: str | None) -> Any:

@@ -11,7 +11,8 @@ Definitions (also in report.json):
   - similar prompt: the first user message, lowercased with runs of punctuation and whitespace
     collapsed to one space, equals an earlier example's, and the conversation is not an exact
     duplicate;
-  - script: the Unicode script with the most letters over all message contents.
+  - script: the Unicode script with the most letters over all message contents;
+  - source: the record's `source` field, else the name of the input file it came from.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS, control_token_check
 from sftpack.packing.encode import example_stem, first_reject
 from sftpack.progress import progress_bar
+from sftpack.report.samples import SampleCandidates
 from sftpack.io.readers import InputSource, ReadOptions, Row
 from sftpack.templates.masking import IGNORE_INDEX
 
@@ -49,13 +51,7 @@ SCRIPTS = {  # name -> Rust regex class (polars str.count_matches), checked in t
     "devanagari": r"\p{Devanagari}",
     "thai": r"\p{Thai}",
 }
-NO_SOURCE = "(none)"
 _PUNCT_SPACE = re.compile(r"[\W_]+")
-# How much a finding weighs per affected example when ranking (share of examples x weight).
-FINDING_WEIGHTS = {
-    "rejected": 1.0, "too_long": 1.0, "answers_truncated": 1.0, "exact_duplicates": 0.8,
-    "short_answers": 0.8, "similar_prompts": 0.5, "language_mix": 0.5, "extreme_lengths": 0.3,
-}
 
 EXAMPLE_SCHEMA = {
     "input": pl.String, "line": pl.Int64, "example_id": pl.String, "source": pl.String, "turns": pl.Int64,
@@ -157,13 +153,18 @@ class _Encoder:
         self.audit = dict.fromkeys(AUDIT_KEYS, 0)
         """Masking's counts over every encoded conversation (split conversations, unrendered reasoning...)."""
 
-    def encode(self, records: list[dict]) -> list[tuple[int, int, int] | str]:
-        """Per record (tokens, trained tokens, trained tokens beyond max_length), or the error."""
+    def encode_examples(self, records: list[dict]) -> list:
+        """Each record through masking's encode_batch (pack's code): a list of EncodedExample."""
         from sftpack.templates.masking import encode_batch
 
         conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id")} for r in records]
-        out: list[tuple[int, int, int] | str] = []
-        for example in encode_batch(self.renderer, self.tokenizer, conversations, self.options):
+        return encode_batch(self.renderer, self.tokenizer, conversations, self.options)
+
+    def encode(self, records: list[dict]) -> list[tuple[int, int, int, dict[str, int]] | str]:
+        """Per record (tokens, trained tokens, trained tokens beyond max_length, masking's audit
+        of it), or the error."""
+        out: list[tuple[int, int, int, dict[str, int]] | str] = []
+        for example in self.encode_examples(records):
             for key, value in example.audit.items():
                 self.audit[key] += value
             if example.error:
@@ -171,7 +172,7 @@ class _Encoder:
                 continue
             trained = [s.labels != IGNORE_INDEX for s in example.sequences]
             out.append((sum(t.size for t in trained), sum(int(t.sum()) for t in trained),
-                        sum(int(t[self.max_length:].sum()) for t in trained)))
+                        sum(int(t[self.max_length:].sum()) for t in trained), example.audit))
         return out
 
 
@@ -190,6 +191,13 @@ class _Scan:
         self.tools = Counter()
         self.first_conversation: dict[int, int] = {}  # conversation hash -> example index (1-based)
         self.first_prompt: dict[int, int] = {}
+        self.audit_examples: Counter[str] = Counter()
+        """Masking's audit keys -> conversations where the key counted (findings rank by these)."""
+        self.audit_counts: Counter[str] = Counter()
+        """Masking's audit keys -> their counts (turns, sequences) over every valid conversation."""
+        self.audit_rows: dict[str, list[str]] = {}
+        """Masking's audit keys -> the first `examples` conversations' `file:line`."""
+        self.candidates = SampleCandidates()
 
     def reject(self, where: str, rule: str, message: str) -> None:
         self.counts["rejected"] += 1
@@ -199,8 +207,10 @@ class _Scan:
             lines.append(where)
         self.reason_message.setdefault(rule, f"{where}: {message}")
 
-    def add(self, where: tuple[str, str, int], record: dict, tokens: tuple[int, int, int] | None, script: str) -> None:
-        """Count one valid example; `where` is (input file name, example-id stem, line or row)."""
+    def add(self, where: tuple[str, str, int], record: dict, tokens: tuple[int, int, int, dict] | None,
+            script: str) -> None:
+        """Count one valid example; `where` is (input file name, example-id stem, line or row).
+        Records without a `source` count under their input's file name."""
         input_name, stem, line = where
         facts = conversation_facts(record)
         index = len(self.rows) + 1
@@ -215,10 +225,19 @@ class _Scan:
         self.tools["conversations_with_tool_calls"] += facts["tool_calls"] > 0
         self.tools["tool_calls"] += facts["tool_calls"]
         self.tools["tool_results"] += facts["roles"]["tool"]
+        source = str(record["source"]) if record.get("source") is not None else input_name
+        if tokens is not None:
+            self._audit(f"{input_name}:{line}", tokens[3])
+            self.candidates.offer(index, f"{input_name}:{line}", source, record, tokens[0], [
+                *tokens[3], *(["exact_duplicates"] if duplicate_of != index else []),
+                *(["similar_prompts"] if similar_of != index and duplicate_of == index else []),
+                *(["no_trained_tokens"] if tokens[1] == 0 else []),
+                *(["too_long", "answers_truncated"] if tokens[0] > self.cfg.max_length else []),
+                *(["short_answers"] if _short(facts["shortest_answer_chars"], self.cfg) else [])])
         self.rows.append({
             "input": input_name, "line": line,
             "example_id": str(record["id"]) if record.get("id") is not None else f"{stem}:{line}",
-            "source": str(record["source"]) if record.get("source") is not None else NO_SOURCE,
+            "source": source,
             "turns": facts["turns"], "tool_calls": facts["tool_calls"], "has_system": facts["system"] is not None,
             "shortest_answer_chars": facts["shortest_answer_chars"], "script": script,
             "duplicate_of": duplicate_of if duplicate_of != index else None,
@@ -226,6 +245,19 @@ class _Scan:
             "tokens": tokens[0] if tokens else None, "trained_tokens": tokens[1] if tokens else None,
             "trained_beyond_max": tokens[2] if tokens else None,
         })
+
+    def _audit(self, where: str, audit: dict[str, int]) -> None:
+        """Count masking's audit of one conversation at `where` (`file:line`)."""
+        for key, value in audit.items():
+            self.audit_examples[key] += 1
+            self.audit_counts[key] += value
+            rows = self.audit_rows.setdefault(key, [])
+            if len(rows) < self.cfg.examples:
+                rows.append(where)
+
+
+def _short(chars: int | None, cfg: ReportConfig) -> bool:
+    return chars is not None and chars < cfg.short_answer_chars
 
 
 def _valid_rows(rows: list[Row], checks: list, scan: _Scan) -> list[Row]:

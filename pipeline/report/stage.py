@@ -5,7 +5,8 @@ Raw conversations (any container and layout validate reads: pipeline/io/readers.
     x.jsonl --readers, pack.first_reject (the validate checks)--> rejects: counted per rule, lines kept
             --encode_batch (template, mask, tokenize; batched)--> template errors join the rejects
             --conversation_facts + token counts--> examples table (polars, one row per valid example)
-            --summaries, findings, plots--> report.json, report.html (written atomically)
+            --summaries, findings (kinds.py), verdict--> report.json
+            --samples (encode_batch + inspect.token_pieces), plots--> report.html (both written atomically)
 
 A packed folder (`out/packed/<fingerprint>/`): its stats.parquet is the examples table and the
 rows' lengths give the fill of each row.
@@ -17,7 +18,8 @@ Definitions used throughout (and in report.json):
     collapsed to one space, equals an earlier example's, and the conversation is not an exact
     duplicate;
   - prompt tokens: tokens not trained (tokens - trained); response tokens: trained tokens;
-  - script: the Unicode script with the most letters over all message contents.
+  - script: the Unicode script with the most letters over all message contents;
+  - source: the record's `source` field, else the name of the input file it came from.
 """
 
 from __future__ import annotations
@@ -36,7 +38,10 @@ from sftpack.packing.stage import input_identity
 from sftpack.packing.bins import pack_bins
 from sftpack.io.readers import DATA_SUFFIXES, InputSource, ReadOptions
 from sftpack.report.findings import describe_jsonl, describe_packed, kept_lengths
-from sftpack.report.html import make_plots, render_html
+from sftpack.report.html import render_html
+from sftpack.report.kinds import MASK_KINDS, finding, verdict
+from sftpack.report.plots import make_plots
+from sftpack.report.samples import packed_views, sample_views, samples_json
 from sftpack.report.scan import ReportConfig, _Encoder, scan_jsonl
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
@@ -93,23 +98,24 @@ def run(inputs: list[str | Path], out: str | Path, cfg: ReportConfig,
     out = Path(out)
     folder, sources = _open_inputs(list(inputs), out, read or ReadOptions())
     if folder is not None:
-        report, provenance, plots, cards, mask_audit, cfg = _packed_report(folder, cfg)
+        report, provenance, plots, samples, mask_audit, cfg = _packed_report(folder, cfg)
     else:
-        report, provenance, plots, cards, mask_audit = _conversations_report(sources, cfg)
+        report, provenance, plots, samples, mask_audit = _conversations_report(sources, cfg)
     if mask_audit is not None:
         report["mask_audit"] = mask_audit
     report = {"stage": "report", "version": __version__, **provenance, "options": dataclasses.asdict(cfg)} | report
+    report |= {"verdict": verdict(report["findings"]), "samples": samples_json(samples)}
     report["seconds"] = round(time.perf_counter() - started, 3)
     json_path = out.with_suffix(".json")
     write_json(json_path, report)
-    page = render_html(report | {"cards": cards, "inputs_label": ", ".join(map(str, inputs))}, plots)
+    page = render_html(report | {"inputs_label": ", ".join(map(str, inputs))}, plots, samples)
     with atomic_file(out, "w", encoding="utf-8") as handle:
         handle.write(page)
     return report | {"html": str(out), "json": str(json_path)}
 
 
 def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
-    """(numbers, provenance, plots, cards, pack's mask audit, cfg with the folder's max_length)."""
+    """(numbers, provenance, plots, samples, pack's mask audit, cfg with the folder's max_length)."""
     packed = PackedFolder.at(folder) or PackedFolder(folder, {})
     manifest = packed.manifest
     max_length = int(packed.options.get("max_length") or cfg.max_length)
@@ -118,16 +124,17 @@ def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
     report = {"kind": "packed"} | numbers
     provenance = {"inputs": [{"path": str(folder), "fingerprint": manifest.get("fingerprint"),
                               "inputs": manifest.get("inputs")}], "tokenizer": manifest.get("tokenizer")}
-    plots = make_plots(frame, max_length, row_tokens, frame is not None)
-    cards = {"examples": (report.get("counts") or {}).get("examples"), "packed rows": report["rows"]["rows"],
-             "packing efficiency": f"{report['rows']['packing_efficiency']:.1%}",
-             "trained share": f"{report['rows']['trained_share']:.1%}"}
+    plots = make_plots(frame, report.get("sources"), max_length, row_tokens, frame is not None)
     audit = (manifest.get("totals") or {}).get("audit")  # pack's own counts (older folders lack them)
-    return report, provenance, plots, cards, audit, cfg
+    total = (report.get("counts") or {}).get("examples") or 0
+    found = [finding(kind, audit[kind], total, f"{audit[kind]:,} (pack's count; rows not recorded)", [])
+             for kind in MASK_KINDS if (audit or {}).get(kind)]
+    report["findings"] = sorted(report["findings"] + found, key=lambda f: (-f["impact"], f["kind"]))
+    return report, provenance, plots, packed_views(packed, frame, cfg.tokenizer), audit, cfg
 
 
 def _conversations_report(sources: list[InputSource], cfg: ReportConfig) -> tuple:
-    """(numbers, provenance, plots, cards, masking's audit or None without a tokenizer)."""
+    """(numbers, provenance, plots, samples, masking's audit or None without a tokenizer)."""
     from sftpack.schemas.tables import ReportExamples, validate_table
 
     encoder = _Encoder(cfg) if cfg.tokenizer else None
@@ -143,12 +150,6 @@ def _conversations_report(sources: list[InputSource], cfg: ReportConfig) -> tupl
         kept = kept_lengths(frame, cfg)["length"].to_numpy()
         row_tokens = np.array([kept[row].sum() for row in pack_bins(kept, cfg.max_length)])
     provenance = {"inputs": [input_identity(source) for source in sources], "tokenizer": identity}
-    plots = make_plots(frame, cfg.max_length, row_tokens, encoder is not None)
-    counts = report["counts"]
-    cards = {"lines": counts["lines"], "valid": counts["valid"], "rejected": counts["rejected"],
-             "exact duplicates": report["duplicates"]["exact"]}
-    if encoder:
-        t = report["tokens"]
-        cards |= {"tokens": t["tokens"], "trained share": f"{t['trained_share']:.1%}",
-                  f"over {cfg.max_length}": t["over_max_length"], "est. packed rows": t["packing"]["rows"]}
-    return report, provenance, plots, cards, encoder.audit if encoder else None
+    plots = make_plots(frame, report["sources"], cfg.max_length, row_tokens, encoder is not None)
+    samples = sample_views(encoder, scan.candidates.choose([f["kind"] for f in report["findings"]])) if encoder else []
+    return report, provenance, plots, samples, encoder.audit if encoder else None
