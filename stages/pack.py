@@ -16,7 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "folders, globs or dataset names (usually validate's output)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
     parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
-    parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument("--num-proc", type=int, default=1,
+                        help="encoding processes (default 1); the output is the same for any value")
     parser.add_argument("--ray", metavar="ADDRESS", help="encode and write on a Ray cluster: local, auto, HOST:PORT "
                                                          "or ray://HOST:PORT (same output; README \"More than one machine\")")
     add_data_arguments(parser)
