@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from sftpack import api
-from sftpack.packing.stage import audit_warnings
+from sftpack.packing.stage import audit_warnings, drop_hints
 from sftpack.cli.data_options import add_data_arguments, data_flags
 from sftpack.cli.input_options import add_input_arguments, read_arguments
 
@@ -30,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
     manifest = folder.manifest
     t = manifest["totals"]
     verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
-    dropped = ", ".join(f"{k}={v}" for k, v in t["dropped"].items()) or "none"
+    over = f" over {manifest['options']['max_length']}"  # too_long=28 over 1024: the limit they were over
+    dropped = ", ".join(f"{k}={v}{over if k == 'too_long' else ''}" for k, v in t["dropped"].items()) or "none"
     print(f"{verb}: {t['examples_packed']}/{t['examples_read']} examples -> {t['rows']} rows "
           f"(lower bound {t['lower_bound_rows']}), {t['tokens']:,} tokens, {t['trained_tokens']:,} trained "
           f"({t['trained_share']:.1%}), packing efficiency {t['packing_efficiency']:.2%}, "
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> int:
     if audit.get("split_conversations"):
         print(f"split: {audit['split_conversations']} conversations into {t['sequences_packed']} sequences in all, "
               f"{audit['split_extra_tokens']:,} extra tokens (--turns auto: every turn trained as the model writes it)")
-    for warning in audit_warnings(audit):
+    for warning in audit_warnings(audit) + drop_hints(manifest):
         print(f"warning: {warning}", file=sys.stderr)
     rejected = sum(v for k, v in t["dropped"].items() if k.startswith("rejected_"))
     if rejected:  # pack never trains on what validate rejects; say where to look

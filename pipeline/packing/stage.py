@@ -266,3 +266,36 @@ def audit_warnings(audit: dict[str, int]) -> list[str]:
                                   "told apart; check the template",
     }
     return [f"{audit[key]} {text}" for key, text in fixes.items() if audit.get(key)]
+
+
+HINT_SHARE = 0.01
+"""A drop reason over this share of the examples read gets a hint (`drop_hints`)."""
+
+
+def drop_hints(manifest: dict[str, Any]) -> list[str]:
+    """One sentence per drop reason over HINT_SHARE of the examples read, each with what to do.
+
+    Args:
+        manifest: a pack manifest (its totals, options and first_drops).
+
+    Returns:
+        The hints, in the order of `totals.dropped`.
+    """
+    totals, max_length = manifest["totals"], manifest["options"]["max_length"]
+    read = max(totals["examples_read"], 1)
+    hints = []
+    for reason, count in totals["dropped"].items():
+        if count / read <= HINT_SHARE or reason.startswith("rejected_"):  # rejects: the reject policy says
+            continue
+        said = f"{count} of {totals['examples_read']} examples ({count / read:.1%}) dropped as {reason}"
+        if reason == "too_long":
+            longest = max((d.get("tokens", 0) for d in manifest["first_drops"] if d["reason"] == reason), default=0)
+            seen = f" (up to {longest:,} tokens among the first listed)" if longest else ""
+            hints.append(f"{said}: longer than max_length {max_length}{seen}; --truncation truncate keeps their "
+                         f"first {max_length} tokens, or raise --max-length (data.max_length)")
+        elif reason == "no_trained_tokens":
+            hints.append(f"{said}: nothing left to train (no assistant turn, or --train-on last / truncation left "
+                         "none); see first_drops in manifest.json")
+        else:
+            hints.append(f"{said}: see first_drops in manifest.json for the lines and messages")
+    return hints
