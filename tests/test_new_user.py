@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,41 @@ def test_pack_names_the_limit_hints_at_truncation_and_lists_drop_lengths(model_d
     assert "2 of 10 examples (20.0%) dropped as too_long" in printed.err and "--truncation truncate" in printed.err
     manifest = json.loads((Path(printed.out.strip().splitlines()[-1]) / "manifest.json").read_text())
     assert [(d["line"], d["tokens"] > 64) for d in manifest["first_drops"]] == [(9, True), (10, True)]
+
+
+def test_json_errors_say_at_once():
+    from sftpack.checks.messages import parse_line
+
+    _, [error] = parse_line(b'{"messages": [{"role": "user", "content": "unterminated}]}\n')
+    assert error.message == "Unterminated string starting at column 43", error.message
+    _, [error] = parse_line(b'{"messages": [}\n')
+    assert error.message.endswith(" at column 15") and " at at " not in error.message
+
+
+STAGE_PREFIX = re.compile(r'SftpackError\(f?"(validate|pack|report|plan|train|sanity|inspect|verify|convert|'
+                          r'convert-data)( options)?: ')
+
+
+def test_the_cli_says_the_stage_name_once(model_dir, tmp_path, capsys):
+    # The CLI prefixes `sftpack STAGE: `; a message never starts with the stage's name again.
+    sources = [p for p in (Path(__file__).resolve().parents[1] / "pipeline").rglob("*.py")
+               if STAGE_PREFIX.search(p.read_text(encoding="utf-8"))]
+    assert sources == []
+    missing = str(tmp_path / "missing.jsonl")
+    for argv in (["validate", missing, "--out-dir", str(tmp_path / "v")],
+                 ["validate", missing, "--out-dir", str(tmp_path / "v"), "--max-turn-chars", "0"],
+                 ["pack", missing, "--out-dir", str(tmp_path / "p"), "--tokenizer", str(model_dir)],
+                 ["pack", missing, "--out-dir", str(tmp_path / "p")],
+                 ["report", missing, "--out", str(tmp_path / "r.html")],
+                 ["inspect", str(tmp_path), "--row", "-1"]):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err
+        stage = argv[0]
+        assert err.startswith(f"sftpack {stage}: ") and f"sftpack {stage}: {stage}" not in err, err
+
+
+def test_validate_exiting_1_names_the_rejects_file_and_allow_rejects(tmp_path, capsys):
+    raw = _write(tmp_path / "raw.jsonl", [_chat("Hi", "Hello"), '{"messages": ["'])
+    assert cli(["validate", str(raw), "--out-dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert str(tmp_path / "out" / "raw.rejects.jsonl") in err and "--allow-rejects" in err

@@ -80,6 +80,12 @@ _FAST_DECODER = msgspec.json.Decoder()
 _FAST_MAX_BRACKETS = 500  # fewer [ and { than this: nested far less deeply than either limit
 
 
+def json_error_text(err: json.JSONDecodeError) -> str:
+    """`Expecting ',' delimiter at column 12`; a message that ends in "at" (`Unterminated string
+    starting at`) takes the column without a second "at"."""
+    return f"{err.msg} column {err.colno}" if err.msg.endswith(" at") else f"{err.msg} at column {err.colno}"
+
+
 def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowError]]:
     """Decode one line (UTF-8 JSON holding one object and nothing else).
 
@@ -111,7 +117,7 @@ def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowEr
     try:
         value, end = _DECODER.raw_decode(text)
     except json.JSONDecodeError as err:
-        return None, [RowError("", "invalid_json", f"{err.msg} at column {err.colno}")]
+        return None, [RowError("", "invalid_json", json_error_text(err))]
     except (ValueError, RecursionError) as err:
         return None, [RowError("", "invalid_json", str(err) or "nested too deeply")]
     if text[end:].strip():

@@ -72,7 +72,7 @@ class ValidateConfig:
         if self.examples < 0:
             problems.append(f"examples {self.examples}: must be 0 or more")
         if problems:
-            raise SftpackError("validate options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
 
 def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[InputSource]:
@@ -103,7 +103,7 @@ def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[In
             if not os.access(out_dir, os.W_OK | os.X_OK):
                 problems.append(f"{out_dir}: cannot write to the output folder (permission denied)")
     if problems:
-        raise SftpackError("validate: " + "\n  ".join(problems), exit_code=2)
+        raise SftpackError("\n  ".join(problems), exit_code=2)
     return sources
 
 
@@ -308,7 +308,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig,
     """
     out = Path(out_dir)
     if not inputs:
-        raise SftpackError("validate: give at least one input JSONL file", exit_code=2)
+        raise SftpackError("give at least one input", exit_code=2)
     sources = _open_inputs([str(p) for p in inputs], out, read or ReadOptions())
     checks, tokenizer_info = list(ROW_CHECKS), None
     if cfg.tokenizer:

@@ -53,7 +53,7 @@ from functools import partial
 from typing import Any, Callable
 
 from sftpack.errors import SftpackError
-from sftpack.checks.messages import ROLES, RowError
+from sftpack.checks.messages import ROLES, RowError, json_error_text
 
 Record = dict[str, Any]
 LAYOUTS = ("messages", "sharegpt", "alpaca")
@@ -137,8 +137,8 @@ def convert_tools(value: Any, column: str) -> tuple[list | None, RowError | None
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            return _error(_pointer(column), "convert_tools", f"{column} is not JSON ({err.msg} at column "
-                                                             f"{err.colno}); expected a JSON list of functions")
+            return _error(_pointer(column), "convert_tools", f"{column} is not JSON ({json_error_text(err)}); "
+                                                             "expected a JSON list of functions")
     if not isinstance(value, list):
         return _error(_pointer(column), "convert_tools", f"{column} is a {type(value).__name__}, expected a "
                                                          "list of functions")
@@ -185,7 +185,7 @@ def convert_tool_calls(value: Any, where: str, path: str) -> tuple[list | None, 
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            return _error(path, "convert_tool_call", f"{where} is not JSON ({err.msg} at column {err.colno}); "
+            return _error(path, "convert_tool_call", f"{where} is not JSON ({json_error_text(err)}); "
                                                      'expected {"name": ..., "arguments": {...}}')
     calls = []
     for call in value if isinstance(value, list) else [value]:

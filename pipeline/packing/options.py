@@ -54,7 +54,7 @@ class PackConfig:
         if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
             problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
         if problems:
-            raise SftpackError("pack options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
     @classmethod
     def from_run_config(cls, run_config: Any, **overrides: Any) -> "PackConfig":

@@ -76,7 +76,7 @@ def _fingerprint_input(source: InputSource, identity: dict[str, Any]) -> dict[st
 def _open_sources(inputs: list[str | Path], read: ReadOptions) -> list[InputSource]:
     """Open every input (readers.open_input); collect every problem and raise once (exit 2)."""
     if not inputs:
-        raise SftpackError("pack: no input files given")
+        raise SftpackError("give at least one input")
     sources, problems = [], []
     for spec in inputs:
         try:
@@ -192,7 +192,7 @@ def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], iden
                 sources, cfg, spill_path, tmp / "stats.parquet",
                 sum(i.get("lines", i.get("rows", 0)) for i in input_ids))
         if lengths.size == 0:
-            raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
+            raise SftpackError(f"no example left to pack; drop reasons: {dropped or 'no input lines'}; "
                                f"first: {first_errors[:3]}")
         bins = pack_bins(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
         if cfg.ray:

@@ -55,7 +55,7 @@ class SanityConfig:
         if self.examples < 1 or self.samples < 0 or self.max_new_tokens < 1:
             problems.append("examples and max_new_tokens must be positive, samples 0 or more")
         if problems:
-            raise SftpackError("sanity options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
 
 def split_sequences(row: dict[str, list[int]]) -> list[tuple[list[int], list[int]]]:
