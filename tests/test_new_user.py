@@ -70,3 +70,15 @@ def test_validate_exiting_1_names_the_rejects_file_and_allow_rejects(tmp_path, c
     assert cli(["validate", str(raw), "--out-dir", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert str(tmp_path / "out" / "raw.rejects.jsonl") in err and "--allow-rejects" in err
+
+
+@pytest.mark.parametrize("content", ["", "\n\n"])
+def test_an_input_without_records_is_an_error_in_every_stage(model_dir, tmp_path, capsys, content):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content)
+    for argv in (["validate", str(empty), "--out-dir", str(tmp_path / "v")],
+                 ["pack", str(empty), "--out-dir", str(tmp_path / "p"), "--tokenizer", str(model_dir)],
+                 ["report", str(empty), "--out", str(tmp_path / "r.html"), "--tokenizer", str(model_dir)],
+                 ["convert-data", str(empty), "--out", str(tmp_path / "c.jsonl")]):
+        assert cli(argv) == 2, argv
+        assert f"sftpack {argv[0]}: {empty}: no records" in capsys.readouterr().err

@@ -220,6 +220,10 @@ class InputSource:
                 totals[key] = sum(i.get(key, 0) for _, i in per_file)
         return {"path": self.spec} | totals | reading
 
+    def has_records(self) -> bool:
+        """Whether any row is more than a blank line (reads up to the first one that is)."""
+        return any(record is not None or error is not None for _, (_, _, record, error) in self._items())
+
     def _detect(self) -> tuple[str, ColumnMap]:
         for count, (_, (_, _, record, _)) in enumerate(self._items()):
             if record is not None:
@@ -246,8 +250,8 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
         The InputSource (layout resolved; nothing but the first records read).
 
     Raises:
-        SftpackError: (exit 2) no such input, an unreadable one, a folder without data, a glob
-            matching nothing, a dataset not in the cache, a split not there, a layout not detected,
+        SftpackError: (exit 2) no such input, an unreadable one, one without records (empty, or
+            blank lines only), a folder without data, a glob matching nothing, a dataset not in the cache, a split not there, a layout not detected,
             an unknown format.
     """
     spec, columns = str(spec), columns or ColumnMap()
@@ -264,6 +268,9 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
         source = InputSource(spec, "dataset", [], None, columns, dataset=load_dataset(spec, split), split=split)
     else:
         raise SftpackError(f"{spec}: input file not found")
+    if not source.has_records():  # one policy in every stage: an input with nothing to read is an error
+        raise SftpackError(f"{spec}: no records (the input is empty or holds only blank lines); give an input "
+                           "with at least one conversation, or leave this one out")
     if format == "auto":
         source.layout, source.columns = source._detect()
     else:
