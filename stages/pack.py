@@ -16,6 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "folders, globs or dataset names (usually validate's output)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
     parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
+    parser.add_argument("--allow-rejects", action="store_true", default=None,
+                        help="pack the rest when records fail validate's checks (default: data.allow_rejects of "
+                             "--config, else false: stop, naming them)")
     parser.add_argument("--num-proc", type=int, default=1,
                         help="encoding processes (default 1); the output is the same for any value")
     parser.add_argument("--ray", metavar="ADDRESS", help="encode and write on a Ray cluster: local, auto, HOST:PORT "
@@ -25,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray}
+    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray, "allow_rejects": args.allow_rejects}
     folder = api.pack(args.inputs, args.out_dir, config=args.config, **flags, **read_arguments(args))
     manifest = folder.manifest
     t = manifest["totals"]

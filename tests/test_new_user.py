@@ -82,3 +82,18 @@ def test_an_input_without_records_is_an_error_in_every_stage(model_dir, tmp_path
                  ["convert-data", str(empty), "--out", str(tmp_path / "c.jsonl")]):
         assert cli(argv) == 2, argv
         assert f"sftpack {argv[0]}: {empty}: no records" in capsys.readouterr().err
+
+
+def test_pack_fails_on_rejects_as_validate_does_unless_allowed(model_dir, tmp_path, capsys):
+    raw = _write(tmp_path / "raw.jsonl", [_chat("Hi", "Hello"),
+                                          {"messages": [{"role": "bot", "content": "Hi"}]}, "not json"])
+    out = str(tmp_path / "packed")
+    assert cli(["pack", str(raw), "--tokenizer", str(model_dir), "--out-dir", out]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sftpack pack: 2 of 3 examples failed validate's checks") and "--allow-rejects" in err
+    assert "raw.jsonl:2 [schema_enum]" in err and "raw.jsonl:3 [invalid_json]" in err
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model: {{name_or_path: {model_dir}}}\ndata: {{allow_rejects: true}}\n")
+    assert cli(["pack", str(raw), "--config", str(config), "--out-dir", out]) == 0  # reuses the folder
+    assert "reused" in capsys.readouterr().out
+    assert cli(["pack", str(raw), "--tokenizer", str(model_dir), "--out-dir", out, "--allow-rejects"]) == 0

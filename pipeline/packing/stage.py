@@ -150,7 +150,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
     if existing is not None:
         problems = existing.checksum_errors()  # bytes as pack wrote them; `sftpack verify` rechecks rows too
         if not problems:
-            return {**existing.manifest, "path": str(folder), "reused": True}
+            return reject_policy({**existing.manifest, "path": str(folder), "reused": True}, cfg)
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
     # Building imports what a reused run never needs (numpy, the template, the encoders): that
@@ -167,7 +167,29 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
         raise SftpackError(f"{folder}: writing the packed folder failed: {err.strerror or err} "
                            f"({err.filename or 'shard data'}); free space or choose another --out-dir",
                            exit_code=1) from None
-    return {**manifest, "path": str(folder), "reused": False}
+    return reject_policy({**manifest, "path": str(folder), "reused": False}, cfg)
+
+
+def reject_policy(manifest: dict[str, Any], cfg: PackConfig) -> dict[str, Any]:
+    """The manifest, unless records failed validate's checks and `cfg.allow_rejects` is off.
+
+    The folder is written either way (rejects are not in the fingerprint), so a run with
+    --allow-rejects afterwards reuses it.
+
+    Raises:
+        SftpackError: (exit 1, as validate) naming the count per rule and the first rejected lines.
+    """
+    dropped = manifest["totals"]["dropped"]
+    rejected = {k.removeprefix("rejected_"): v for k, v in dropped.items() if k.startswith("rejected_")}
+    if not rejected or cfg.allow_rejects:
+        return manifest
+    first = [d for d in manifest["first_drops"] if d["reason"].startswith("rejected_")][:5]
+    lines = "".join(f"\n  {d['input']}:{d['line']} [{d['rule']}] {d['message']}" for d in first)
+    raise SftpackError(
+        f"{sum(rejected.values())} of {manifest['totals']['examples_read']} examples failed validate's checks "
+        f"({', '.join(f'{k}={v}' for k, v in rejected.items())}); the first:{lines}\n"
+        "`sftpack validate INPUT --out-dir DIR` writes every one to a rejects file with its line and rule; fix "
+        "them, or pass --allow-rejects (data.allow_rejects: true) to pack the rest", exit_code=1)
 
 
 def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], identity: dict, fp: str,
