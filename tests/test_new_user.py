@@ -97,3 +97,30 @@ def test_pack_fails_on_rejects_as_validate_does_unless_allowed(model_dir, tmp_pa
     assert cli(["pack", str(raw), "--config", str(config), "--out-dir", out]) == 0  # reuses the folder
     assert "reused" in capsys.readouterr().out
     assert cli(["pack", str(raw), "--tokenizer", str(model_dir), "--out-dir", out, "--allow-rejects"]) == 0
+
+
+def test_hints_role_map_tokenizer_file_and_one_reference_form(model_dir, tmp_path, capsys):
+    raw = _write(tmp_path / "raw.jsonl", [{"messages": [{"role": "human", "content": "Hi"},
+                                                        {"role": "assistant", "content": "Hello"}]}])
+    assert cli(["validate", str(raw), "--out-dir", str(tmp_path / "v")]) == 1
+    assert f"{raw}:1: /messages/0/role [schema_enum]" in (err := capsys.readouterr().err) and "--role-map" in err
+    assert cli(["validate", str(raw), "--out-dir", str(tmp_path / "v2"), "--role-map", "user=human"]) == 0
+
+    for argv in (["validate", str(raw), "--out-dir", str(tmp_path / "v3")],
+                 ["pack", str(raw), "--out-dir", str(tmp_path / "p")]):
+        assert cli([*argv, "--tokenizer", str(model_dir / "tokenizer.json")]) == 2
+        err = capsys.readouterr().err
+        assert "tokenizer.json: is a file" in err and "folder not found" not in err and str(model_dir) in err
+
+    # a Parquet row is `file:row`, as a JSONL line is `file:line`
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+            {"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "Hello"}]}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "x.parquet")
+    assert cli(["validate", str(tmp_path / "x.parquet"), "--out-dir", str(tmp_path / "v4")]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x.parquet'}:2: /conversations/1/from [convert_role]" in err and " row 2" not in err
+    assert cli(["convert-data", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "c.jsonl")]) == 1
+    assert f"{tmp_path / 'x.parquet'}:2: /conversations/1/from" in capsys.readouterr().err

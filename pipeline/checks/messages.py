@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import msgspec
 
 from sftpack.checks.schema import schema_fast_type, schema_validator
+from sftpack.errors import json_error_text
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGE_CHARS = 200  # error messages quote the offending value; keep them one line
@@ -78,12 +79,6 @@ _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 # that depend on the call stack), go through json, which writes every error.
 _FAST_DECODER = msgspec.json.Decoder()
 _FAST_MAX_BRACKETS = 500  # fewer [ and { than this: nested far less deeply than either limit
-
-
-def json_error_text(err: json.JSONDecodeError) -> str:
-    """`Expecting ',' delimiter at column 12`; a message that ends in "at" (`Unterminated string
-    starting at`) takes the column without a second "at"."""
-    return f"{err.msg} column {err.colno}" if err.msg.endswith(" at") else f"{err.msg} at column {err.colno}"
 
 
 def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowError]]:
@@ -168,7 +163,7 @@ def schema_errors(record: Any, fast: bool = True) -> list[RowError]:
         path = _pointer(err.absolute_path)
         message = _shorten(err.message)
         if err.validator == "enum" and path.endswith("/role"):
-            message += "; map other role names (human -> user, gpt -> assistant, function -> tool)"
+            message += "; map other role names (human -> user, gpt -> assistant): --role-map user=human,assistant=gpt"
         errors.append((list(map(str, err.absolute_path)), RowError(path, f"schema_{err.validator}", message)))
     # Natural document order: /messages/2 before /messages/10.
     errors.sort(key=lambda item: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in item[0]])

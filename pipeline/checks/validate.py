@@ -43,7 +43,7 @@ from sftpack.store.fingerprint import tokenizer_identity
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS, Check, RowError, schema_errors, tokenizer_checks
 from sftpack.progress import progress_bar
-from sftpack.io.readers import InputSource, ReadOptions, Row, provenance_line
+from sftpack.io.readers import InputSource, ReadOptions, Row, provenance_line, reference
 
 MANIFEST_SUFFIX = ".validate.json"
 REJECTS_SUFFIX = ".rejects.jsonl"
@@ -322,7 +322,8 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig,
 
 
 def summary(result: dict[str, Any], errors: int = 10) -> list[str]:
-    """Human-readable lines: per-file counts and warnings, then the first errors as file:line (or row).
+    """Human-readable lines: per-file counts and warnings, then the first errors as file:line (a row's number for
+    Arrow containers).
 
     Args:
         result: what `run` returned.
@@ -344,10 +345,7 @@ def summary(result: dict[str, Any], errors: int = 10) -> list[str]:
                              f"{', ...' if w['count'] > len(w['first']) else ''})")
     quoted = [(m["input"]["path"], r) for m in result["files"] for r in m["first_rejects"]][:errors]
     for path, reject in quoted:
-        if "line" in reject:
-            where = f"{path}:{reject['line']}"
-        else:  # `x.parquet row 3`, or `folder: part-1.parquet row 3` for an input of several files
-            where = f"{path}{'' if Path(path).name == reject['input'] else ': ' + reject['input']} row {reject['row']}"
+        where = f"{path}:{reject['line']}" if "line" in reject else reference(path, reject["input"], reject["row"])
         for e in reject["errors"][:3]:
             lines.append(f"{where}: {e['path'] or '(line)'} [{e['rule']}] {e['message']}")
     return lines

@@ -263,5 +263,5 @@ def _merge(cfg: Any, source: Any, parts: list[tuple[dict, np.ndarray]]) -> Any:
             elif source.verbatim:
                 first_seen[key] = line
             else:  # readers.Row.where()
-                first_seen[key] = f"{summary['file']}:{line}" if summary["raw"] else f"{summary['file']} row {line}"
+                first_seen[key] = f"{summary['file']}:{line}"
     return tally

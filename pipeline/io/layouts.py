@@ -52,8 +52,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
-from sftpack.errors import SftpackError
-from sftpack.checks.messages import ROLES, RowError, json_error_text
+from sftpack.errors import SftpackError, json_error_text
+from sftpack.checks.messages import ROLES, RowError
 
 Record = dict[str, Any]
 LAYOUTS = ("messages", "sharegpt", "alpaca")

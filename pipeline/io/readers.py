@@ -11,7 +11,7 @@ the layouts and their conversion rules). Nothing is read whole: memory holds one
 (Arrow) or one line (JSONL).
 
 A record that cannot be converted gives a RowError naming the field (`/conversations/3/from`) and a
-message naming the input and row is built from `Row.where()`: `data.parquet row 12`. JSONL lines
+message naming the input and row is built from `Row.where()`: `data.parquet:12`. JSONL lines
 that are not JSON objects give the same RowError validate has always given (sftpack.checks.messages).
 """
 
@@ -35,7 +35,7 @@ from sftpack.checks.messages import RowError
 # (input_containers) are listed because callers import them from here: stages, tests,
 # pipeline/report/stage.py, pipeline/distributed/driver.py; `_file_items` likewise, for pipeline/distributed/driver.py.
 __all__ = ["DATA_SUFFIXES", "ColumnMap", "InputSource", "ReadOptions", "Row", "converter", "file_container",
-           "open_input", "provenance_line"]
+           "open_input", "provenance_line", "reference"]
 _file_items = file_items
 
 PROVENANCE_KEYS = ("input", "row")
@@ -86,8 +86,8 @@ class Row(NamedTuple):
         return self.record is None and self.error is None
 
     def where(self) -> str:
-        """`x.jsonl:3` for a JSONL line, `data.parquet row 12` otherwise."""
-        return f"{self.file}:{self.number}" if self.raw is not None else f"{self.file} row {self.number}"
+        """`x.jsonl:3`, `data.parquet:12`: the file and its line or row (`reference`)."""
+        return f"{self.file}:{self.number}"
 
 
 # ---------------------------------------------------------------- an opened input
@@ -276,6 +276,18 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
     else:
         source.layout = format
     return source
+
+
+def reference(spec: str, file: str, number: int) -> str:
+    """Where a row is, written one way everywhere: `x.parquet:505` for a row of the input itself,
+    `part-1.parquet:505 (in data/)` for one of a folder's or glob's files.
+
+    Args:
+        spec: the input as given.
+        file: the row's file, relative to the input (Row.file).
+        number: its line or row, from 1.
+    """
+    return f"{spec}:{number}" if Path(spec).name == file else f"{file}:{number} (in {spec})"
 
 
 def provenance_line(row: Row) -> tuple[bytes | None, RowError | None]:

@@ -35,6 +35,7 @@ from sftpack.errors import SftpackError
 from sftpack.store.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from sftpack.io.readers import InputSource, ReadOptions
 from sftpack.packing.options import PackConfig
+from sftpack.templates.tokenizer import check_tokenizer_folder
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
 if TYPE_CHECKING:
@@ -100,9 +101,7 @@ def _fingerprint_of(sources: list[InputSource], cfg: PackConfig) -> tuple[str, l
     Raises:
         SftpackError: no tokenizer folder, or no template file where one is named.
     """
-    tokenizer_path = Path(cfg.tokenizer)
-    if not tokenizer_path.is_dir():
-        raise SftpackError(f"{tokenizer_path}: tokenizer folder not found (--tokenizer)")
+    tokenizer_path = check_tokenizer_folder(cfg.tokenizer)
     template_sha = None
     if cfg.chat_template:
         if not Path(cfg.chat_template).is_file():
