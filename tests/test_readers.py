@@ -134,11 +134,11 @@ def test_column_map_and_role_map(tmp_path):
 
 
 def test_undetectable_layout_names_keys_and_layouts(tmp_path):
-    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "completion": "b"}]), tmp_path / "pc.parquet")
+    pq.write_table(pa.Table.from_pylist([{"question": "a", "answer": "b"}]), tmp_path / "pc.parquet")
     with pytest.raises(SftpackError) as err:
         open_input(tmp_path / "pc.parquet")
-    assert "first record's keys (completion, prompt)" in str(err.value)
-    assert all(word in str(err.value) for word in ("messages", "sharegpt", "alpaca", "--format"))
+    assert "first record's keys (answer, question)" in str(err.value)
+    assert all(word in str(err.value) for word in ("messages", "sharegpt", "alpaca", "prompt_completion", "--format"))
     with pytest.raises(SftpackError, match="expected one of auto, messages"):
         open_input(tmp_path / "pc.parquet", format="openai")
 

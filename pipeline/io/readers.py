@@ -1,7 +1,7 @@
 """Read conversations from any container and layout into messages form, in streamed batches.
 
     spec ──input_containers──> items ──input_layouts──> Row (a record in messages form, or a RowError)
-          JSONL/.gz/.zst, Parquet       messages, sharegpt, alpaca,
+          JSONL/.gz/.zst, Parquet       messages, sharegpt, alpaca, prompt_completion,
           files/folders/globs,          a column map (`ColumnMap`)
           save_to_disk, dataset names
 
@@ -50,7 +50,7 @@ class ReadOptions:
     """How inputs are read: what validate, convert-data, pack and report pass to `open_input`."""
 
     format: str = "auto"
-    """Layout: auto (from the first record's keys) | messages | sharegpt | alpaca."""
+    """Layout: auto (from the first record's keys) | messages | sharegpt | alpaca | prompt_completion."""
     split: str | None = None
     """Split of a dataset name or a DatasetDict save_to_disk folder (None: train)."""
     columns: ColumnMap = field(default_factory=ColumnMap)
@@ -242,7 +242,7 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
 
     Args:
         spec: a file, a folder (Parquet files or a save_to_disk dataset), a glob, or a dataset name.
-        format: auto (the layout from the first record's keys) | messages | sharegpt | alpaca.
+        format: auto (the layout from the first record's keys) | messages | sharegpt | alpaca | prompt_completion.
         split: split of a dataset name or DatasetDict folder (None: train); ignored for files.
         columns: a column map for data in another shape.
 
