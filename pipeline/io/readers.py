@@ -251,8 +251,8 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
 
     Raises:
         SftpackError: (exit 2) no such input, an unreadable one, one without records (empty, or
-            blank lines only), a folder without data, a glob matching nothing, a dataset not in the cache, a split not there, a layout not detected,
-            an unknown format.
+            blank lines only), a folder without data, a glob matching nothing, a dataset not in
+            the cache, a split not there, a layout not detected, an unknown format.
     """
     spec, columns = str(spec), columns or ColumnMap()
     ReadOptions(format, split, columns)  # checks the format
