@@ -126,7 +126,7 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
     if run_config is not None:
         cfg = PackConfig.from_run_config(run_config, **given)
     elif "tokenizer" not in given:
-        raise SftpackError("pack: give tokenizer= (--tokenizer PATH), or a config with model.name_or_path")
+        raise SftpackError("give tokenizer= (--tokenizer PATH), or a config with model.name_or_path")
     else:
         cfg = PackConfig(**given)
     manifest = pack_stage.run(list(inputs), out_dir, cfg, read_options(run_config, format, split, columns))

@@ -31,7 +31,10 @@ STAGES = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    from sftpack import __version__
+
     parser = argparse.ArgumentParser(prog="sftpack", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sftpack {__version__}")
     sub = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, help_text in STAGES.items():

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="JSONL (.gz, .zst), Parquet file, folder, glob or dataset name")
     parser.add_argument("--out", required=True, help="messages JSONL to write (rejects and manifest beside it)")
     parser.add_argument("--allow-rejects", action="store_true", help="exit 0 even when rows cannot be converted")
-    add_input_arguments(parser)
+    add_input_arguments(parser, config=False)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from sftpack.config.data_options import CHOICES, DATA_KEYS
+from sftpack.config.data_options import CHOICES, DATA_KEYS, DEFAULT_MAX_LENGTH
 
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -14,7 +14,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data options (default: --config's model and data sections)")
     group.add_argument("--tokenizer", help="tokenizer (model) folder")
     group.add_argument("--max-length", type=int, help="longest packed row in tokens; longer examples are dropped "
-                                                      "or truncated")
+                                                      f"or truncated (default: {DEFAULT_MAX_LENGTH} without --config)")
     group.add_argument("--chat-template", help="Jinja template file replacing the tokenizer's")
     group.add_argument("--strategy", choices=CHOICES["strategy"], help="bfd: pack several examples per row; "
                                                                         "none: one per row")

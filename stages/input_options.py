@@ -8,11 +8,12 @@ from typing import Any
 from sftpack.io.layouts import FORMATS, TARGETS, ColumnMap, parse_role_map
 
 
-def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+def add_input_arguments(parser: argparse.ArgumentParser, config: bool = True) -> None:
+    """--format, --split and the column map; `config`: the stage takes --config (data.format)."""
     group = parser.add_argument_group("input layout (README \"Input formats\")")
+    default = "data.format of --config, else auto" if config else "auto"
     group.add_argument("--format", choices=FORMATS,
-                       help="layout of the inputs (default: data.format of --config, else auto: from the first "
-                            "record's keys)")
+                       help=f"layout of the inputs (default: {default}: from the first record's keys)")
     group.add_argument("--split", help="split of a dataset name or DatasetDict folder (default: train)")
     group.add_argument("--messages-field", help="field holding the list of turns (messages / conversations)")
     group.add_argument("--role-key", help="key of a turn naming its speaker (role / from)")

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from sftpack import api
-from sftpack.packing.stage import audit_warnings
+from sftpack.packing.stage import audit_warnings, drop_hints
 from sftpack.cli.data_options import add_data_arguments, data_flags
 from sftpack.cli.input_options import add_input_arguments, read_arguments
 
@@ -16,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                   "folders, globs or dataset names (usually validate's output)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
     parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")
-    parser.add_argument("--num-proc", type=int, default=1)
+    parser.add_argument("--allow-rejects", action="store_true", default=None,
+                        help="pack the rest when records fail validate's checks (default: data.allow_rejects of "
+                             "--config, else false: stop, naming them)")
+    parser.add_argument("--num-proc", type=int, default=1,
+                        help="encoding processes (default 1); the output is the same for any value")
     parser.add_argument("--ray", metavar="ADDRESS", help="encode and write on a Ray cluster: local, auto, HOST:PORT "
                                                          "or ray://HOST:PORT (same output; README \"More than one machine\")")
     add_data_arguments(parser)
@@ -24,12 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray}
+    flags = data_flags(args) | {"num_proc": args.num_proc, "ray": args.ray, "allow_rejects": args.allow_rejects}
     folder = api.pack(args.inputs, args.out_dir, config=args.config, **flags, **read_arguments(args))
     manifest = folder.manifest
     t = manifest["totals"]
     verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
-    dropped = ", ".join(f"{k}={v}" for k, v in t["dropped"].items()) or "none"
+    over = f" over {manifest['options']['max_length']}"  # too_long=28 over 1024: the limit they were over
+    dropped = ", ".join(f"{k}={v}{over if k == 'too_long' else ''}" for k, v in t["dropped"].items()) or "none"
     print(f"{verb}: {t['examples_packed']}/{t['examples_read']} examples -> {t['rows']} rows "
           f"(lower bound {t['lower_bound_rows']}), {t['tokens']:,} tokens, {t['trained_tokens']:,} trained "
           f"({t['trained_share']:.1%}), packing efficiency {t['packing_efficiency']:.2%}, "
@@ -38,7 +43,7 @@ def main(args: argparse.Namespace) -> int:
     if audit.get("split_conversations"):
         print(f"split: {audit['split_conversations']} conversations into {t['sequences_packed']} sequences in all, "
               f"{audit['split_extra_tokens']:,} extra tokens (--turns auto: every turn trained as the model writes it)")
-    for warning in audit_warnings(audit):
+    for warning in audit_warnings(audit) + drop_hints(manifest):
         print(f"warning: {warning}", file=sys.stderr)
     rejected = sum(v for k, v in t["dropped"].items() if k.startswith("rejected_"))
     if rejected:  # pack never trains on what validate rejects; say where to look

@@ -24,4 +24,6 @@ def main(args: argparse.Namespace) -> int:
                         out_dir=args.out_dir)
     report = run(load_config(args.config, args.overrides), scfg)
     print(format_report(report))
+    if report.get("files"):
+        print(f"wrote {' and '.join(report['files'])}")
     return 0 if report["passed"] else 1

@@ -10,7 +10,7 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="run config YAML (model, data, monitor, train)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="dotted overrides, e.g. train.max_steps=20 train.resume_from_checkpoint=last")
+                        help="dotted overrides, e.g. train.max_steps=20 train.resume_from_checkpoint=true")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from sftpack import api
 from sftpack.checks.validate import ValidateConfig, summary
@@ -33,4 +34,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     print("\n".join(summary(result)), file=sys.stderr if result["totals"]["rejected"] else sys.stdout)
-    return 1 if result["totals"]["rejected"] and not args.allow_rejects else 0
+    if result["totals"]["rejected"] and not args.allow_rejects:
+        rejects = [str(Path(args.out_dir) / m["outputs"]["rejects"]["path"]) for m in result["files"]
+                   if m["counts"]["rejected"]]
+        print(f"rejected lines, with line, rule and message: {', '.join(rejects)}; fix them, or pass "
+              "--allow-rejects (data.allow_rejects: true) to go on with the kept lines", file=sys.stderr)
+        return 1
+    return 0

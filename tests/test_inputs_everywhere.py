@@ -145,10 +145,11 @@ def _bad_file(tmp_path: Path) -> Path:
 
 def test_pack_drops_what_validate_rejects_under_its_rule(model_dir, tmp_path, capsys):
     raw = _bad_file(tmp_path)
-    assert cli(["pack", str(raw), "--tokenizer", str(model_dir), "--out-dir", str(tmp_path / "packed")]) == 0
+    assert cli(["pack", str(raw), "--tokenizer", str(model_dir), "--out-dir", str(tmp_path / "packed"),
+                "--allow-rejects"]) == 0
     printed = capsys.readouterr()
     assert "4 examples failed validate's checks" in printed.err and "raw.jsonl:2 [control_token]" in printed.err
-    manifest = pack([raw], tmp_path / "packed", PackConfig(tokenizer=str(model_dir)))
+    manifest = pack([raw], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), allow_rejects=True))
     assert manifest["reused"] and manifest["path"] == printed.out.strip().splitlines()[-1]
     assert manifest["totals"]["dropped"] == {"rejected_control_token": 1, "rejected_role_order": 1,
                                              "rejected_schema_type": 1, "rejected_invalid_json": 1}
@@ -174,7 +175,7 @@ def test_pack_drops_rows_the_reader_cannot_convert(model_dir, tmp_path):
     rows = [{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
             {"conversations": [{"from": "human", "value": "Hi"}, {"from": "bot", "value": "Hello"}]}]
     path = _write_container(rows, tmp_path, "parquet")
-    manifest = pack([path], tmp_path / "packed", PackConfig(tokenizer=str(model_dir)))
+    manifest = pack([path], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), allow_rejects=True))
     assert manifest["totals"]["dropped"] == {"rejected_convert_role": 1}
     [drop] = manifest["first_drops"]
     assert (drop["input"], drop["line"], drop["rule"]) == ("data.parquet", 2, "convert_role")

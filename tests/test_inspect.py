@@ -33,7 +33,8 @@ def packed(tmp_path_factory, model_dir) -> Path:
     from sftpack.packing.stage import PackConfig
     from sftpack.packing.stage import run as pack
 
-    result = pack([FIXTURE], tmp_path_factory.mktemp("packed"), PackConfig(tokenizer=str(model_dir), max_length=128))
+    result = pack([FIXTURE], tmp_path_factory.mktemp("packed"), PackConfig(tokenizer=str(model_dir), max_length=128,
+                                                                              allow_rejects=True))
     return Path(result["path"])
 
 

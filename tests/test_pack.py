@@ -259,7 +259,7 @@ def test_bad_inputs_give_clear_errors(model_dir, tmp_path, capsys):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert cli(["pack", str(empty), "--out-dir", str(tmp_path), "--tokenizer", str(model_dir)]) == 2
-    assert "no example left to pack" in capsys.readouterr().err
+    assert f"{empty}: no records" in capsys.readouterr().err
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # nothing half-written
 
 

@@ -19,7 +19,7 @@ from sftpack.plan.arithmetic import (
     warmup_steps_for,
 )
 from sftpack.plan.format import PLAN_KEYS, SCHEDULES, draw_schedules
-from sftpack.plan.table import SIZE_TABLE, count_parameters, parse_params
+from sftpack.plan.table import SIZE_TABLE, count_parameters, parse_params, pick_row
 from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -70,6 +70,8 @@ def test_count_parameters_needs_config_json(tmp_path):
 
 
 SEED_ROWS = {
+    "under 1B": dict(learning_rate=1e-4, effective_batch_size=32, num_train_epochs=3, warmup_ratio=0.1,
+                     weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="cosine"),
     "1-3B": dict(learning_rate=5e-5, effective_batch_size=32, num_train_epochs=3, warmup_ratio=0.03,
                  weight_decay=0.01, max_grad_norm=1.0, lr_scheduler_type="cosine"),
     "7-13B": dict(learning_rate=2e-5, effective_batch_size=64, num_train_epochs=3, warmup_ratio=0.03,
@@ -92,7 +94,7 @@ def test_table_is_sorted_and_seeded():
     ("1B", "1-3B", None), ("1.7B", "1-3B", None), ("3B", "1-3B", None),
     ("7B", "7-13B", None), ("8B", "7-13B", None), ("13B", "7-13B", None),
     ("30B", "30-70B", None), ("70B", "30-70B", None),
-    ("135M", "1-3B", "below the table"), ("405B", "30-70B", "above the table"),
+    ("135M", "under 1B", None), ("500M", "under 1B", None), ("405B", "30-70B", "above the table"),
     ("4B", "1-3B", "between"), ("5B", "7-13B", "between"), ("20B", "30-70B", "between"),
 ])
 def test_each_size_row_and_outside_the_table(params, label, note):
@@ -113,11 +115,11 @@ def test_each_size_row_and_outside_the_table(params, label, note):
         assert any(note in n and label in n for n in plan.notes)
 
 
-def test_real_model_is_below_the_table(model_dir):
+def test_real_model_has_its_row(model_dir):
     plan = make_plan(PlanRequest(model=str(model_dir), examples=100))
     assert plan.num_params == 134_515_008
-    assert plan.row.label == "1-3B"
-    assert any("0.13B parameters is below the table" in n for n in plan.notes)
+    assert plan.row.label == "under 1B"
+    assert not any("table" in n for n in plan.notes)
 
 
 # --- batch arithmetic ------------------------------------------------------------------
@@ -279,7 +281,7 @@ def test_written_config_loads(tmp_path, capsys, model_dir):
         "per_device_train_batch_size": planned["per_device_train_batch_size"],
         "gradient_accumulation_steps": planned["gradient_accumulation_steps"],
         "num_train_epochs": planned["num_train_epochs"],
-        "warmup_steps": 0.03,  # the ratio, as transformers 5 reads a float below 1
+        "warmup_steps": 0.1,  # the under 1B row's ratio (transformers 5 reads a float below 1 so)
         "weight_decay": planned["weight_decay"],
         "max_grad_norm": planned["max_grad_norm"],
         "lr_scheduler_type": "cosine",
@@ -349,3 +351,26 @@ def test_write_json_is_the_json_object(tmp_path, capsys):
     assert code == 0, err
     assert json.loads(out_file.read_text()) == json.loads(out)
     assert f"wrote json: {out_file}" in err
+
+
+def test_demo_config_follows_plan_or_says_where_it_deviates():
+    row, _ = pick_row(134_515_008)
+    assert row.label == "under 1B"
+    wanted = {"learning_rate": row.learning_rate, "warmup_steps": row.warmup_ratio, "weight_decay": row.weight_decay,
+              "max_grad_norm": row.max_grad_norm, "lr_scheduler_type": row.lr_scheduler_type,
+              "num_train_epochs": row.num_train_epochs, "gradient_accumulation_steps": row.effective_batch_size}
+    lines = (REPO / "configs" / "demo.yaml").read_text().splitlines()
+    train = yaml.safe_load("\n".join(lines))["train"]
+    for key, value in wanted.items():
+        if key == "gradient_accumulation_steps":  # the effective batch, with one process
+            got = train["per_device_train_batch_size"] * train[key]
+        else:
+            got = train[key]
+        said = "\n".join(line for line in lines if "plan:" in line)
+        assert got == value or f"plan: {value}" in said or f"plan: effective batch {value}" in said, (key, got, value)
+
+
+def test_few_steps_are_flagged():
+    assert any("only 12 optimizer steps (fewer than 50)" in n
+               for n in make_plan(PlanRequest(params="135M", examples=100)).notes)
+    assert not any("fewer than 50" in n for n in make_plan(PlanRequest(params="135M", examples=1000)).notes)

@@ -134,11 +134,11 @@ def test_column_map_and_role_map(tmp_path):
 
 
 def test_undetectable_layout_names_keys_and_layouts(tmp_path):
-    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "completion": "b"}]), tmp_path / "pc.parquet")
+    pq.write_table(pa.Table.from_pylist([{"question": "a", "answer": "b"}]), tmp_path / "pc.parquet")
     with pytest.raises(SftpackError) as err:
         open_input(tmp_path / "pc.parquet")
-    assert "first record's keys (completion, prompt)" in str(err.value)
-    assert all(word in str(err.value) for word in ("messages", "sharegpt", "alpaca", "--format"))
+    assert "first record's keys (answer, question)" in str(err.value)
+    assert all(word in str(err.value) for word in ("messages", "sharegpt", "alpaca", "prompt_completion", "--format"))
     with pytest.raises(SftpackError, match="expected one of auto, messages"):
         open_input(tmp_path / "pc.parquet", format="openai")
 
@@ -189,7 +189,7 @@ def test_folder_glob_and_save_to_disk(tmp_path):
     pq.write_table(pa.Table.from_pylist(records[2:]), tmp_path / "pq" / "b.parquet")
     folder = open_input(tmp_path / "pq")
     assert _records(folder) == expected and folder.container == "folder" and folder.identity()["rows"] == 5
-    assert [r.where() for b in folder.batches() for r in b][2] == "b.parquet row 1"
+    assert [r.where() for b in folder.batches() for r in b][2] == "b.parquet:1"
     assert _records(open_input(str(tmp_path / "pq" / "*.parquet"))) == expected
 
     datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:3]),
@@ -276,8 +276,8 @@ def test_validate_parquet_sharegpt_writes_provenance_and_names_rejects(tmp_path,
     out = tmp_path / "out"
     assert cli(["validate", str(tmp_path / "data.parquet"), "--out-dir", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "data.parquet row 2: /conversations/1/from [convert_role] conversations[1].from 'bot'" in err
-    assert "data.parquet row 3: /messages/2/role [role_order]" in err
+    assert "data.parquet:2: /conversations/1/from [convert_role] conversations[1].from 'bot'" in err
+    assert "data.parquet:3: /messages/2/role [role_order]" in err
     (kept,) = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     assert kept == SHAREGPT_AS_MESSAGES | {"input": "data.parquet", "row": 1}
     rejects = [json.loads(line) for line in (out / "data.rejects.jsonl").read_text().splitlines()]
@@ -309,7 +309,7 @@ def test_convert_data(tmp_path, capsys):
     path = _write_jsonl(tmp_path / "in.jsonl.zst", [SHAREGPT, bad])
     out = tmp_path / "conv" / "out.jsonl"
     assert cli(["convert-data", str(path), "--out", str(out)]) == 1
-    assert "in.jsonl.zst row 2: /conversations/0/from [convert_role]" in capsys.readouterr().err
+    assert "in.jsonl.zst:2: /conversations/0/from [convert_role]" in capsys.readouterr().err
     assert [json.loads(line) for line in out.read_text().splitlines()] == [
         SHAREGPT_AS_MESSAGES | {"input": "in.jsonl.zst", "row": 1}]
     manifest = json.loads((tmp_path / "conv" / "out.convert.json").read_text())

@@ -155,7 +155,8 @@ def test_packed_folder_report(tmp_path, model_dir):
     from sftpack.packing.stage import PackConfig
     from sftpack.packing.stage import run as pack
 
-    packed = pack([FIXTURE], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), max_length=MAX_LENGTH))
+    packed = pack([FIXTURE], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), max_length=MAX_LENGTH,
+                                                             allow_rejects=True))
     result = run([packed["path"]], tmp_path / "report.html", ReportConfig())
     totals = packed["totals"]
     assert result["kind"] == "packed"

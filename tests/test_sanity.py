@@ -76,6 +76,8 @@ def test_sanity_report_passes_on_a_learning_setup(tmp_path, tiny_model_dir, pack
     assert report["prompt"].endswith("<|im_start|>assistant\n")  # held out: a validation prompt
     assert isinstance(report["answer_before"], str) and isinstance(report["answer_after"], str)
     assert "PASS: loss decreased" in text and "greedy answer after training" in text
+    sanity_dir = tmp_path / "run" / "sanity"
+    assert text.splitlines()[-1] == f"wrote {sanity_dir / 'sanity.txt'} and {sanity_dir / 'sanity.json'}"
     assert not list((tmp_path / "run" / "sanity").glob("checkpoint-*"))  # sanity saves nothing
     assert not (tmp_path / "run" / "sanity" / "runs").exists()  # and reports to no tracker
 
@@ -90,3 +92,11 @@ def test_sanity_exits_nonzero_when_training_diverges(tmp_path, tiny_model_dir, p
     # --out-dir (what `make sanity` uses): the report goes there, not under train.output_dir.
     assert json.loads((tmp_path / "checked" / "sanity.json").read_text())["verdict"] == "FAIL"
     assert not (tmp_path / "run").exists()
+
+
+def test_sanity_without_the_demo_data_names_make_demo_data(tmp_path, tiny_model_dir, packed_chat, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a fresh checkout: configs/demo.yaml's data/demo/*.jsonl are not made yet
+    config = _config(tmp_path, tiny_model_dir, packed_chat)
+    assert cli(["sanity", "--config", str(config), "data.train=data/demo/train.jsonl"]) == 2
+    err = capsys.readouterr().err
+    assert "data/demo/train.jsonl: input file not found" in err and "make demo-data" in err

@@ -311,13 +311,13 @@ def test_early_stopping_on_eval_loss(tiny_model_dir, packed_chat, tmp_path):
 
 # ---------------------------------------------------------------- health rules
 
-def _feed(health, logs_per_step):
+def _feed(health, logs_per_step, args=None):
     state, control = TrainerState(), TrainerControl()
     seen = []
     for step, logs in enumerate(logs_per_step, 1):
         state.global_step = step
         logs = dict(logs)
-        health.on_log(None, state, control, logs=logs)
+        health.on_log(args, state, control, logs=logs)
         seen.append(logs)
     return seen
 
@@ -338,9 +338,24 @@ def test_health_rules_warn_in_logs_with_advice():
     kinds = [w.kind for w in health.warnings]
     assert kinds == ["loss_spike", "grad_norm_high", "throughput_drop", "grad_norm_low", "memory_growth",
                      "eval_rising"]
-    assert logs[3]["health_loss_spike"] == 1.0 and "grad norm 50" in logs[3]["health_warning"]
-    assert "reduce the learning rate 2-3x" in logs[7]["health_warning"] and "weight_decay" in logs[7]["health_warning"]
-    assert "health_warning" not in logs[0]
+    # the log dict holds short codes; the full texts are the warnings (logged each on its own line)
+    assert logs[3]["health_loss_spike"] == 1.0 and logs[3]["health_warning"] == "loss_spike, grad_norm_high, throughput_drop"
+    messages = {w.kind: w.message for w in health.warnings}
+    assert "grad norm 50" in messages["grad_norm_high"]
+    assert "reduce the learning rate 2-3x" in messages["eval_rising"] and "weight_decay" in messages["eval_rising"]
+    assert logs[7]["health_warning"] == "eval_rising" and "health_warning" not in logs[0]
+
+
+@pytest.mark.parametrize("max_grad_norm,advice", [(1.0, "before clipping (max_grad_norm 1.0"), (0.0, "set max_grad_norm")])
+def test_grad_norm_warning_knows_about_clipping(tmp_path, max_grad_norm, advice):
+    from transformers import TrainingArguments
+
+    health = HealthCallback(cfg=MonitorConfig(grad_norm_high=10))
+    args = TrainingArguments(output_dir=str(tmp_path), max_grad_norm=max_grad_norm, report_to="none")
+    _feed(health, [{"loss": 2.0, "grad_norm": 10.19}], args)
+    [warning] = health.warnings
+    assert warning.kind == "grad_norm_high" and advice in warning.message
+    assert ("set max_grad_norm" in warning.message) == (max_grad_norm == 0.0)
 
 
 # ---------------------------------------------------------------- two processes, gloo

@@ -260,7 +260,8 @@ def test_cli_exit_codes(tmp_path, capsys, real_data):
     assert "would overwrite the input" in capsys.readouterr().err
     other = tmp_path / "other" / "fastchat_dummy_conversation.jsonl"
     other.parent.mkdir()
-    other.write_bytes(b"")
+    other.write_bytes(clean_bytes := Path(clean).read_bytes())
+    assert clean_bytes
     assert cli(["validate", clean, str(other), "--out-dir", str(tmp_path / "e")]) == 2
     assert "would both write" in capsys.readouterr().err
     assert cli(["validate", clean, "--out-dir", str(tmp_path / "f"), "--tokenizer", str(tmp_path / "nope")]) == 2

@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 import msgspec
 
 from sftpack.checks.schema import schema_fast_type, schema_validator
+from sftpack.errors import json_error_text
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGE_CHARS = 200  # error messages quote the offending value; keep them one line
@@ -111,7 +112,7 @@ def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowEr
     try:
         value, end = _DECODER.raw_decode(text)
     except json.JSONDecodeError as err:
-        return None, [RowError("", "invalid_json", f"{err.msg} at column {err.colno}")]
+        return None, [RowError("", "invalid_json", json_error_text(err))]
     except (ValueError, RecursionError) as err:
         return None, [RowError("", "invalid_json", str(err) or "nested too deeply")]
     if text[end:].strip():
@@ -162,7 +163,7 @@ def schema_errors(record: Any, fast: bool = True) -> list[RowError]:
         path = _pointer(err.absolute_path)
         message = _shorten(err.message)
         if err.validator == "enum" and path.endswith("/role"):
-            message += "; map other role names (human -> user, gpt -> assistant, function -> tool)"
+            message += "; map other role names (human -> user, gpt -> assistant): --role-map user=human,assistant=gpt"
         errors.append((list(map(str, err.absolute_path)), RowError(path, f"schema_{err.validator}", message)))
     # Natural document order: /messages/2 before /messages/10.
     errors.sort(key=lambda item: [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in item[0]])

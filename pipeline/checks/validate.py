@@ -43,7 +43,7 @@ from sftpack.store.fingerprint import tokenizer_identity
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS, Check, RowError, schema_errors, tokenizer_checks
 from sftpack.progress import progress_bar
-from sftpack.io.readers import InputSource, ReadOptions, Row, provenance_line
+from sftpack.io.readers import InputSource, ReadOptions, Row, provenance_line, reference
 
 MANIFEST_SUFFIX = ".validate.json"
 REJECTS_SUFFIX = ".rejects.jsonl"
@@ -72,7 +72,7 @@ class ValidateConfig:
         if self.examples < 0:
             problems.append(f"examples {self.examples}: must be 0 or more")
         if problems:
-            raise SftpackError("validate options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
 
 def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[InputSource]:
@@ -103,7 +103,7 @@ def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[In
             if not os.access(out_dir, os.W_OK | os.X_OK):
                 problems.append(f"{out_dir}: cannot write to the output folder (permission denied)")
     if problems:
-        raise SftpackError("validate: " + "\n  ".join(problems), exit_code=2)
+        raise SftpackError("\n  ".join(problems), exit_code=2)
     return sources
 
 
@@ -308,7 +308,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig,
     """
     out = Path(out_dir)
     if not inputs:
-        raise SftpackError("validate: give at least one input JSONL file", exit_code=2)
+        raise SftpackError("give at least one input", exit_code=2)
     sources = _open_inputs([str(p) for p in inputs], out, read or ReadOptions())
     checks, tokenizer_info = list(ROW_CHECKS), None
     if cfg.tokenizer:
@@ -322,7 +322,8 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig,
 
 
 def summary(result: dict[str, Any], errors: int = 10) -> list[str]:
-    """Human-readable lines: per-file counts and warnings, then the first errors as file:line (or row).
+    """Human-readable lines: per-file counts and warnings, then the first errors as file:line (a row's number for
+    Arrow containers).
 
     Args:
         result: what `run` returned.
@@ -344,10 +345,7 @@ def summary(result: dict[str, Any], errors: int = 10) -> list[str]:
                              f"{', ...' if w['count'] > len(w['first']) else ''})")
     quoted = [(m["input"]["path"], r) for m in result["files"] for r in m["first_rejects"]][:errors]
     for path, reject in quoted:
-        if "line" in reject:
-            where = f"{path}:{reject['line']}"
-        else:  # `x.parquet row 3`, or `folder: part-1.parquet row 3` for an input of several files
-            where = f"{path}{'' if Path(path).name == reject['input'] else ': ' + reject['input']} row {reject['row']}"
+        where = f"{path}:{reject['line']}" if "line" in reject else reference(path, reject["input"], reject["row"])
         for e in reject["errors"][:3]:
             lines.append(f"{where}: {e['path'] or '(line)'} [{e['rule']}] {e['message']}")
     return lines

@@ -163,7 +163,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
     started = time.perf_counter()
     out = Path(out_dir).resolve()
     if not inputs:
-        raise SftpackError("validate: give at least one input JSONL file", exit_code=2)
+        raise SftpackError("give at least one input", exit_code=2)
     sources = _open_inputs([str(p) for p in inputs], out, read or ReadOptions())
     tokenizer_info, worker_cfg = None, cfg
     if cfg.tokenizer:
@@ -263,5 +263,5 @@ def _merge(cfg: Any, source: Any, parts: list[tuple[dict, np.ndarray]]) -> Any:
             elif source.verbatim:
                 first_seen[key] = line
             else:  # readers.Row.where()
-                first_seen[key] = f"{summary['file']}:{line}" if summary["raw"] else f"{summary['file']} row {line}"
+                first_seen[key] = f"{summary['file']}:{line}"
     return tally

@@ -60,7 +60,7 @@ class DataConfig:
     validation: str | None = None
     """Same as `train`, for evaluation; null for no evaluation."""
     format: str = "auto"
-    """Layout of raw inputs: auto (from the first record's keys) | messages | sharegpt | alpaca (pipeline/io/readers.py)."""
+    """Layout of raw inputs: auto (from the first record's keys) | messages | sharegpt | alpaca | prompt_completion (pipeline/io/readers.py)."""
     max_length: int = DEFAULT_MAX_LENGTH
     """Longest packed row in tokens; also the longest example kept."""
     packing: bool = True

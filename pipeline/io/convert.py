@@ -25,7 +25,7 @@ from typing import Any
 from sftpack import __version__
 from sftpack.store.atomic import atomic_file, write_json
 from sftpack.errors import SftpackError
-from sftpack.io.readers import ReadOptions, Row, provenance_line
+from sftpack.io.readers import ReadOptions, Row, provenance_line, reference
 
 MANIFEST_SUFFIX = ".convert.json"
 REJECTS_SUFFIX = ".convert-rejects.jsonl"
@@ -113,7 +113,7 @@ def run(input: str | Path, out: str | Path, cfg: ConvertConfig) -> dict[str, Any
 
 
 def summary(manifest: dict[str, Any]) -> list[str]:
-    """Human-readable lines: counts, then the first rejects as `input row N: path [rule] message`."""
+    """Human-readable lines: counts, then the first rejects as `input:N: path [rule] message`."""
     c, name = manifest["counts"], manifest["input"]["path"]
     rules = ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in c.items() if k.startswith("rejected_"))
     lines = [f"{name} ({manifest['input']['container']}, {manifest['input']['layout']}): read {c['read']}, "
@@ -121,6 +121,6 @@ def summary(manifest: dict[str, Any]) -> list[str]:
              f" -> {manifest['outputs']['messages']['path']}"]
     for reject in manifest["first_rejects"]:
         for e in reject["errors"]:
-            where = f"{name}{'' if Path(name).name == reject['input'] else ': ' + reject['input']} row {reject['row']}"
+            where = reference(name, reject["input"], reject["row"])
             lines.append(f"{where}: {e['path'] or '(row)'} [{e['rule']}] {e['message']}")
     return lines

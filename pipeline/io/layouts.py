@@ -7,6 +7,7 @@ Each input has one layout, taken from its first record's keys unless `format` na
                (a `messages` list whose turns have `from` reads as sharegpt)
     sharegpt   {"conversations": [{from, value}], "system"?, "tools"?}
     alpaca     {"instruction", "input"?, "output", "system"?, "history"?, "tools"?}
+    prompt_completion  TRL's {"prompt", "completion"}: strings or lists of messages (io/prompt_completion.py)
 
 A first record with none of these keys is an error naming the keys found and the layouts accepted.
 
@@ -52,11 +53,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
-from sftpack.errors import SftpackError
+from sftpack.errors import SftpackError, json_error_text
 from sftpack.checks.messages import ROLES, RowError
+from sftpack.io.prompt_completion import prompt_completion_messages
 
 Record = dict[str, Any]
-LAYOUTS = ("messages", "sharegpt", "alpaca")
+LAYOUTS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 FORMATS = ("auto", *LAYOUTS)
 TARGETS = (*ROLES, "function_call")
 """What a role name in the data may map to: a messages role, or function_call (an assistant tool call)."""
@@ -137,8 +139,8 @@ def convert_tools(value: Any, column: str) -> tuple[list | None, RowError | None
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            return _error(_pointer(column), "convert_tools", f"{column} is not JSON ({err.msg} at column "
-                                                             f"{err.colno}); expected a JSON list of functions")
+            return _error(_pointer(column), "convert_tools", f"{column} is not JSON ({json_error_text(err)}); "
+                                                             "expected a JSON list of functions")
     if not isinstance(value, list):
         return _error(_pointer(column), "convert_tools", f"{column} is a {type(value).__name__}, expected a "
                                                          "list of functions")
@@ -185,7 +187,7 @@ def convert_tool_calls(value: Any, where: str, path: str) -> tuple[list | None, 
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
-            return _error(path, "convert_tool_call", f"{where} is not JSON ({err.msg} at column {err.colno}); "
+            return _error(path, "convert_tool_call", f"{where} is not JSON ({json_error_text(err)}); "
                                                      'expected {"name": ..., "arguments": {...}}')
     calls = []
     for call in value if isinstance(value, list) else [value]:
@@ -339,6 +341,12 @@ def convert_alpaca(source: Record, columns: ColumnMap) -> tuple[Record | None, R
     return _finish(source, messages, columns.tools or "tools")
 
 
+def convert_prompt_completion(source: Record, columns: ColumnMap) -> tuple[Record | None, RowError | None]:
+    """A prompt-completion record (TRL's layout) in messages form: the prompt's turns, then the completion's."""
+    messages, error = prompt_completion_messages(source)
+    return (None, error) if error else _finish(source, messages, columns.tools or "tools")
+
+
 def _identity(source: Record) -> tuple[Record, None]:
     return source, None
 
@@ -366,10 +374,13 @@ def detect_layout(record: Record, columns: ColumnMap, where: str) -> tuple[str, 
             return layout, columns
     if "instruction" in record and "output" in record:
         return "alpaca", columns
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion", columns
     raise SftpackError(
         f"{where}: cannot tell the layout from the first record's keys ({', '.join(sorted(record)) or 'none'}); "
         "accepted: messages (a `messages` list of {role, content}), sharegpt (a `conversations` list of "
-        "{from, value}), alpaca (`instruction` and `output`); name it with --format, and point to other "
+        "{from, value}), alpaca (`instruction` and `output`), prompt_completion (`prompt` and `completion`, "
+        "strings or lists of messages); name it with --format, and point to other "
         "columns with --messages-field, --role-key, --content-key, --role-map")
 
 
@@ -377,6 +388,8 @@ def converter(layout: str, columns: ColumnMap) -> Callable[[Record], tuple[Recor
     """The function turning one record of `layout` into messages form (the identity for plain messages)."""
     if layout == "alpaca":
         return partial(convert_alpaca, columns=columns)
+    if layout == "prompt_completion":
+        return partial(convert_prompt_completion, columns=columns)
     if layout == "messages" and columns.is_default():
         return _identity
     return partial(convert_turns, layout=turns_layout(layout, columns))

@@ -1,7 +1,7 @@
 """Read conversations from any container and layout into messages form, in streamed batches.
 
     spec ──containers──> items ──layouts──> Row (a record in messages form, or a RowError)
-          JSONL/.gz/.zst, Parquet       messages, sharegpt, alpaca,
+          JSONL/.gz/.zst, Parquet       messages, sharegpt, alpaca, prompt_completion,
           files/folders/globs,          a column map (`ColumnMap`)
           save_to_disk, dataset names
 
@@ -11,7 +11,7 @@ the layouts and their conversion rules). Nothing is read whole: memory holds one
 (Arrow) or one line (JSONL).
 
 A record that cannot be converted gives a RowError naming the field (`/conversations/3/from`) and a
-message naming the input and row is built from `Row.where()`: `data.parquet row 12`. JSONL lines
+message naming the input and row is built from `Row.where()`: `data.parquet:12`. JSONL lines
 that are not JSON objects give the same RowError validate has always given (sftpack.checks.messages).
 """
 
@@ -35,7 +35,7 @@ from sftpack.checks.messages import RowError
 # (containers) are listed because callers import them from here: stages, tests,
 # pipeline/report/stage.py, pipeline/distributed/driver.py; `_file_items` likewise, for pipeline/distributed/driver.py.
 __all__ = ["DATA_SUFFIXES", "ColumnMap", "InputSource", "ReadOptions", "Row", "converter", "file_container",
-           "open_input", "provenance_line"]
+           "open_input", "provenance_line", "reference"]
 _file_items = file_items
 
 PROVENANCE_KEYS = ("input", "row")
@@ -50,7 +50,7 @@ class ReadOptions:
     """How inputs are read: what validate, convert-data, pack and report pass to `open_input`."""
 
     format: str = "auto"
-    """Layout: auto (from the first record's keys) | messages | sharegpt | alpaca."""
+    """Layout: auto (from the first record's keys) | messages | sharegpt | alpaca | prompt_completion."""
     split: str | None = None
     """Split of a dataset name or a DatasetDict save_to_disk folder (None: train)."""
     columns: ColumnMap = field(default_factory=ColumnMap)
@@ -86,8 +86,8 @@ class Row(NamedTuple):
         return self.record is None and self.error is None
 
     def where(self) -> str:
-        """`x.jsonl:3` for a JSONL line, `data.parquet row 12` otherwise."""
-        return f"{self.file}:{self.number}" if self.raw is not None else f"{self.file} row {self.number}"
+        """`x.jsonl:3`, `data.parquet:12`: the file and its line or row (`reference`)."""
+        return f"{self.file}:{self.number}"
 
 
 # ---------------------------------------------------------------- an opened input
@@ -220,6 +220,10 @@ class InputSource:
                 totals[key] = sum(i.get(key, 0) for _, i in per_file)
         return {"path": self.spec} | totals | reading
 
+    def has_records(self) -> bool:
+        """Whether any row is more than a blank line (reads up to the first one that is)."""
+        return any(record is not None or error is not None for _, (_, _, record, error) in self._items())
+
     def _detect(self) -> tuple[str, ColumnMap]:
         for count, (_, (_, _, record, _)) in enumerate(self._items()):
             if record is not None:
@@ -238,7 +242,7 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
 
     Args:
         spec: a file, a folder (Parquet files or a save_to_disk dataset), a glob, or a dataset name.
-        format: auto (the layout from the first record's keys) | messages | sharegpt | alpaca.
+        format: auto (the layout from the first record's keys) | messages | sharegpt | alpaca | prompt_completion.
         split: split of a dataset name or DatasetDict folder (None: train); ignored for files.
         columns: a column map for data in another shape.
 
@@ -246,9 +250,9 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
         The InputSource (layout resolved; nothing but the first records read).
 
     Raises:
-        SftpackError: (exit 2) no such input, an unreadable one, a folder without data, a glob
-            matching nothing, a dataset not in the cache, a split not there, a layout not detected,
-            an unknown format.
+        SftpackError: (exit 2) no such input, an unreadable one, one without records (empty, or
+            blank lines only), a folder without data, a glob matching nothing, a dataset not in
+            the cache, a split not there, a layout not detected, an unknown format.
     """
     spec, columns = str(spec), columns or ColumnMap()
     ReadOptions(format, split, columns)  # checks the format
@@ -264,11 +268,26 @@ def open_input(spec: str | os.PathLike, format: str = "auto", split: str | None 
         source = InputSource(spec, "dataset", [], None, columns, dataset=load_dataset(spec, split), split=split)
     else:
         raise SftpackError(f"{spec}: input file not found")
+    if not source.has_records():  # one policy in every stage: an input with nothing to read is an error
+        raise SftpackError(f"{spec}: no records (the input is empty or holds only blank lines); give an input "
+                           "with at least one conversation, or leave this one out")
     if format == "auto":
         source.layout, source.columns = source._detect()
     else:
         source.layout = format
     return source
+
+
+def reference(spec: str, file: str, number: int) -> str:
+    """Where a row is, written one way everywhere: `x.parquet:505` for a row of the input itself,
+    `part-1.parquet:505 (in data/)` for one of a folder's or glob's files.
+
+    Args:
+        spec: the input as given.
+        file: the row's file, relative to the input (Row.file).
+        number: its line or row, from 1.
+    """
+    return f"{spec}:{number}" if Path(spec).name == file else f"{file}:{number} (in {spec})"
 
 
 def provenance_line(row: Row) -> tuple[bytes | None, RowError | None]:

@@ -157,6 +157,8 @@ def encode_lines(batch: Batch) -> dict[str, Any]:
         if example.error:  # template_error, or too_long before tokenizing (tokens stays 0)
             entry["dropped"] = example.reason
             entry["error"] = example.error
+            if example.chars:
+                entry["chars"] = example.chars
             continue
         sequences = _fit(example, cfg, entry)
         if sequences:
@@ -303,12 +305,15 @@ def encode_all(sources: list[InputSource], cfg: PackConfig, spill_path: Path, st
 
 def count_drops(stats: list[dict[str, Any]], dropped: dict[str, int], first: list[dict[str, Any]]) -> None:
     """Add one batch's dropped examples to the counts per reason and to the first 20 drops listed
-    in the manifest (input, line, reason, message, and the validate rule when there is one)."""
+    in the manifest (input, line, reason, message, and the validate rule when there is one; its
+    length: `tokens` once tokenized, or `chars` for a too_long drop decided before tokenizing)."""
     for entry in stats:
         reason = entry["dropped"]
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
             if len(first) < 20:
+                length = {"tokens": entry["tokens"]} if entry["tokens"] else \
+                    {"chars": entry["chars"]} if entry.get("chars") else {}
                 first.append({"input": entry["input"], "line": entry["line"], "reason": reason,
                               "message": entry.get("error", reason)}
-                             | ({"rule": entry["rule"]} if "rule" in entry else {}))
+                             | ({"rule": entry["rule"]} if "rule" in entry else {}) | length)

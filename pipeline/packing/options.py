@@ -45,6 +45,9 @@ class PackConfig:
     """Conversations per tokenizer call."""
     shard_tokens: int = 32_000_000
     """Tokens per shard file (about 256 MB of ids and labels)."""
+    allow_rejects: bool = False
+    """Go on when records fail validate's checks (they are dropped and counted as rejected_<rule>
+    either way); False: the stage fails naming them, as validate does. Not part of the output."""
     ray: str | None = None
     """Encode and write on a Ray cluster (pipeline/distributed/driver.py): local, auto, HOST:PORT or
     ray://HOST:PORT; None runs here. The output is identical either way."""
@@ -54,18 +57,19 @@ class PackConfig:
         if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
             problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
         if problems:
-            raise SftpackError("pack options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
     @classmethod
     def from_run_config(cls, run_config: Any, **overrides: Any) -> "PackConfig":
         """The pack options a run config implies (model.name_or_path, data.*), then `overrides`."""
-        return cls(**data_values(run_config, {"ray": run_config.data.ray} | overrides))
+        implied = {"ray": run_config.data.ray, "allow_rejects": run_config.data.allow_rejects}
+        return cls(**data_values(run_config, implied | overrides))
 
     def mask_options(self) -> MaskOptions:
         """The options that decide which tokens are trained."""
         return MaskOptions(self.train_on, self.turns, self.reasoning)
 
     def output_options(self) -> dict[str, Any]:
-        """The options that change the output (num_proc, threads, batch_size and ray do not)."""
+        """The options that change the output (num_proc, threads, batch_size, ray and allow_rejects do not)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("num_proc", "threads", "batch_size", "tokenizer", "ray")}
+                if k not in ("num_proc", "threads", "batch_size", "tokenizer", "ray", "allow_rejects")}

@@ -35,6 +35,7 @@ from sftpack.errors import SftpackError
 from sftpack.store.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from sftpack.io.readers import InputSource, ReadOptions
 from sftpack.packing.options import PackConfig
+from sftpack.templates.tokenizer import check_tokenizer_folder
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def _fingerprint_input(source: InputSource, identity: dict[str, Any]) -> dict[st
 def _open_sources(inputs: list[str | Path], read: ReadOptions) -> list[InputSource]:
     """Open every input (readers.open_input); collect every problem and raise once (exit 2)."""
     if not inputs:
-        raise SftpackError("pack: no input files given")
+        raise SftpackError("give at least one input")
     sources, problems = [], []
     for spec in inputs:
         try:
@@ -100,9 +101,7 @@ def _fingerprint_of(sources: list[InputSource], cfg: PackConfig) -> tuple[str, l
     Raises:
         SftpackError: no tokenizer folder, or no template file where one is named.
     """
-    tokenizer_path = Path(cfg.tokenizer)
-    if not tokenizer_path.is_dir():
-        raise SftpackError(f"{tokenizer_path}: tokenizer folder not found (--tokenizer)")
+    tokenizer_path = check_tokenizer_folder(cfg.tokenizer)
     template_sha = None
     if cfg.chat_template:
         if not Path(cfg.chat_template).is_file():
@@ -150,7 +149,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
     if existing is not None:
         problems = existing.checksum_errors()  # bytes as pack wrote them; `sftpack verify` rechecks rows too
         if not problems:
-            return {**existing.manifest, "path": str(folder), "reused": True}
+            return reject_policy({**existing.manifest, "path": str(folder), "reused": True}, cfg)
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
     # Building imports what a reused run never needs (numpy, the template, the encoders): that
@@ -167,7 +166,29 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
         raise SftpackError(f"{folder}: writing the packed folder failed: {err.strerror or err} "
                            f"({err.filename or 'shard data'}); free space or choose another --out-dir",
                            exit_code=1) from None
-    return {**manifest, "path": str(folder), "reused": False}
+    return reject_policy({**manifest, "path": str(folder), "reused": False}, cfg)
+
+
+def reject_policy(manifest: dict[str, Any], cfg: PackConfig) -> dict[str, Any]:
+    """The manifest, unless records failed validate's checks and `cfg.allow_rejects` is off.
+
+    The folder is written either way (rejects are not in the fingerprint), so a run with
+    --allow-rejects afterwards reuses it.
+
+    Raises:
+        SftpackError: (exit 1, as validate) naming the count per rule and the first rejected lines.
+    """
+    dropped = manifest["totals"]["dropped"]
+    rejected = {k.removeprefix("rejected_"): v for k, v in dropped.items() if k.startswith("rejected_")}
+    if not rejected or cfg.allow_rejects:
+        return manifest
+    first = [d for d in manifest["first_drops"] if d["reason"].startswith("rejected_")][:5]
+    lines = "".join(f"\n  {d['input']}:{d['line']} [{d['rule']}] {d['message']}" for d in first)
+    raise SftpackError(
+        f"{sum(rejected.values())} of {manifest['totals']['examples_read']} examples failed validate's checks "
+        f"({', '.join(f'{k}={v}' for k, v in rejected.items())}); the first:{lines}\n"
+        "`sftpack validate INPUT --out-dir DIR` writes every one to a rejects file with its line and rule; fix "
+        "them, or pass --allow-rejects (data.allow_rejects: true) to pack the rest", exit_code=1)
 
 
 def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], identity: dict, fp: str,
@@ -192,7 +213,7 @@ def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], iden
                 sources, cfg, spill_path, tmp / "stats.parquet",
                 sum(i.get("lines", i.get("rows", 0)) for i in input_ids))
         if lengths.size == 0:
-            raise SftpackError(f"pack: no example left to pack; drop reasons: {dropped or 'no input lines'}; "
+            raise SftpackError(f"no example left to pack; drop reasons: {dropped or 'no input lines'}; "
                                f"first: {first_errors[:3]}")
         bins = pack_bins(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
         if cfg.ray:
@@ -266,3 +287,36 @@ def audit_warnings(audit: dict[str, int]) -> list[str]:
                                   "told apart; check the template",
     }
     return [f"{audit[key]} {text}" for key, text in fixes.items() if audit.get(key)]
+
+
+HINT_SHARE = 0.01
+"""A drop reason over this share of the examples read gets a hint (`drop_hints`)."""
+
+
+def drop_hints(manifest: dict[str, Any]) -> list[str]:
+    """One sentence per drop reason over HINT_SHARE of the examples read, each with what to do.
+
+    Args:
+        manifest: a pack manifest (its totals, options and first_drops).
+
+    Returns:
+        The hints, in the order of `totals.dropped`.
+    """
+    totals, max_length = manifest["totals"], manifest["options"]["max_length"]
+    read = max(totals["examples_read"], 1)
+    hints = []
+    for reason, count in totals["dropped"].items():
+        if count / read <= HINT_SHARE or reason.startswith("rejected_"):  # rejects: the reject policy says
+            continue
+        said = f"{count} of {totals['examples_read']} examples ({count / read:.1%}) dropped as {reason}"
+        if reason == "too_long":
+            longest = max((d.get("tokens", 0) for d in manifest["first_drops"] if d["reason"] == reason), default=0)
+            seen = f" (up to {longest:,} tokens among the first listed)" if longest else ""
+            hints.append(f"{said}: longer than max_length {max_length}{seen}; --truncation truncate keeps their "
+                         f"first {max_length} tokens, or raise --max-length (data.max_length)")
+        elif reason == "no_trained_tokens":
+            hints.append(f"{said}: nothing left to train (no assistant turn, or --train-on last / truncation left "
+                         "none); see first_drops in manifest.json")
+        else:
+            hints.append(f"{said}: see first_drops in manifest.json for the lines and messages")
+    return hints

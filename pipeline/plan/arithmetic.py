@@ -20,6 +20,9 @@ from dataclasses import dataclass
 
 # --- batch and step arithmetic ---------------------------------------------------------
 
+FEW_STEPS = 50
+"""A plan with fewer optimizer steps than this is flagged in its notes."""
+
 
 @dataclass(frozen=True)
 class BatchPlan:
@@ -140,6 +143,10 @@ def count_steps(examples: int | None, batch: BatchPlan, epochs: float, warmup: f
         notes.append(f"{micro} micro-batches per epoch is not a multiple of {batch.accumulation} "
                      f"accumulation steps: the last step of each epoch accumulates "
                      f"{micro % batch.accumulation}")
+    if total < FEW_STEPS:
+        notes.append(f"only {total} optimizer steps (fewer than {FEW_STEPS}): warmup and decay get a handful of "
+                     "steps each and the loss curve says little; train more epochs or rows, or lower the "
+                     "effective batch")
     if warmup_steps >= total:
         notes.append(f"warmup ({warmup_steps} steps) covers the whole run ({total} steps): "
                      "lower the warmup or train longer")

@@ -19,7 +19,7 @@ from sftpack.errors import SftpackError
 DEFAULT_PER_DEVICE_BATCH = 4
 
 RULES_OF_THUMB = (
-    "start at 2e-5 for 7B and larger, 5e-5 for smaller models",
+    "start at 2e-5 for 7B and larger, 5e-5 for 1-3B, 1e-4 under 1B",
     "eval loss rises (or spikes) early: cut the learning rate to a half or a third",
     "train and eval loss plateau high: double the learning rate",
     "changing the effective batch by k: scale the learning rate by about sqrt(k) as a first guess",
@@ -53,6 +53,10 @@ class SizeRow:
 
 
 # Published full-parameter SFT recipes, rounded to one row per size band:
+#   under 1B: no published recipe we can cite fixes one value. Models this small take a higher
+#           peak LR (2e-5 at 7B, 5e-5 at 1-3B; we double again) and their runs are short, so
+#           warmup is 0.1 of the run rather than a few steps. 1e-4 with 0.1 warmup is what
+#           configs/demo.yaml trains SmolLM2-135M with.
 #   1-3B:   common small-model SFT recipes (e.g. TRL/alignment-handbook style runs on 1-3B
 #           models) use a higher peak LR than 7B; 5e-5, batch 32, 3 epochs.
 #   7-13B:  Stanford Alpaca (lr 2e-5, batch 128, 3 epochs, warmup 0.03, wd 0, cosine),
@@ -60,6 +64,8 @@ class SizeRow:
 #   30-70B: Tulu 2 70B (lr 1e-5, batch 128, 2 epochs, warmup 0.03, wd 0), LIMA 65B (1e-5).
 # Keep this the only place these numbers live.
 SIZE_TABLE: tuple[SizeRow, ...] = (
+    SizeRow("under 1B", 1, 1e9 - 1, learning_rate=1e-4, effective_batch_size=32, num_train_epochs=3,
+            warmup_ratio=0.1, weight_decay=0.01, max_grad_norm=1.0),
     SizeRow("1-3B", 1e9, 3e9, learning_rate=5e-5, effective_batch_size=32, num_train_epochs=3,
             warmup_ratio=0.03, weight_decay=0.01, max_grad_norm=1.0),
     SizeRow("7-13B", 7e9, 13e9, learning_rate=2e-5, effective_batch_size=64, num_train_epochs=3,
@@ -122,17 +128,14 @@ def count_parameters(model_dir: str | Path) -> int:
 def pick_row(num_params: int) -> tuple[SizeRow, str | None]:
     """The size row for a parameter count, and a note when it is outside every row.
 
-    Below the first row or above the last, the nearest end row is used; in a gap between
+    Above the last row, the last row is used (the first starts at 1 parameter); in a gap between
     rows, the nearer on a log scale (sizes are multiplicative).
 
     Returns:
         (row, note); note is None when the count falls inside a row.
     """
     billions = num_params / 1e9
-    first, last = SIZE_TABLE[0], SIZE_TABLE[-1]
-    if num_params < first.min_params:
-        return first, (f"{billions:.2f}B parameters is below the table (smallest row {first.label}); "
-                       f"using the {first.label} row")
+    last = SIZE_TABLE[-1]
     if num_params > last.max_params:
         return last, (f"{billions:.1f}B parameters is above the table (largest row {last.label}); "
                       f"using the {last.label} row")

@@ -45,9 +45,9 @@ class InspectConfig:
 
     def __post_init__(self) -> None:
         if self.row is not None and self.example is not None:
-            raise SftpackError("inspect: give --row or --example, not both")
+            raise SftpackError("give --row or --example, not both")
         if self.row is not None and self.row < 0:
-            raise SftpackError(f"inspect: --row {self.row}: rows are numbered from 0")
+            raise SftpackError(f"--row {self.row}: rows are numbered from 0")
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,7 @@ class ReportConfig:
         if self.extreme_factor <= 1:
             problems.append(f"extreme_factor {self.extreme_factor}: must be above 1")
         if problems:
-            raise SftpackError("report options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
 
 # ---------------------------------------------------------------- one conversation -> facts

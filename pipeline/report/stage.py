@@ -72,7 +72,7 @@ def _open_inputs(inputs: list[str | Path], out: Path, read: ReadOptions) -> tupl
     if out.suffix.lower() != ".html":
         problems.append(f"--out {out}: expected an .html path (report.json is written beside it)")
     if problems:
-        raise SftpackError("report: " + "\n  ".join(problems), exit_code=2)
+        raise SftpackError("\n  ".join(problems), exit_code=2)
     return (packed[0] if packed else None), sources
 
 

@@ -56,6 +56,8 @@ class EncodedExample:
     """What went wrong, naming the conversation; None when encoded."""
     reason: str | None = None
     """Short drop reason: template_error, template_not_maskable, too_long or invalid_record (a lone surrogate)."""
+    chars: int = 0
+    """The longest sequence's characters, for a too_long drop decided before tokenizing (else 0)."""
 
 
 def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] | None = None,
@@ -172,7 +174,7 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
             longest = max(len(text) for text, _ in sequences)
             if max_chars is not None and longest > max_chars:
                 results[index] = EncodedExample(error=f"{name}: {longest:,} characters cannot fit the token limit",
-                                                reason="too_long")
+                                                reason="too_long", chars=longest)
             elif not all(_encodable(text) for text, _ in sequences):  # the tokenizer would fail the batch
                 results[index] = EncodedExample(error=f"{name}: the text holds a lone UTF-16 surrogate, which no "
                                                       f"tokenizer accepts; validate rejects such lines "

@@ -31,6 +31,21 @@ def _declared_backend_class(path: Path):
     return AutoTokenizer
 
 
+def check_tokenizer_folder(path: str | Path, where: str = "--tokenizer") -> Path:
+    """`path` when it is a folder.
+
+    Raises:
+        SftpackError: it is missing, or a file (say tokenizer.json) where the folder holding it is wanted.
+    """
+    path = Path(path)
+    if path.is_file():
+        raise SftpackError(f"{path}: is a file; {where} takes the tokenizer's (model's) folder, the one holding "
+                           f"tokenizer.json and tokenizer_config.json: {path.parent}")
+    if not path.is_dir():
+        raise SftpackError(f"{path}: tokenizer folder not found ({where})")
+    return path
+
+
 def load_tokenizer(path: str | Path, where: str = "--tokenizer") -> Any:
     """A fast tokenizer from a local folder.
 
@@ -41,9 +56,7 @@ def load_tokenizer(path: str | Path, where: str = "--tokenizer") -> Any:
     Raises:
         SftpackError: the folder is missing, holds no tokenizer, or only a slow one.
     """
-    path = Path(path)
-    if not path.exists():
-        raise SftpackError(f"{path}: tokenizer folder not found ({where})")
+    path = check_tokenizer_folder(path, where)
     try:
         tokenizer = _declared_backend_class(path).from_pretrained(path)
     except (OSError, ValueError) as err:

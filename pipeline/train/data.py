@@ -57,6 +57,15 @@ def _packed_path(key: str, value: str, cfg: RunConfig) -> Path:
     return _validate_and_pack(key, value, cfg)
 
 
+def _demo_data_hint(spec: str) -> str:
+    """How to make the demo data when the demo config names it on a fresh checkout (it is generated)."""
+    path = Path(spec)
+    if path.exists() or path.parent.parts[-2:] != ("data", "demo"):
+        return ""
+    return (f"; the demo data is generated, not checked in: run `make demo-data` "
+            f"(python data/generate_demo.py --out-dir {path.parent})")
+
+
 def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
     """Raw data -> data.out_dir/validated/<name>.jsonl -> data.out_dir/packed/<fingerprint>/.
 
@@ -73,7 +82,7 @@ def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
         checked = validate.run([spec], out / "validated", validate.ValidateConfig(
             tokenizer=cfg.model.name_or_path, allow_rejects=cfg.data.allow_rejects), ReadOptions(cfg.data.format))
     except SftpackError as err:
-        raise SftpackError(f"{key}: {err}", exit_code=err.exit_code) from None
+        raise SftpackError(f"{key}: {err}{_demo_data_hint(spec)}", exit_code=err.exit_code) from None
     result = checked["files"][0]
     counts = result["counts"]
     rejects = out / "validated" / result["outputs"]["rejects"]["path"]

@@ -159,9 +159,9 @@ class HealthWarning:
 class HealthCallback(TrainerCallback):
     """Watches for the warning signs of a bad run; warns in the log and in every tracker.
 
-    Each warning is logged at WARNING level, kept in `warnings`, and added to the logs as
-    `health_<kind>` = 1.0 plus a `health_warning` text (TensorBoard: a text summary; W&B: a
-    history string). A non-finite training loss (reported by the trainer through
+    Each warning is logged at WARNING level on its own line (the full text), kept in `warnings`,
+    and added to the logs as `health_<kind>` = 1.0 plus `health_warning`, the kinds as a short
+    code (`grad_norm_high`; the Trainer prints its log dict on one line). A non-finite training loss (reported by the trainer through
     `nonfinite_loss`) stops training at the end of that step, without evaluating or saving
     a checkpoint of the broken weights.
 
@@ -206,16 +206,16 @@ class HealthCallback(TrainerCallback):
             return
         step = state.global_step
         if "loss" in logs:
-            self._check_train(step, logs)
+            self._check_train(step, logs, getattr(args, "max_grad_norm", None))
         if "eval_loss" in logs:
             self._check_eval(step, logs)
         if self._pending:
-            logs["health_warning"] = " | ".join(w.message for w in self._pending)
+            logs["health_warning"] = ", ".join(dict.fromkeys(w.kind for w in self._pending))
             for item in self._pending:
                 logs[f"health_{item.kind}"] = 1.0
             self._pending = []
 
-    def _check_train(self, step: int, logs: dict[str, Any]) -> None:
+    def _check_train(self, step: int, logs: dict[str, Any], max_grad_norm: float | None) -> None:
         cfg = self.cfg
         loss = float(logs["loss"])
         if not math.isfinite(loss) and not self.stopped_nonfinite:
@@ -227,16 +227,7 @@ class HealthCallback(TrainerCallback):
                           f"loss spike: {loss:.4g} > {cfg.loss_spike_factor}x the recent mean "
                           f"{statistics.fmean(recent):.4g}; check the data around this step or lower the learning rate")
             self._losses.append(loss)
-        grad_norm = logs.get("grad_norm")
-        if grad_norm is not None and math.isfinite(grad_norm):
-            if grad_norm > cfg.grad_norm_high:
-                self.warn(step, "grad_norm_high",
-                          f"grad norm {grad_norm:.4g} > monitor.grad_norm_high {cfg.grad_norm_high}: exploding "
-                          f"gradients; lower the learning rate or set max_grad_norm")
-            elif grad_norm < cfg.grad_norm_low:
-                self.warn(step, "grad_norm_low",
-                          f"grad norm {grad_norm:.3g} < monitor.grad_norm_low {cfg.grad_norm_low}: vanishing "
-                          f"gradients; check the labels (all -100?) and the learning rate")
+        self._check_grad_norm(step, logs.get("grad_norm"), max_grad_norm)
         throughput = logs.get("tokens_per_second")
         if throughput is not None:
             if len(self._throughputs) >= 3:
@@ -256,6 +247,24 @@ class HealthCallback(TrainerCallback):
                 self.warn(step, "memory_growth",
                           f"memory grew at each of the last {MEMORY_WINDOW} logs ({window[0]:.0f} -> "
                           f"{window[-1]:.0f} MB): a leak (tensors kept across steps?) will end in out-of-memory")
+
+    def _check_grad_norm(self, step: int, grad_norm: float | None, max_grad_norm: float | None) -> None:
+        """The Trainer logs the norm before clipping: with max_grad_norm set, the update was clipped."""
+        cfg = self.cfg
+        if grad_norm is None or not math.isfinite(grad_norm):
+            return
+        if grad_norm > cfg.grad_norm_high:
+            said = f"grad norm {grad_norm:.4g} > monitor.grad_norm_high {cfg.grad_norm_high}"
+            if max_grad_norm:
+                self.warn(step, "grad_norm_high", f"{said} before clipping (max_grad_norm {max_grad_norm} clips the "
+                          "update): if it stays this high, lower the learning rate or look for outlier examples")
+            else:
+                self.warn(step, "grad_norm_high", f"{said} and no clipping (max_grad_norm {max_grad_norm}): exploding "
+                          "gradients; set max_grad_norm (e.g. 1.0) or lower the learning rate")
+        elif grad_norm < cfg.grad_norm_low:
+            self.warn(step, "grad_norm_low",
+                      f"grad norm {grad_norm:.3g} < monitor.grad_norm_low {cfg.grad_norm_low}: vanishing "
+                      f"gradients; check the labels (all -100?) and the learning rate")
 
     def _check_eval(self, step: int, logs: dict[str, Any]) -> None:
         eval_loss = float(logs["eval_loss"])

@@ -55,7 +55,7 @@ class SanityConfig:
         if self.examples < 1 or self.samples < 0 or self.max_new_tokens < 1:
             problems.append("examples and max_new_tokens must be positive, samples 0 or more")
         if problems:
-            raise SftpackError("sanity options: " + "; ".join(problems))
+            raise SftpackError("options: " + "; ".join(problems))
 
 
 def split_sequences(row: dict[str, list[int]]) -> list[tuple[list[int], list[int]]]:
@@ -117,7 +117,7 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     Returns:
         The report (also written as sanity.json and sanity.txt in the run's output_dir, see
         `sanity_run_config`): `passed`, `verdict`, `losses`, `samples`, `prompt`,
-        `answer_before`, `answer_after`, memory.
+        `answer_before`, `answer_after`, memory, `files` (the two paths, on the process that wrote them).
 
     Raises:
         SftpackError: config, model or data problems.
@@ -139,7 +139,9 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
 
     report = _report(session, samples, tokenizer.decode(prompt), before, after)
     if trainer.is_world_process_zero():
-        _write_report(report, Path(trainer.args.output_dir))
+        out = Path(trainer.args.output_dir)
+        report["files"] = [str(out / "sanity.txt"), str(out / "sanity.json")]
+        _write_report(report, out)
     return report
 
 
