@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
+from sftpack.errors import SftpackError
 from sftpack.templates.chat_template import ChatRenderer
 from sftpack.templates.masking import MaskOptions, encode_batch
 from sftpack.templates.tokenizer import load_tokenizer
@@ -57,20 +59,27 @@ Phi-4-mini, declare tools but drop the calls: such turns must stay untrained and
 def stand_in(tmp_path_factory):
     built = {}
 
-    def get(name: str):
-        if name not in built:
-            tokenizer = load_tokenizer(SMOL)
-            model = MODELS[name]
-            tokenizer.add_special_tokens({k: v for k, v in model["special_tokens"].items() if v})
-            tokenizer.add_tokens([t for t in model["stop_tokens"] if t not in tokenizer.get_vocab()],
-                                 special_tokens=True)
+    def get(name: str, generation_config: bool = True, **renderer_options):
+        key = (name, generation_config, json.dumps(renderer_options, sort_keys=True))
+        if key not in built:
             folder = tmp_path_factory.mktemp(name)
-            tokenizer.save_pretrained(folder)
-            (folder / "generation_config.json").write_text(json.dumps(
-                {"eos_token_id": [tokenizer.convert_tokens_to_ids(t) for t in model["stop_tokens"]]}))
+            if (name, True, "{}") in built:  # the same folder, without generation_config.json
+                shutil.copytree(built[name, True, "{}"][0].name_or_path, folder, dirs_exist_ok=True)
+            else:
+                tokenizer = load_tokenizer(SMOL)
+                model = MODELS[name]
+                tokenizer.add_special_tokens({k: v for k, v in model["special_tokens"].items() if v})
+                tokenizer.add_tokens([t for t in model["stop_tokens"] if t not in tokenizer.get_vocab()],
+                                     special_tokens=True)
+                tokenizer.save_pretrained(folder)
+                (folder / "generation_config.json").write_text(json.dumps(
+                    {"eos_token_id": [tokenizer.convert_tokens_to_ids(t) for t in model["stop_tokens"]]}))
+            if not generation_config:
+                (folder / "generation_config.json").unlink(missing_ok=True)
             tokenizer = load_tokenizer(folder)
-            built[name] = (tokenizer, ChatRenderer(tokenizer, (REAL / f"{name}.jinja").read_text(encoding="utf-8")))
-        return built[name]
+            template = (REAL / f"{name}.jinja").read_text(encoding="utf-8")
+            built[key] = (tokenizer, ChatRenderer(tokenizer, template, **renderer_options))
+        return built[key]
 
     return get
 
@@ -183,8 +192,11 @@ def test_whole_trains_the_full_rendering_and_counts_what_differs(stand_in, name)
         [sequence] = whole.sequences
         assert sequence.text == renderer.render(CONVERSATIONS[kind], [] if name == "hermes_tool_use" else None)
         pieces = [sequence.text[a:b] for a, b in sequence.trained_spans]
-        assert len(pieces) == 2 and all(p.endswith(tuple(MODELS[name]["stop_tokens"])) or name == "glm4_5"
-                                        for p in pieces)
+        # gpt-oss ends earlier answers with <|end|> in the full rendering: trained as S writes them
+        ends = tuple(MODELS[name]["stop_tokens"]) + (("<|end|>",) if name == "gpt_oss" else ())
+        assert len(pieces) == 2 and all(p.endswith(ends) or name == "glm4_5" for p in pieces)
+        assert not any(text in p for p in pieces for text in PROMPT_TEXTS), pieces  # no user turn trained
+        assert whole.audit.get("assistant_text_not_trained", 0) == 0
         differs = whole.audit.get("turns_rendered_differently", 0)
         as_auto = len(auto.sequences) == 1 and auto.sequences[0].text == sequence.text
         assert (differs > 0) == (not as_auto), (auto.audit, whole.audit)
@@ -252,3 +264,41 @@ def test_llama3_ignores_reasoning_and_says_so(stand_in):
     example = encode(tokenizer, renderer, "llama3_1", "reasoning")
     assert pieces(example) == [["Hi there!<|eot_id|>", "Paris.<|eot_id|>"]]
     assert example.audit == {"reasoning_not_rendered": 2}
+
+
+# ---------------------------------------------------------------- stop markers without generation_config.json
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stop_markers_inferred_from_the_rendering_give_the_same_masks(stand_in, name):
+    """A folder without generation_config.json (what save_pretrained writes): the markers inferred
+    from the template's own rendering are the model's, and every mask equals the one with the file."""
+    tokenizer, renderer = stand_in(name)
+    bare_tokenizer, bare = stand_in(name, generation_config=False)
+    assert renderer.stop.source == "generation_config" and bare.stop.source == "inferred"
+    assert set(bare.stop_markers) <= set(MODELS[name]["stop_tokens"]) | {bare_tokenizer.eos_token}
+    for kind in CONVERSATIONS:
+        for options in ({}, {"reasoning": "mask"}):
+            with_file = encode(tokenizer, renderer, name, kind, **options)
+            without = encode(bare_tokenizer, bare, name, kind, **options)
+            assert pieces(without) == pieces(with_file) and without.audit == with_file.audit, (kind, options)
+            assert without.audit.get("assistant_text_not_trained", 0) == 0
+
+
+def test_gpt_oss_without_generation_config_trains_every_final_answer(stand_in):
+    """The issue's case: <|end|> sits between the analysis and the final message of one turn, so it
+    is no stop marker; with --reasoning mask every answer is still trained."""
+    tokenizer, renderer = stand_in("gpt_oss", generation_config=False)
+    assert renderer.stop.as_manifest() == {"tokens": ["<|call|>", "<|return|>"], "source": "inferred"}
+    masked = encode(tokenizer, renderer, "gpt_oss", "reasoning", reasoning="mask")
+    assert pieces(masked) == [["<|channel|>analysis<|message|>", "<|end|><|start|>assistant<|channel|>final"
+                               "<|message|>Hi there!<|return|>"],
+                              ["<|channel|>analysis<|message|>", "<|end|><|start|>assistant<|channel|>final"
+                               "<|message|>Paris.<|return|>"]]
+    assert masked.audit.get("assistant_text_not_trained", 0) == 0
+
+
+def test_given_stop_tokens_win_and_unknown_ones_are_refused(stand_in):
+    tokenizer, renderer = stand_in("gpt_oss", generation_config=False, stop_tokens=["<|return|>"])
+    assert renderer.stop.as_manifest() == {"tokens": ["<|return|>"], "source": "stop_tokens"}
+    with pytest.raises(SftpackError, match="not tokens of the tokenizer"):
+        ChatRenderer(tokenizer, renderer.template, stop_tokens=["<|no such token|>"])
