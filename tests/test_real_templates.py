@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -21,10 +20,7 @@ from sftpack.templates.chat_template import ChatRenderer
 from sftpack.templates.masking import MaskOptions, encode_batch
 from sftpack.templates.tokenizer import load_tokenizer
 
-REAL = Path(__file__).resolve().parent / "fixtures" / "templates" / "real"
-MODELS = json.loads((REAL / "models.json").read_text(encoding="utf-8"))
-REPO = Path(__file__).resolve().parent.parent
-SMOL = REPO / "models" / "smollm2-135m-instruct"
+from conftest import MODELS
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 U1, A1 = {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hi there!"}
@@ -53,35 +49,6 @@ RENDERS_TOOL_CALLS = {"command_r7b", "deepseek_r1_distill", "deepseek_v3_1", "gl
                       "qwen2_5", "qwen3"}
 """Templates that render assistant tool_calls (the other tool-capable ones, Granite 3.x, Kimi-K2 and
 Phi-4-mini, declare tools but drop the calls: such turns must stay untrained and be counted)."""
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-    built = {}
-
-    def get(name: str, generation_config: bool = True, **renderer_options):
-        key = (name, generation_config, json.dumps(renderer_options, sort_keys=True))
-        if key not in built:
-            folder = tmp_path_factory.mktemp(name)
-            if (name, True, "{}") in built:  # the same folder, without generation_config.json
-                shutil.copytree(built[name, True, "{}"][0].name_or_path, folder, dirs_exist_ok=True)
-            else:
-                tokenizer = load_tokenizer(SMOL)
-                model = MODELS[name]
-                tokenizer.add_special_tokens({k: v for k, v in model["special_tokens"].items() if v})
-                tokenizer.add_tokens([t for t in model["stop_tokens"] if t not in tokenizer.get_vocab()],
-                                     special_tokens=True)
-                tokenizer.save_pretrained(folder)
-                (folder / "generation_config.json").write_text(json.dumps(
-                    {"eos_token_id": [tokenizer.convert_tokens_to_ids(t) for t in model["stop_tokens"]]}))
-            if not generation_config:
-                (folder / "generation_config.json").unlink(missing_ok=True)
-            tokenizer = load_tokenizer(folder)
-            template = (REAL / f"{name}.jinja").read_text(encoding="utf-8")
-            built[key] = (tokenizer, ChatRenderer(tokenizer, template, **renderer_options))
-        return built[key]
-
-    return get
 
 
 def encode(tokenizer, renderer, name, kind, **options):
