@@ -46,9 +46,10 @@ REFUSED = {("gemma2", "system"), ("gemma2", "tools"), ("gemma3", "tools")}
 """Conversations the template itself rejects (raise_exception): dropped as template_error."""
 RENDERS_TOOL_CALLS = {"command_r7b", "deepseek_r1_distill", "deepseek_v3_1", "glm4_5", "gpt_oss", "hermes_tool_use",
                       "llama3_1", "llama3_2", "llama3_3", "mistral_nemo", "mistral_small_3_1", "nemotron_nano_v2",
-                      "qwen2_5", "qwen3"}
+                      "qwen2_5", "qwen3", "seed_oss", "minimax_m2", "lfm2_5", "nemotron_super_v1_5", "gemma4"}
 """Templates that render assistant tool_calls (the other tool-capable ones, Granite 3.x, Kimi-K2 and
-Phi-4-mini, declare tools but drop the calls: such turns must stay untrained and be counted)."""
+Phi-4-mini, declare tools but drop the calls, and Kimi-K2-Thinking writes the call's id, not its
+name: such turns must stay untrained and be counted)."""
 
 
 def encode(tokenizer, renderer, name, kind, **options):

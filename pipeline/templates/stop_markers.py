@@ -6,10 +6,11 @@ In order of precedence:
   generation_config    the tokenizer's eos and the ids of its folder's generation_config.json
                        `eos_token_id`, which is what generate() stops on
   inferred             no such file (what `tokenizer.save_pretrained()` writes): the eos, and the
-                       end-of-turn tokens the template itself writes right after an assistant
-                       turn's own text, learnt from probe renders (a plain answer, an answer after
-                       reasoning, a tool call; and, for templates that write no end marker, the
-                       marker that opens the next message)
+                       end-of-turn tokens the template itself writes after an assistant turn's own
+                       text, learnt from probe renders (a plain answer, an answer after reasoning, a
+                       tool call): the first known end-of-turn token there, else the control token
+                       right after the text; for templates that write no end marker, the marker
+                       that opens the next message
 
 A marker that the template writes inside a turn and follows with more of that same turn
 (gpt-oss's `<|end|>` between the analysis and the final message) is found before the turn's own
@@ -129,11 +130,16 @@ def infer_markers(renderer: ChatRenderer, tokenizer: Any, added: frozenset[str])
         text = _render_ending(renderer, messages, tools)
         if text is None or own not in text:
             continue
-        marker = _first_marker(text, text.rindex(own) + len(own), candidates)
+        at = text.rindex(own) + len(own)
+        marker = _first_marker(text, at, candidates | markers)
+        if marker is None and own == PROBE_TEXT:  # a marker of the template's own (Gemma 4's <turn|>): the
+            # control token right after the answer (not after a tool argument, which <|"|> may quote)
+            written = renderer.added_re.match(text, len(text) - len(text[at:].lstrip()))
+            marker = written.group() if written else None
         if marker is None:  # no end marker of its own (GLM): the one opening the next message stops it
             continued = _render_ending(renderer, messages + [follower], tools)
             if continued is not None and own in continued:
-                marker = _first_marker(continued, continued.index(own) + len(own), candidates)
+                marker = _first_marker(continued, continued.index(own) + len(own), candidates | markers)
         if marker is not None:
             markers.add(marker)
     return StopMarkers(_longest_first(markers), "inferred")
