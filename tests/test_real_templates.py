@@ -54,7 +54,7 @@ name: such turns must stay untrained and be counted)."""
 
 def encode(tokenizer, renderer, name, kind, **options):
     messages = copy.deepcopy(CONVERSATIONS[kind])
-    tools = TOOLS if kind == "tools" else ([] if name == "hermes_tool_use" else None)
+    tools = TOOLS if kind == "tools" else None  # Hermes iterates tools: the renderer gives it [] (probe-found)
     return encode_batch(renderer, tokenizer, [{"messages": messages, "tools": tools}], MaskOptions(**options))[0]
 
 

@@ -163,3 +163,39 @@ def test_pack_without_generation_config_warns_and_trains_gpt_oss_answers(stand_i
     manifest = json.loads((tmp_path / "out" / captured.out.strip().splitlines()[-1] / "manifest.json").read_text())
     assert manifest["options"]["chat_template_kwargs"] == {"reasoning_effort": "high"}
     assert manifest["totals"]["audit"]["assistant_text_not_trained"] == 0
+
+
+# ---------------------------------------------------------------- template forms found by probe renders
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOL_CHAT = [{"role": "user", "content": "Weather in Lyon?"},
+             {"role": "assistant", "content": "", "tool_calls": [
+                 {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lyon"}}}]},
+             {"role": "tool", "tool_call_id": "call00001", "content": "Sunny"},
+             {"role": "assistant", "content": "It is sunny in Lyon."}]
+
+
+def test_bare_tool_schemas_and_an_empty_tools_list_are_given_where_the_template_reads_them(smol_tokenizer):
+    renderer = ChatRenderer(smol_tokenizer, (FIXTURES / "templates" / "bare_tools.jinja").read_text())
+    assert renderer.forms.bare_tool_schemas and renderer.forms.tools_when_none == []
+    tools = encode_one(renderer, smol_tokenizer, TOOL_CHAT, tools=WEATHER)
+    assert "- get_weather: Weather in a city" in tools.sequences[0].text
+    assert pieces(tools) == [['<tool_call>get_weather {"city": "Lyon"}</tool_call><|im_end|>',
+                              "It is sunny in Lyon.<|im_end|>"]]
+    plain = encode_one(renderer, smol_tokenizer, PLAIN)  # no tools: the template iterates [], not None
+    assert plain.sequences[0].text.startswith("<|im_start|>system\nTools:<|im_end|>")
+    assert ChatRenderer(smol_tokenizer).forms.tools_when_none is None  # SmolLM2's own: None, wrapped
+
+
+def test_reasoning_is_given_as_typed_chunks_where_the_template_reads_it_that_way(smol_tokenizer):
+    renderer = ChatRenderer(smol_tokenizer, (FIXTURES / "templates" / "thinking_chunks.jinja").read_text())
+    assert renderer.forms.reasoning_chunks
+    reasoning = copy.deepcopy(PLAIN)
+    reasoning[1]["reasoning_content"] = "They want a greeting."
+    example = encode_one(renderer, smol_tokenizer, reasoning)
+    assert pieces(example) == [["[THINK]They want a greeting.[/THINK]Hi there!<|im_end|>", "Paris.<|im_end|>"]]
+    assert example.audit.get("reasoning_not_rendered", 0) == 0
+    [masked] = encode_batch(renderer, smol_tokenizer, [{"messages": reasoning}], MaskOptions(reasoning="mask"))
+    assert pieces(masked) == [["[THINK]", "[/THINK]Hi there!<|im_end|>", "Paris.<|im_end|>"]]
+    assert not ChatRenderer(smol_tokenizer).forms.reasoning_chunks  # a template printing content is not fooled
