@@ -270,3 +270,30 @@ def test_given_stop_tokens_win_and_unknown_ones_are_refused(stand_in):
     assert renderer.stop.as_manifest() == {"tokens": ["<|return|>"], "source": "stop_tokens"}
     with pytest.raises(SftpackError, match="not tokens of the tokenizer"):
         ChatRenderer(tokenizer, renderer.template, stop_tokens=["<|no such token|>"])
+
+
+# ---------------------------------------------------------------- goldens for 2025-2026 templates
+
+def test_minimax_m2_plain_turns_close_the_think_block_its_prompt_opens(stand_in):
+    tokenizer, renderer = stand_in("minimax_m2")
+    assert pieces(encode(tokenizer, renderer, "minimax_m2", "multi")) == [["\n</think>\n\nHi there![e~["],
+                                                                          ["\n</think>\n\nParis.[e~["]]
+    assert pieces(encode(tokenizer, renderer, "minimax_m2", "reasoning"))[0] == [
+        "They want a greeting.\n</think>\n\nHi there![e~["]
+
+
+def test_gemma4_trains_each_turn_after_the_empty_thought_channel(stand_in):
+    tokenizer, renderer = stand_in("gemma4", generation_config=False)
+    assert renderer.stop_markers == ("<turn|>", "<eos>")  # <turn|> is learnt from the rendering
+    example = encode(tokenizer, renderer, "gemma4", "system")
+    assert pieces(example) == [["Hi there!<turn|>"], ["Paris.<turn|>"]]
+    assert example.sequences[0].text.endswith("<|turn>model\n<|channel>thought\n<channel|>Hi there!<turn|>")
+
+
+def test_seed_oss_and_lfm2_5_tool_calls(stand_in):
+    seed = pieces(encode(*stand_in("seed_oss"), "seed_oss", "tools"))
+    assert seed == [["<seed:tool_call>\n<function=get_weather>\n<parameter=city>Lyon</parameter>\n</function>\n"
+                     "</seed:tool_call><seed:eos>", "It is sunny in Lyon.<seed:eos>"]]
+    lfm = pieces(encode(*stand_in("lfm2_5"), "lfm2_5", "tools"))
+    assert lfm == [["<|tool_call_start|>[get_weather(city='Lyon')]<|tool_call_end|><|im_end|>",
+                    "It is sunny in Lyon.<|im_end|>"]]

@@ -22,12 +22,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sftpack.errors import SftpackError
-
-if TYPE_CHECKING:
-    from sftpack.templates.chat_template import ChatRenderer
 
 KNOWN_STOP_MARKERS = (
     "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>", "<|return|>", "<|call|>",
@@ -105,7 +102,7 @@ def _first_marker(text: str, start: int, candidates: set[str]) -> str | None:
     return min(found)[2] if found else None
 
 
-def _render_ending(renderer: ChatRenderer, messages: list[dict], tools: list | None) -> str | None:
+def _render_ending(renderer: Any, messages: list[dict], tools: list | None) -> str | None:
     """A probe conversation rendered as a training example (no generation prompt), with tool-call
     arguments as objects, then as strings; None when the template refuses it."""
     for as_string in (False, True):
@@ -115,8 +112,9 @@ def _render_ending(renderer: ChatRenderer, messages: list[dict], tools: list | N
     return None
 
 
-def infer_markers(renderer: ChatRenderer, tokenizer: Any, added: frozenset[str]) -> StopMarkers:
-    """Stop markers from the template's own rendering (module docstring)."""
+def infer_markers(renderer: Any, tokenizer: Any, added: frozenset[str]) -> StopMarkers:
+    """Stop markers from the template's own rendering (module docstring). `renderer` is the
+    ChatRenderer being built (typed Any: chat_template imports this module)."""
     candidates = {m for m in KNOWN_STOP_MARKERS if m in added} | _eos(tokenizer)
     markers = _eos(tokenizer)
     answer = {"role": "assistant", "content": PROBE_TEXT}

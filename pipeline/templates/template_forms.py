@@ -16,10 +16,7 @@ once per template by rendering a small probe conversation both ways:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from sftpack.templates.chat_template import ChatRenderer
+from typing import Any
 
 _DESCRIPTION = "sftpack-probe-description"
 _TOOLS = [{"type": "function", "function": {"name": "sftpack_probe_tool", "description": _DESCRIPTION,
@@ -53,14 +50,15 @@ class TemplateForms:
         return message | {"content": [{"type": "thinking", "thinking": thought}, {"type": "text", "text": text}]}
 
 
-def _renders(renderer: ChatRenderer, messages: list[dict], tools: Any, *needles: str) -> bool | None:
+def _renders(renderer: Any, messages: list[dict], tools: Any, *needles: str) -> bool | None:
     """Whether the probe renders every needle; None when the template raises on it."""
     text = renderer.try_render(messages, {"tools": tools})
     return None if text is None else all(needle in text for needle in needles)
 
 
-def probe_forms(renderer: ChatRenderer) -> TemplateForms:
-    """The forms `renderer`'s template reads, from a few probe renders (with its template arguments)."""
+def probe_forms(renderer: Any) -> TemplateForms:
+    """The forms `renderer`'s template reads, from a few probe renders (with its template arguments).
+    `renderer` is the ChatRenderer being built (typed Any: chat_template imports this module)."""
     none_tools = None
     if _renders(renderer, _PLAIN, None) is None and _renders(renderer, _PLAIN, []) is not None:
         none_tools = []
