@@ -199,3 +199,20 @@ def test_reasoning_is_given_as_typed_chunks_where_the_template_reads_it_that_way
     [masked] = encode_batch(renderer, smol_tokenizer, [{"messages": reasoning}], MaskOptions(reasoning="mask"))
     assert pieces(masked) == [["[THINK]", "[/THINK]Hi there!<|im_end|>", "Paris.<|im_end|>"]]
     assert not ChatRenderer(smol_tokenizer).forms.reasoning_chunks  # a template printing content is not fooled
+
+
+def test_config_keys_reach_pack_and_bad_ones_are_named():
+    from sftpack.config.run_config import build_config
+    from sftpack.packing.options import PackConfig
+
+    raw = {"model": {"name_or_path": "m"}, "data": {"chat_template_kwargs": {"enable_thinking": False},
+                                                    "stop_tokens": ["<|im_end|>"]}}
+    cfg = PackConfig.from_run_config(build_config(raw))
+    assert cfg.chat_template_kwargs == {"enable_thinking": False} and cfg.stop_tokens == ("<|im_end|>",)
+    assert PackConfig.from_run_config(build_config({"model": {"name_or_path": "m"}, "data": {}})).stop_tokens is None
+    bad = {"model": {"name_or_path": "m"}, "data": {"chat_template_kwargs": {"messages": []}, "stop_tokens": []}}
+    with pytest.raises(SftpackError, match=r"(?s)data\.chat_template_kwargs.*data\.stop_tokens|"
+                                           r"data\.stop_tokens.*data\.chat_template_kwargs"):
+        build_config(bad)
+    with pytest.raises(SftpackError, match="chat_template_kwargs"):
+        PackConfig(tokenizer="m", chat_template_kwargs={"tools": []})
