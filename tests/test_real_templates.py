@@ -245,11 +245,10 @@ def test_stop_markers_inferred_from_the_rendering_give_the_same_masks(stand_in, 
     assert renderer.stop.source == "generation_config" and bare.stop.source == "inferred"
     assert set(bare.stop_markers) <= set(MODELS[name]["stop_tokens"]) | {bare_tokenizer.eos_token}
     for kind in CONVERSATIONS:
-        for options in ({}, {"reasoning": "mask"}):
-            with_file = encode(tokenizer, renderer, name, kind, **options)
-            without = encode(bare_tokenizer, bare, name, kind, **options)
-            assert pieces(without) == pieces(with_file) and without.audit == with_file.audit, (kind, options)
-            assert without.audit.get("assistant_text_not_trained", 0) == 0
+        with_file = encode(tokenizer, renderer, name, kind)
+        without = encode(bare_tokenizer, bare, name, kind)
+        assert pieces(without) == pieces(with_file) and without.audit == with_file.audit, kind
+        assert without.audit.get("assistant_text_not_trained", 0) == 0
 
 
 def test_gpt_oss_without_generation_config_trains_every_final_answer(stand_in):

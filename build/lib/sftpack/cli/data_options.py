@@ -20,7 +20,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chat-template", help="Jinja template file replacing the tokenizer's")
     group.add_argument("--strategy", choices=CHOICES["strategy"], help="bfd: pack several examples per row; "
                                                                         "none: one per row")
-    group.add_argument("--train-on", choices=CHOICES["train_on"], help="every assistant turn, or the last only")
+    group.add_argument("--train-on", choices=CHOICES["train_on"], help="every assistant turn, or the last only (an assistant message with \"train\": false is never trained)")
     group.add_argument("--turns", choices=CHOICES["turns"],
                        help="auto: split where the template renders a turn unlike at inference; whole: as rendered")
     group.add_argument("--reasoning", choices=CHOICES["reasoning"], help="assistant reasoning: train, mask or drop")

@@ -34,6 +34,7 @@ from transformers.utils.chat_template_utils import (
 
 from sftpack.errors import SftpackError
 from sftpack.templates.stop_markers import StopMarkers, generation_config_markers, given_markers, infer_markers
+from sftpack.templates.template_forms import TemplateForms, probe_forms
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 """Names a message's reasoning is read from, in this order, and given to the template under."""
@@ -133,6 +134,8 @@ class ChatRenderer:
         self._probed: dict[str, Any] = {}
         self.memo: dict[str, Any] = {}
         """What masking learns once per template (pipeline/templates/masking.py: skeletons per conversation shape)."""
+        self.forms: TemplateForms = probe_forms(self)
+        """How the template reads tools and reasoning (pipeline/templates/template_forms.py)."""
         self.stop: StopMarkers = (given_markers(tokenizer, stop_tokens) if stop_tokens
                                   else generation_config_markers(tokenizer, self._added)
                                   or infer_markers(self, tokenizer, self._added))
@@ -190,14 +193,22 @@ class ChatRenderer:
                 message["content"] = content
                 if thought is not None and reasoning != "drop":
                     message.update(dict.fromkeys(REASONING_FIELDS, thought))
+                    message = self.forms.with_reasoning(message, thought)
                 if message.get("tool_calls"):
                     message["tool_calls"] = _arguments_as(message["tool_calls"], as_string)
             prepared.append(message)
             reasonings.append(thought if reasoning != "drop" else None)
         if kwargs and RESERVED_KWARGS & kwargs.keys():
             raise TypeError(f"chat_template_kwargs cannot set {sorted(RESERVED_KWARGS & kwargs.keys())}")
-        variables = _plain_template_data({**self.template_kwargs, **(kwargs or {}), "tools": tools})
+        variables = _plain_template_data({**self.template_kwargs, **(kwargs or {}), "tools": self.forms.tools(tools)})
         return _plain_template_data(prepared), variables, reasonings
+
+    def try_render(self, messages: list[dict], variables: dict[str, Any]) -> str | None:
+        """Plain messages and variables rendered as a training example; None when the template raises."""
+        try:
+            return self.render_prepared(_plain_template_data(messages), _plain_template_data(variables), False)
+        except RENDER_ERRORS:
+            return None
 
     def render_or_none(self, messages: list[dict], tools: list[dict] | None, arguments_as_string: bool = False,
                        add_generation_prompt: bool = False) -> str | None:

@@ -6,10 +6,11 @@ In order of precedence:
   generation_config    the tokenizer's eos and the ids of its folder's generation_config.json
                        `eos_token_id`, which is what generate() stops on
   inferred             no such file (what `tokenizer.save_pretrained()` writes): the eos, and the
-                       end-of-turn tokens the template itself writes right after an assistant
-                       turn's own text, learnt from probe renders (a plain answer, an answer after
-                       reasoning, a tool call; and, for templates that write no end marker, the
-                       marker that opens the next message)
+                       end-of-turn tokens the template itself writes after an assistant turn's own
+                       text, learnt from probe renders (a plain answer, an answer after reasoning, a
+                       tool call): the first known end-of-turn token there, else the control token
+                       right after the text; for templates that write no end marker, the marker
+                       that opens the next message
 
 A marker that the template writes inside a turn and follows with more of that same turn
 (gpt-oss's `<|end|>` between the analysis and the final message) is found before the turn's own
@@ -21,12 +22,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sftpack.errors import SftpackError
-
-if TYPE_CHECKING:
-    from sftpack.templates.chat_template import ChatRenderer
 
 KNOWN_STOP_MARKERS = (
     "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>", "<|return|>", "<|call|>",
@@ -104,7 +102,7 @@ def _first_marker(text: str, start: int, candidates: set[str]) -> str | None:
     return min(found)[2] if found else None
 
 
-def _render_ending(renderer: ChatRenderer, messages: list[dict], tools: list | None) -> str | None:
+def _render_ending(renderer: Any, messages: list[dict], tools: list | None) -> str | None:
     """A probe conversation rendered as a training example (no generation prompt), with tool-call
     arguments as objects, then as strings; None when the template refuses it."""
     for as_string in (False, True):
@@ -114,8 +112,9 @@ def _render_ending(renderer: ChatRenderer, messages: list[dict], tools: list | N
     return None
 
 
-def infer_markers(renderer: ChatRenderer, tokenizer: Any, added: frozenset[str]) -> StopMarkers:
-    """Stop markers from the template's own rendering (module docstring)."""
+def infer_markers(renderer: Any, tokenizer: Any, added: frozenset[str]) -> StopMarkers:
+    """Stop markers from the template's own rendering (module docstring). `renderer` is the
+    ChatRenderer being built (typed Any: chat_template imports this module)."""
     candidates = {m for m in KNOWN_STOP_MARKERS if m in added} | _eos(tokenizer)
     markers = _eos(tokenizer)
     answer = {"role": "assistant", "content": PROBE_TEXT}
@@ -129,11 +128,16 @@ def infer_markers(renderer: ChatRenderer, tokenizer: Any, added: frozenset[str])
         text = _render_ending(renderer, messages, tools)
         if text is None or own not in text:
             continue
-        marker = _first_marker(text, text.rindex(own) + len(own), candidates)
+        at = text.rindex(own) + len(own)
+        marker = _first_marker(text, at, candidates | markers)
+        if marker is None and own == PROBE_TEXT:  # a marker of the template's own (Gemma 4's <turn|>): the
+            # control token right after the answer (not after a tool argument, which <|"|> may quote)
+            written = renderer.added_re.match(text, len(text) - len(text[at:].lstrip()))
+            marker = written.group() if written else None
         if marker is None:  # no end marker of its own (GLM): the one opening the next message stops it
             continued = _render_ending(renderer, messages + [follower], tools)
             if continued is not None and own in continued:
-                marker = _first_marker(continued, continued.index(own) + len(own), candidates)
+                marker = _first_marker(continued, continued.index(own) + len(own), candidates | markers)
         if marker is not None:
             markers.add(marker)
     return StopMarkers(_longest_first(markers), "inferred")

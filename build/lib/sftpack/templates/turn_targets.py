@@ -143,9 +143,11 @@ def own_end(text: str, pieces: list[str], start: int = 0) -> int:
     return at
 
 
-def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | None, where: str) -> str:
+def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | None, where: str,
+                last_text: str) -> str:
     """The text the model writes after `prompt` for the turn that `alone` (the conversation ending
-    at it) renders last, still with whatever follows its stop marker."""
+    at it) renders last, still with whatever follows its stop marker. `last_text`: the content of
+    the message before the turn."""
     at = renderer.split_point(prompt, alone)
     body = alone[at:]
     opened = prompt[at:]
@@ -154,6 +156,14 @@ def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | 
         opened = opened or prompt[prompt.rindex(THINK_OPEN):]
         return _continue_think_block(opened, body, thought, where, prompt)
     if not opened:
+        return body
+    last_text = last_text.strip()
+    closed = opened.rstrip()
+    if last_text and prompt.rfind(last_text) + len(last_text) <= at and renderer.added_re.match(opened) \
+            and any(closed.endswith(m.group()) for m in renderer.added_re.finditer(closed)):
+        # The prompts part after every message's text, where the generation prompt adds a whole control
+        # block the rendered turn lacks (Gemma 4's empty "<|channel>thought\n<channel|>"): the model
+        # writes the turn after it.
         return body
     # The prompt renders differently at inference (Mistral Nemo moves the system prompt into the last
     # user turn, Hermes closes grouped tool results otherwise): the turn is what `alone` renders after
@@ -177,7 +187,8 @@ def _turn_target(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str
     """F_i for assistant message i (module docstring), and what it could not render."""
     prompt = renderer.render_prepared(msgs[:i], tools, True)
     alone = full if i == len(msgs) - 1 else renderer.render_prepared(msgs[: i + 1], tools, False)
-    body = _turn_start(renderer, prompt, alone, thought, where)
+    before = msgs[i - 1].get("content") if i else None
+    body = _turn_start(renderer, prompt, alone, thought, where, before if isinstance(before, str) else "")
     audit: dict[str, int] = {}
     pieces = own_pieces(msgs[i], thought)
     end = renderer.first_stop_end(body, own_end(body, pieces))
