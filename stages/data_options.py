@@ -20,7 +20,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chat-template", help="Jinja template file replacing the tokenizer's")
     group.add_argument("--strategy", choices=CHOICES["strategy"], help="bfd: pack several examples per row; "
                                                                         "none: one per row")
-    group.add_argument("--train-on", choices=CHOICES["train_on"], help="every assistant turn, or the last only (an assistant message with \"train\": false is never trained)")
+    group.add_argument("--train-on", choices=CHOICES["train_on"],
+                       help="every assistant turn, or the last only (an assistant message with \"train\": false "
+                            "is never trained)")
     group.add_argument("--turns", choices=CHOICES["turns"],
                        help="auto: split where the template renders a turn unlike at inference; whole: as rendered")
     group.add_argument("--reasoning", choices=CHOICES["reasoning"], help="assistant reasoning: train, mask or drop")
@@ -56,7 +58,8 @@ def template_args(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise SftpackError(f"--template-arg {item!r}: expected KEY=VALUE, e.g. --template-arg enable_thinking=false")
+            raise SftpackError(f"--template-arg {item!r}: expected KEY=VALUE, "
+                               f"e.g. --template-arg enable_thinking=false")
         try:
             out[key.strip()] = json.loads(text)
         except ValueError:

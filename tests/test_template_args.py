@@ -134,13 +134,15 @@ def test_everything_that_changes_the_masks_changes_the_fingerprint(model_dir, tm
     (folder / "generation_config.json").rename(tmp_path / "generation_config.json")
     inferred = sftpack.pack([data], out, tokenizer=str(folder))
     assert inferred.manifest["tokenizer"]["stop_markers"] == {"tokens": ["<|im_end|>"], "source": "inferred"}
-    assert "<|im_end|>" in pack_warnings(inferred.manifest)[0] and "--stop-tokens" in pack_warnings(inferred.manifest)[0]
+    [warning] = pack_warnings(inferred.manifest)
+    assert "<|im_end|>" in warning and "--stop-tokens" in warning
     given = sftpack.pack([data], out, tokenizer=str(folder), stop_tokens=["<|im_end|>", "<|endoftext|>"])
     assert given.manifest["tokenizer"]["stop_markers"]["source"] == "stop_tokens" and not pack_warnings(given.manifest)
     kwargs = sftpack.pack([data], out, tokenizer=str(folder), chat_template_kwargs={"enable_thinking": False})
     flagged = copy.deepcopy(PLAIN)
     flagged[1]["train"] = False
-    turns = sftpack.pack([_write(tmp_path / "a.jsonl", [{"id": "c0", "messages": flagged}])], out, tokenizer=str(folder))
+    flagged_data = _write(tmp_path / "a.jsonl", [{"id": "c0", "messages": flagged}])
+    turns = sftpack.pack([flagged_data], out, tokenizer=str(folder))
     assert turns.totals["audit"]["turns_marked_untrained"] == 1
     for packed in (inferred, given, kwargs, turns):
         assert not packed.manifest["reused"] and packed.path.name not in seen
@@ -167,11 +169,12 @@ def test_pack_without_generation_config_warns_and_trains_gpt_oss_answers(stand_i
 
 # ---------------------------------------------------------------- template forms found by probe renders
 
-WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+WEATHER = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+CALL = {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lyon"}}}
 TOOL_CHAT = [{"role": "user", "content": "Weather in Lyon?"},
-             {"role": "assistant", "content": "", "tool_calls": [
-                 {"id": "call00001", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Lyon"}}}]},
+             {"role": "assistant", "content": "", "tool_calls": [CALL]},
              {"role": "tool", "tool_call_id": "call00001", "content": "Sunny"},
              {"role": "assistant", "content": "It is sunny in Lyon."}]
 

@@ -101,7 +101,8 @@ def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] |
     from sftpack.templates.chat_template import TRAIN_FLAG
 
     msgs, variables, thoughts = renderer.prepare(messages, tools, options.reasoning, kwargs)
-    untrained = frozenset(i for i, m in enumerate(messages) if m.get("role") == "assistant" and m.get(TRAIN_FLAG) is False)
+    untrained = frozenset(i for i, m in enumerate(messages)
+                          if m.get("role") == "assistant" and m.get(TRAIN_FLAG) is False)
     full = renderer.render_prepared(msgs, variables, False)
     known = None if untrained else from_skeleton(renderer, msgs, variables, full, options)
     if known is not None:
