@@ -81,10 +81,6 @@ class ReportConfig:
     """Assistant reasoning: train, mask or drop (as in pack)."""
     truncation: str = "drop"
     """What pack would do with examples over max_length: drop or truncate."""
-    chat_template_kwargs: dict[str, Any] | None = None
-    """Template arguments for every render (as in pack)."""
-    stop_tokens: tuple[str, ...] | None = None
-    """The tokens that end an assistant turn (as in pack)."""
     batch_size: int = 512
     """Conversations per tokenizer call."""
     examples: int = 10
@@ -154,9 +150,7 @@ class _Encoder:
     def __init__(self, cfg: ReportConfig):
         from sftpack.templates.tokenizer import load_renderer
 
-        self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template,
-                                                      template_kwargs=cfg.chat_template_kwargs,
-                                                      stop_tokens=cfg.stop_tokens)
+        self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
         from sftpack.templates.masking import AUDIT_KEYS, MaskOptions
 
         self.options, self.max_length = MaskOptions(cfg.train_on, cfg.turns, cfg.reasoning), cfg.max_length
@@ -167,8 +161,7 @@ class _Encoder:
         """Per record (tokens, trained tokens, trained tokens beyond max_length), or the error."""
         from sftpack.templates.masking import encode_batch
 
-        conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id"),
-                          "chat_template_kwargs": r.get("chat_template_kwargs")} for r in records]
+        conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id")} for r in records]
         out: list[tuple[int, int, int] | str] = []
         for example in encode_batch(self.renderer, self.tokenizer, conversations, self.options):
             for key, value in example.audit.items():
