@@ -23,6 +23,7 @@ DROP_REASONS = [
     "rejected_lone_surrogate", "rejected_schema_type", "rejected_schema_required", "rejected_schema_enum",
     "rejected_schema_const", "rejected_schema_minItems", "rejected_schema_minLength", "rejected_no_assistant_turn",
     "rejected_empty_assistant", "rejected_tool_calls_not_assistant", "rejected_reasoning_not_assistant",
+    "rejected_train_not_assistant",
     "rejected_system_not_first", "rejected_tool_without_call", "rejected_role_order", "rejected_control_token",
     "rejected_convert_missing", "rejected_convert_type", "rejected_convert_role", "rejected_convert_tool_call",
     "rejected_convert_tools",

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from sftpack import api
-from sftpack.packing.stage import audit_warnings, drop_hints
+from sftpack.packing.stage import drop_hints, pack_warnings
 from sftpack.cli.data_options import add_data_arguments, data_flags
 from sftpack.cli.input_options import add_input_arguments, read_arguments
 
@@ -38,12 +38,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"{verb}: {t['examples_packed']}/{t['examples_read']} examples -> {t['rows']} rows "
           f"(lower bound {t['lower_bound_rows']}), {t['tokens']:,} tokens, {t['trained_tokens']:,} trained "
           f"({t['trained_share']:.1%}), packing efficiency {t['packing_efficiency']:.2%}, "
-          f"truncated {t['truncated']}, dropped: {dropped}")
+          f"truncated {t['truncated']}, assistant text not trained "
+          f"{t.get('audit', {}).get('assistant_text_not_trained', 0)}, dropped: {dropped}")
     audit = t.get("audit", {})
     if audit.get("split_conversations"):
         print(f"split: {audit['split_conversations']} conversations into {t['sequences_packed']} sequences in all, "
               f"{audit['split_extra_tokens']:,} extra tokens (--turns auto: every turn trained as the model writes it)")
-    for warning in audit_warnings(audit) + drop_hints(manifest):
+    if audit.get("turns_marked_untrained"):
+        print(f"untrained: {audit['turns_marked_untrained']} assistant turns marked \"train\": false")
+    for warning in pack_warnings(manifest) + drop_hints(manifest):
         print(f"warning: {warning}", file=sys.stderr)
     rejected = sum(v for k, v in t["dropped"].items() if k.startswith("rejected_"))
     if rejected:  # pack never trains on what validate rejects; say where to look

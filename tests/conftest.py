@@ -21,6 +21,9 @@ FIXTURES = REPO / "tests" / "fixtures"
 REAL_DATA = REPO / "tests" / "data" / "real"  # gzipped copies of the real datasets (NOTICE there)
 REAL_NAMES = ("alpaca_en_demo", "fastchat_dummy_conversation", "glaive_toolcall_en_demo")
 MODEL_DIR = REPO / "models" / "smollm2-135m-instruct"
+REAL_TEMPLATES = FIXTURES / "templates" / "real"
+MODELS = __import__("json").loads((REAL_TEMPLATES / "models.json").read_text(encoding="utf-8"))
+"""Per real template (file stem): its model's special and stop tokens (templates/real/README.md)."""
 
 
 @pytest.fixture(scope="session")
@@ -103,3 +106,42 @@ def packed_chat(real_data, model_dir, tmp_path_factory) -> tuple[Path, Path]:
     lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
     root = tmp_path_factory.mktemp("packed-chat")
     return pack_lines(lines[:120], model_dir, 256, root, "train"), pack_lines(lines[120:132], model_dir, 256, root, "val")
+
+
+@pytest.fixture(scope="session")
+def stand_in(tmp_path_factory):
+    """get(name, generation_config=True, **ChatRenderer options) -> (tokenizer, ChatRenderer): a
+    real template (tests/fixtures/templates/real/<name>.jinja) on SmolLM2's tokenizer with the
+    model's control tokens added, saved to a folder with a generation_config.json naming its stop
+    tokens (or, with generation_config=False, the same folder without it). Built once per session."""
+    import json
+    import shutil
+
+    from sftpack.templates.chat_template import ChatRenderer
+    from sftpack.templates.tokenizer import load_tokenizer
+
+    built = {}
+
+    def get(name: str, generation_config: bool = True, **renderer_options):
+        key = (name, generation_config, json.dumps(renderer_options, sort_keys=True))
+        if key not in built:
+            folder = tmp_path_factory.mktemp(name)
+            if (name, True, "{}") in built:  # the same folder, without generation_config.json
+                shutil.copytree(built[name, True, "{}"][0].name_or_path, folder, dirs_exist_ok=True)
+            else:
+                tokenizer = load_tokenizer(MODEL_DIR)
+                model = MODELS[name]
+                tokenizer.add_special_tokens({k: v for k, v in model["special_tokens"].items() if v})
+                tokenizer.add_tokens([t for t in model["stop_tokens"] if t not in tokenizer.get_vocab()],
+                                     special_tokens=True)
+                tokenizer.save_pretrained(folder)
+                (folder / "generation_config.json").write_text(json.dumps(
+                    {"eos_token_id": [tokenizer.convert_tokens_to_ids(t) for t in model["stop_tokens"]]}))
+            if not generation_config:
+                (folder / "generation_config.json").unlink(missing_ok=True)
+            tokenizer = load_tokenizer(folder)
+            template = (REAL_TEMPLATES / f"{name}.jinja").read_text(encoding="utf-8")
+            built[key] = (tokenizer, ChatRenderer(tokenizer, template, **renderer_options))
+        return built[key]
+
+    return get

@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from sftpack.errors import SftpackError
 from sftpack.templates.chat_template import ChatRenderer
 from sftpack.templates.masking import MaskOptions, encode_batch
 from sftpack.templates.tokenizer import load_tokenizer
 
-REAL = Path(__file__).resolve().parent / "fixtures" / "templates" / "real"
-MODELS = json.loads((REAL / "models.json").read_text(encoding="utf-8"))
-REPO = Path(__file__).resolve().parent.parent
-SMOL = REPO / "models" / "smollm2-135m-instruct"
+from conftest import MODELS
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 U1, A1 = {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hi there!"}
@@ -48,36 +46,15 @@ REFUSED = {("gemma2", "system"), ("gemma2", "tools"), ("gemma3", "tools")}
 """Conversations the template itself rejects (raise_exception): dropped as template_error."""
 RENDERS_TOOL_CALLS = {"command_r7b", "deepseek_r1_distill", "deepseek_v3_1", "glm4_5", "gpt_oss", "hermes_tool_use",
                       "llama3_1", "llama3_2", "llama3_3", "mistral_nemo", "mistral_small_3_1", "nemotron_nano_v2",
-                      "qwen2_5", "qwen3"}
+                      "qwen2_5", "qwen3", "seed_oss", "minimax_m2", "lfm2_5", "nemotron_super_v1_5", "gemma4"}
 """Templates that render assistant tool_calls (the other tool-capable ones, Granite 3.x, Kimi-K2 and
-Phi-4-mini, declare tools but drop the calls: such turns must stay untrained and be counted)."""
-
-
-@pytest.fixture(scope="module")
-def stand_in(tmp_path_factory):
-    built = {}
-
-    def get(name: str):
-        if name not in built:
-            tokenizer = load_tokenizer(SMOL)
-            model = MODELS[name]
-            tokenizer.add_special_tokens({k: v for k, v in model["special_tokens"].items() if v})
-            tokenizer.add_tokens([t for t in model["stop_tokens"] if t not in tokenizer.get_vocab()],
-                                 special_tokens=True)
-            folder = tmp_path_factory.mktemp(name)
-            tokenizer.save_pretrained(folder)
-            (folder / "generation_config.json").write_text(json.dumps(
-                {"eos_token_id": [tokenizer.convert_tokens_to_ids(t) for t in model["stop_tokens"]]}))
-            tokenizer = load_tokenizer(folder)
-            built[name] = (tokenizer, ChatRenderer(tokenizer, (REAL / f"{name}.jinja").read_text(encoding="utf-8")))
-        return built[name]
-
-    return get
+Phi-4-mini, declare tools but drop the calls, and Kimi-K2-Thinking writes the call's id, not its
+name: such turns must stay untrained and be counted)."""
 
 
 def encode(tokenizer, renderer, name, kind, **options):
     messages = copy.deepcopy(CONVERSATIONS[kind])
-    tools = TOOLS if kind == "tools" else ([] if name == "hermes_tool_use" else None)
+    tools = TOOLS if kind == "tools" else None  # Hermes iterates tools: the renderer gives it [] (probe-found)
     return encode_batch(renderer, tokenizer, [{"messages": messages, "tools": tools}], MaskOptions(**options))[0]
 
 
@@ -183,8 +160,11 @@ def test_whole_trains_the_full_rendering_and_counts_what_differs(stand_in, name)
         [sequence] = whole.sequences
         assert sequence.text == renderer.render(CONVERSATIONS[kind], [] if name == "hermes_tool_use" else None)
         pieces = [sequence.text[a:b] for a, b in sequence.trained_spans]
-        assert len(pieces) == 2 and all(p.endswith(tuple(MODELS[name]["stop_tokens"])) or name == "glm4_5"
-                                        for p in pieces)
+        # gpt-oss ends earlier answers with <|end|> in the full rendering: trained as S writes them
+        ends = tuple(MODELS[name]["stop_tokens"]) + (("<|end|>",) if name == "gpt_oss" else ())
+        assert len(pieces) == 2 and all(p.endswith(ends) or name == "glm4_5" for p in pieces)
+        assert not any(text in p for p in pieces for text in PROMPT_TEXTS), pieces  # no user turn trained
+        assert whole.audit.get("assistant_text_not_trained", 0) == 0
         differs = whole.audit.get("turns_rendered_differently", 0)
         as_auto = len(auto.sequences) == 1 and auto.sequences[0].text == sequence.text
         assert (differs > 0) == (not as_auto), (auto.audit, whole.audit)
@@ -252,3 +232,67 @@ def test_llama3_ignores_reasoning_and_says_so(stand_in):
     example = encode(tokenizer, renderer, "llama3_1", "reasoning")
     assert pieces(example) == [["Hi there!<|eot_id|>", "Paris.<|eot_id|>"]]
     assert example.audit == {"reasoning_not_rendered": 2}
+
+
+# ---------------------------------------------------------------- stop markers without generation_config.json
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stop_markers_inferred_from_the_rendering_give_the_same_masks(stand_in, name):
+    """A folder without generation_config.json (what save_pretrained writes): the markers inferred
+    from the template's own rendering are the model's, and every mask equals the one with the file."""
+    tokenizer, renderer = stand_in(name)
+    bare_tokenizer, bare = stand_in(name, generation_config=False)
+    assert renderer.stop.source == "generation_config" and bare.stop.source == "inferred"
+    assert set(bare.stop_markers) <= set(MODELS[name]["stop_tokens"]) | {bare_tokenizer.eos_token}
+    for kind in CONVERSATIONS:
+        with_file = encode(tokenizer, renderer, name, kind)
+        without = encode(bare_tokenizer, bare, name, kind)
+        assert pieces(without) == pieces(with_file) and without.audit == with_file.audit, kind
+        assert without.audit.get("assistant_text_not_trained", 0) == 0
+
+
+def test_gpt_oss_without_generation_config_trains_every_final_answer(stand_in):
+    """The issue's case: <|end|> sits between the analysis and the final message of one turn, so it
+    is no stop marker; with --reasoning mask every answer is still trained."""
+    tokenizer, renderer = stand_in("gpt_oss", generation_config=False)
+    assert renderer.stop.as_manifest() == {"tokens": ["<|call|>", "<|return|>"], "source": "inferred"}
+    masked = encode(tokenizer, renderer, "gpt_oss", "reasoning", reasoning="mask")
+    assert pieces(masked) == [["<|channel|>analysis<|message|>", "<|end|><|start|>assistant<|channel|>final"
+                               "<|message|>Hi there!<|return|>"],
+                              ["<|channel|>analysis<|message|>", "<|end|><|start|>assistant<|channel|>final"
+                               "<|message|>Paris.<|return|>"]]
+    assert masked.audit.get("assistant_text_not_trained", 0) == 0
+
+
+def test_given_stop_tokens_win_and_unknown_ones_are_refused(stand_in):
+    tokenizer, renderer = stand_in("gpt_oss", generation_config=False, stop_tokens=["<|return|>"])
+    assert renderer.stop.as_manifest() == {"tokens": ["<|return|>"], "source": "stop_tokens"}
+    with pytest.raises(SftpackError, match="not tokens of the tokenizer"):
+        ChatRenderer(tokenizer, renderer.template, stop_tokens=["<|no such token|>"])
+
+
+# ---------------------------------------------------------------- goldens for 2025-2026 templates
+
+def test_minimax_m2_plain_turns_close_the_think_block_its_prompt_opens(stand_in):
+    tokenizer, renderer = stand_in("minimax_m2")
+    assert pieces(encode(tokenizer, renderer, "minimax_m2", "multi")) == [["\n</think>\n\nHi there![e~["],
+                                                                          ["\n</think>\n\nParis.[e~["]]
+    assert pieces(encode(tokenizer, renderer, "minimax_m2", "reasoning"))[0] == [
+        "They want a greeting.\n</think>\n\nHi there![e~["]
+
+
+def test_gemma4_trains_each_turn_after_the_empty_thought_channel(stand_in):
+    tokenizer, renderer = stand_in("gemma4", generation_config=False)
+    assert renderer.stop_markers == ("<turn|>", "<eos>")  # <turn|> is learnt from the rendering
+    example = encode(tokenizer, renderer, "gemma4", "system")
+    assert pieces(example) == [["Hi there!<turn|>"], ["Paris.<turn|>"]]
+    assert example.sequences[0].text.endswith("<|turn>model\n<|channel>thought\n<channel|>Hi there!<turn|>")
+
+
+def test_seed_oss_and_lfm2_5_tool_calls(stand_in):
+    seed = pieces(encode(*stand_in("seed_oss"), "seed_oss", "tools"))
+    assert seed == [["<seed:tool_call>\n<function=get_weather>\n<parameter=city>Lyon</parameter>\n</function>\n"
+                     "</seed:tool_call><seed:eos>", "It is sunny in Lyon.<seed:eos>"]]
+    lfm = pieces(encode(*stand_in("lfm2_5"), "lfm2_5", "tools"))
+    assert lfm == [["<|tool_call_start|>[get_weather(city='Lyon')]<|tool_call_end|><|im_end|>",
+                    "It is sunny in Lyon.<|im_end|>"]]

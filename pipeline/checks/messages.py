@@ -21,7 +21,7 @@ template renders the conversation and every trained turn answers something:
   - the last turn is the assistant's: a trailing user or tool turn trains nothing (`role_order`);
   - at least one assistant turn (`no_assistant_turn`), none empty unless it calls tools
     (`empty_assistant`), and only assistant turns carry `tool_calls` (`tool_calls_not_assistant`)
-    or reasoning: `reasoning_content`, `reasoning`, `thinking` (`reasoning_not_assistant`).
+    or reasoning (`reasoning_not_assistant`) or a per-turn `train` flag (`train_not_assistant`).
 """
 
 from __future__ import annotations
@@ -193,12 +193,17 @@ def check_tool_calls_role(record: Record) -> Iterable[RowError]:
                            f"a {message['role']} message carries tool_calls; only assistant turns call tools")
 
 
+ASSISTANT_ONLY = {**dict.fromkeys(("reasoning_content", "reasoning", "thinking"),
+                                   ("reasoning_not_assistant", "only assistant turns reason")),
+                  "train": ("train_not_assistant", "only assistant turns are trained or not")}
+"""Message fields only assistant turns may carry: (rule, why)."""
+
+
 def check_reasoning_role(record: Record) -> Iterable[RowError]:
     for i, message in enumerate(record["messages"]):
-        for field in ("reasoning_content", "reasoning", "thinking"):
+        for field, (rule, why) in ASSISTANT_ONLY.items():
             if message.get(field) is not None and message["role"] != "assistant":
-                yield RowError(f"/messages/{i}/{field}", "reasoning_not_assistant",
-                               f"a {message['role']} message carries {field}; only assistant turns reason")
+                yield RowError(f"/messages/{i}/{field}", rule, f"a {message['role']} message carries {field}; {why}")
 
 
 def check_system_first(record: Record) -> Iterable[RowError]:
@@ -279,8 +284,7 @@ def _passes_rules(messages: list[dict[str, Any]]) -> bool:
             if not calls and not message["content"].strip():
                 return False
             assistant = True
-        elif calls or message.get("reasoning_content") is not None or message.get("reasoning") is not None \
-                or message.get("thinking") is not None:
+        elif calls or any(message.get(field) is not None for field in ASSISTANT_ONLY):
             return False
         if role == "system":
             if i:
@@ -350,12 +354,12 @@ def template_check(tokenizer: Any) -> Check:
         tokenizer: a transformers tokenizer with a chat template.
 
     Returns:
-        The check (rule `template_error`, message = the template's own exception text).
+        The check (rule `template_error`, message = the template's exception text; record kwargs used).
     """
-
     def check_template(record: Record) -> Iterable[RowError]:
         try:
-            tokenizer.apply_chat_template(record["messages"], tools=record.get("tools") or None, tokenize=False)
+            tokenizer.apply_chat_template(record["messages"], tools=record.get("tools") or None, tokenize=False,
+                                          **(record.get("chat_template_kwargs") or {}))
         except Exception as err:  # noqa: BLE001 - a template is user code; whatever it raises is the reject
             yield RowError("/messages", "template_error",
                            f"chat template failed: {_shorten(str(err) or type(err).__name__)}")

@@ -23,7 +23,10 @@ MIN_MAX_LENGTH = 8
 CHOICES = {"train_on": TRAIN_ON, "turns": TURNS, "reasoning": REASONING, "truncation": TRUNCATIONS,
            "strategy": STRATEGIES}
 """Option -> its accepted values, for flags and messages."""
-DATA_KEYS = ("tokenizer", "max_length", "chat_template", "strategy", "train_on", "turns", "reasoning", "truncation")
+DATA_KEYS = ("tokenizer", "max_length", "chat_template", "strategy", "train_on", "turns", "reasoning", "truncation",
+             "chat_template_kwargs", "stop_tokens")
+RESERVED_TEMPLATE_ARGS = ("messages", "tools", "add_generation_prompt")
+"""Template variables sftpack passes itself: template arguments may not set them."""
 """What a stage that prepares conversations takes from `model.name_or_path` and the `data` section."""
 
 
@@ -36,6 +39,13 @@ def problems(values: dict[str, Any]) -> list[str]:
     found += MaskOptions(**mask).problems()
     if "max_length" in values and values["max_length"] < MIN_MAX_LENGTH:
         found.append(f"max_length {values['max_length']}: must be at least {MIN_MAX_LENGTH}")
+    kwargs = values.get("chat_template_kwargs")
+    if kwargs is not None and (not isinstance(kwargs, dict) or set(kwargs) & set(RESERVED_TEMPLATE_ARGS)):
+        found.append(f"chat_template_kwargs {kwargs!r}: a mapping of template variables other than "
+                     f"{', '.join(RESERVED_TEMPLATE_ARGS)}")
+    stops = values.get("stop_tokens")
+    if stops is not None and (isinstance(stops, str) or not stops or not all(isinstance(t, str) and t for t in stops)):
+        found.append(f"stop_tokens {stops!r}: a non-empty list of tokens (--stop-tokens '<|im_end|>')")
     return found
 
 
@@ -52,5 +62,6 @@ def data_values(run_config: Any | None, flags: dict[str, Any]) -> dict[str, Any]
         values = {"tokenizer": run_config.model.name_or_path, "max_length": data.max_length,
                   "chat_template": data.chat_template, "strategy": "bfd" if data.packing else "none",
                   "train_on": data.train_on, "turns": data.turns, "reasoning": data.reasoning,
-                  "truncation": data.truncation}
+                  "truncation": data.truncation, "chat_template_kwargs": dict(data.chat_template_kwargs) or None,
+                  "stop_tokens": None if data.stop_tokens is None else tuple(data.stop_tokens)}
     return values | {key: value for key, value in flags.items() if value is not None}

@@ -76,6 +76,12 @@ class DataConfig:
     """What happens to examples longer than max_length: drop (counted) or truncate (counted)."""
     chat_template: str | None = None
     """Path to a Jinja chat template overriding the tokenizer's own."""
+    chat_template_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    """Template arguments for every render (enable_thinking, reasoning_effort, ...); a record's own
+    `chat_template_kwargs` take precedence. TRL's `chat_template_kwargs`."""
+    stop_tokens: list[str] | None = None
+    """The tokens that end an assistant turn; null: generation_config.json's eos_token_id, else
+    inferred from the template's rendering (with a warning)."""
     out_dir: str = "out"
     """Where validate/pack write when `train` is given raw JSONL."""
     allow_rejects: bool = False

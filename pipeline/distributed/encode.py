@@ -31,7 +31,6 @@ class Encoder:
     def __init__(self):
         from sftpack.store.fingerprint import tokenizer_files_identity
         from sftpack.packing.encode import set_worker_state
-        from sftpack.templates.tokenizer import load_renderer
 
         cfg, staging, token, tokenizer_files, readings = self.job
         check_shared(staging, token)
@@ -42,7 +41,7 @@ class Encoder:
         if files != tokenizer_files:
             raise SftpackError(f"{node_name()}: the tokenizer folder {cfg.tokenizer} is missing or differs from the "
                                "driver's: every node must see the same tokenizer folder at the same path", exit_code=2)
-        set_worker_state(cfg, *load_renderer(cfg.tokenizer, cfg.chat_template))  # as pack.run does
+        set_worker_state(cfg, *cfg.load_renderer())  # as pack.run does
         self.cfg, self.staging, self.token, self.readings = cfg, Path(staging), token, readings
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

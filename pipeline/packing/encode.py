@@ -129,7 +129,8 @@ def _check_rows(input_name: str, stem: str, rows: list) -> tuple[list[tuple[int,
             entry["example_id"] = str(record.get("id", entry["example_id"]))
             entry["source"] = None if record.get("source") is None else str(record["source"])
             entry["turns"] = len(messages)
-            records.append((len(stats), {"messages": messages, "tools": record.get("tools")}))
+            records.append((len(stats), {"messages": messages, "tools": record.get("tools"),
+                                         "chat_template_kwargs": record.get("chat_template_kwargs")}))
         stats.append(entry)
     return records, stats
 

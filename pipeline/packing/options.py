@@ -35,6 +35,12 @@ class PackConfig:
     """Assistant reasoning: train (with the answer), mask (rendered, not trained), drop (removed)."""
     truncation: str = "drop"
     """Examples longer than max_length: drop (counted) or truncate (keep the start, counted)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Template arguments for every render (enable_thinking, reasoning_effort, ...); a record's own
+    `chat_template_kwargs` take precedence."""
+    stop_tokens: tuple[str, ...] | None = None
+    """The tokens that end an assistant turn; None: generation_config.json's eos_token_id, else
+    inferred from the template's rendering (pipeline/templates/stop_markers.py)."""
     num_proc: int = 1
     """Encoding processes; the output is identical for any value."""
     threads: int = 2
@@ -53,6 +59,8 @@ class PackConfig:
     ray://HOST:PORT; None runs here. The output is identical either way."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop_tokens, list):
+            object.__setattr__(self, "stop_tokens", tuple(self.stop_tokens))
         problems = data_problems(dataclasses.asdict(self))
         if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
             problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
@@ -73,3 +81,10 @@ class PackConfig:
         """The options that change the output (num_proc, threads, batch_size, ray and allow_rejects do not)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
                 if k not in ("num_proc", "threads", "batch_size", "tokenizer", "ray", "allow_rejects")}
+
+    def load_renderer(self) -> tuple[Any, Any]:
+        """(tokenizer, ChatRenderer) with this config's template, template arguments and stop tokens."""
+        from sftpack.templates.tokenizer import load_renderer
+
+        return load_renderer(self.tokenizer, self.chat_template, template_kwargs=self.chat_template_kwargs,
+                             stop_tokens=self.stop_tokens)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 # Bump when the bytes pack writes for the same inputs and options change meaning.
-PACK_FORMAT_VERSION = 2  # 2: rows from pack_bins (BFD + local search)
+PACK_FORMAT_VERSION = 3  # 2: rows from pack_bins (BFD + local search); 3: stop markers inferred, not guessed
 
 
 def _is_plain(source: InputSource) -> bool:
@@ -155,10 +155,10 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
     # Building imports what a reused run never needs (numpy, the template, the encoders): that
     # keeps a reused pack's start-up short.
     from sftpack.packing.encode import set_worker_state
-    from sftpack.templates.tokenizer import load_renderer
 
-    tokenizer, renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
-    identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files}
+    tokenizer, renderer = cfg.load_renderer()
+    identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files,
+                                                                   "stop_markers": renderer.stop.as_manifest()}
     set_worker_state(cfg, tokenizer, renderer)  # forked workers inherit it
     try:
         manifest = _build(folder, sources, input_ids, identity, fp, cfg, started, tokenizer_files)
@@ -270,9 +270,22 @@ def _totals(folder: Path, lengths: np.ndarray, rows: int, shards: list[dict[str,
     }
 
 
+def pack_warnings(manifest: dict[str, Any]) -> list[str]:
+    """What a user must hear about a packed folder (built or reused): inferred stop markers, then
+    the audit counts that need attention, one sentence each with its fix."""
+    from sftpack.templates.stop_markers import inferred_warning
+
+    stop = manifest.get("tokenizer", {}).get("stop_markers", {})
+    inferred = inferred_warning(stop, manifest.get("options", {}).get("tokenizer", "the tokenizer folder"))
+    return ([inferred] if inferred else []) + audit_warnings(manifest.get("totals", {}).get("audit", {}))
+
+
 def audit_warnings(audit: dict[str, int]) -> list[str]:
     """One sentence per audit count that needs a user's attention, each with a fix."""
     fixes = {
+        "assistant_text_not_trained": "assistant turns have text the template renders (content, reasoning or tool "
+                                      "calls) outside every trained span, so it is never learnt; check the stop "
+                                      "markers (--stop-tokens) and the template",
         "reasoning_not_rendered": "assistant turns carry reasoning the chat template does not render, so it is not "
                                   "trained; use a template that renders reasoning_content, or --reasoning drop to say so",
         "tool_calls_not_rendered": "assistant turns call tools the chat template does not render; they are left "

@@ -77,6 +77,10 @@ class ReportConfig:
     """Assistant reasoning: train, mask or drop (as in pack)."""
     truncation: str = "drop"
     """What pack would do with examples over max_length: drop or truncate."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Template arguments for every render (as in pack)."""
+    stop_tokens: tuple[str, ...] | None = None
+    """The tokens that end an assistant turn (as in pack)."""
     batch_size: int = 512
     """Conversations per tokenizer call."""
     examples: int = 10
@@ -146,7 +150,9 @@ class _Encoder:
     def __init__(self, cfg: ReportConfig):
         from sftpack.templates.tokenizer import load_renderer
 
-        self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template)
+        self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template,
+                                                      template_kwargs=cfg.chat_template_kwargs,
+                                                      stop_tokens=cfg.stop_tokens)
         from sftpack.templates.masking import AUDIT_KEYS, MaskOptions
 
         self.options, self.max_length = MaskOptions(cfg.train_on, cfg.turns, cfg.reasoning), cfg.max_length
@@ -157,7 +163,8 @@ class _Encoder:
         """Each record through masking's encode_batch (pack's code): a list of EncodedExample."""
         from sftpack.templates.masking import encode_batch
 
-        conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id")} for r in records]
+        conversations = [{"messages": r["messages"], "tools": r.get("tools"), "id": r.get("id"),
+                          "chat_template_kwargs": r.get("chat_template_kwargs")} for r in records]
         return encode_batch(self.renderer, self.tokenizer, conversations, self.options)
 
     def encode(self, records: list[dict]) -> list[tuple[int, int, int, dict[str, int]] | str]:

@@ -49,8 +49,10 @@ TOKENIZER_FILES = (
     "chat_template.jinja", "chat_template.json",
     "tokenizer.model", "vocab.json", "merges.txt", "vocab.txt",  # slow sources, converted when no tokenizer.json
     "config.json",  # AutoTokenizer picks the class from it when tokenizer_config.json does not say
+    "generation_config.json",  # its eos_token_id are the stop markers that end trained turns
 )
-"""The files of a tokenizer folder that transformers reads to build the tokenizer and its template."""
+"""The files of a tokenizer folder that transformers reads to build the tokenizer and its template,
+and the generation config whose stop tokens decide where trained turns end."""
 CHAT_TEMPLATE_DIR = "additional_chat_templates"
 
 

@@ -4,9 +4,9 @@
 renderer knows the template's control text, measured from the tokenizer and a few probe renders,
 never from the template's source:
 
-  stop_markers   the texts a model emits to end a turn: the tokenizer's eos and the ids of the
-                 folder's generation_config.json `eos_token_id`; without that file, the added tokens
-                 in KNOWN_STOP_MARKERS (<|im_end|>, <|eot_id|>, <end_of_turn>, </s>, <|end|>...)
+  stop_markers   the texts a model emits to end a turn: the `stop_tokens` option, else the
+                 tokenizer's eos and the ids of the folder's generation_config.json
+                 `eos_token_id`, else inferred from probe renders (pipeline/templates/stop_markers.py)
   implied_stop   for templates that write no end marker after a turn (GLM), the stop marker that
                  opens the next turn (<|user|>), which is what the model emits to stop
   role_headers   the text that opens a user or system message (<|im_start|>user, [INST], ...),
@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -34,15 +33,15 @@ from transformers.utils.chat_template_utils import (
 )
 
 from sftpack.errors import SftpackError
+from sftpack.templates.stop_markers import StopMarkers, generation_config_markers, given_markers, infer_markers
+from sftpack.templates.template_forms import TemplateForms, probe_forms
 
 REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
 """Names a message's reasoning is read from, in this order, and given to the template under."""
-KNOWN_STOP_MARKERS = (
-    "<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|end|>", "<|return|>", "<|call|>",
-    "<end_of_turn>", "</s>", "<|END_OF_TURN_TOKEN|>", "<｜end▁of▁sentence｜>", "<|endoftext|>",
-    "<|user|>", "<|observation|>",
-)
-"""End-of-turn tokens of the model families sftpack knows; only those the tokenizer defines count."""
+TRAIN_FLAG = "train"
+"""An assistant message's per-turn flag: false leaves the turn untrained (never given to the template)."""
+RESERVED_KWARGS = frozenset({"messages", "tools", "add_generation_prompt"})
+"""Template variables sftpack passes itself; template arguments may not set them."""
 PROBE_MESSAGE = {"role": "user", "content": "Continue."}
 """Appended after a final assistant turn to see what the template writes after it."""
 _SENTINEL = "\u2063sftpack\u2063"
@@ -94,14 +93,20 @@ class ChatRenderer:
     eos_token, ...), raise_exception, strftime_now and tojson.
     """
 
-    def __init__(self, tokenizer: Any, chat_template: str | None = None):
+    def __init__(self, tokenizer: Any, chat_template: str | None = None, template_kwargs: dict | None = None,
+                 stop_tokens: tuple[str, ...] | list[str] | None = None):
         """Args:
             tokenizer: a Hugging Face tokenizer; its special tokens become template variables.
             chat_template: Jinja source overriding the tokenizer's template; None uses the
                 tokenizer's (its "default" entry when it has several).
+            template_kwargs: extra template variables for every render (`data.chat_template_kwargs`:
+                enable_thinking, reasoning_effort, ...); a record's own `chat_template_kwargs` win.
+            stop_tokens: the stop markers (`data.stop_tokens`); None reads generation_config.json,
+                else infers them from probe renders (pipeline/templates/stop_markers.py).
 
         Raises:
-            SftpackError: no template, or the template does not compile.
+            SftpackError: no template, the template does not compile, a reserved template
+                argument, or a stop token the tokenizer lacks.
         """
         if chat_template is None:
             try:
@@ -116,16 +121,30 @@ class ChatRenderer:
                 f"chat template line {err.lineno}: {err.message}; fix the Jinja syntax"
             ) from None
         self._variables = _plain_template_data(dict(tokenizer.special_tokens_map))
+        self.template_kwargs: dict[str, Any] = dict(template_kwargs or {})
+        reserved = sorted(RESERVED_KWARGS & self.template_kwargs.keys())
+        if reserved:
+            raise SftpackError(f"chat_template_kwargs: {', '.join(reserved)} cannot be set: sftpack passes them itself")
         added = sorted(map(str, tokenizer.added_tokens_encoder), key=len, reverse=True)
         self._added = frozenset(added)
         self.added_re = re.compile("|".join(map(re.escape, added)) or "(?!)")  # (?!): never matches
         self._added_max = max(map(len, added), default=1)
-        self.stop_markers: tuple[str, ...] = _stop_markers(tokenizer, self._added)
         self.arguments_as_string = False
         """Tool-call arguments go to the template as JSON strings (set when objects make it raise)."""
         self._probed: dict[str, Any] = {}
         self.memo: dict[str, Any] = {}
         """What masking learns once per template (pipeline/templates/masking.py: skeletons per conversation shape)."""
+        self.forms: TemplateForms = probe_forms(self)
+        """How the template reads tools and reasoning (pipeline/templates/template_forms.py)."""
+        self.stop: StopMarkers = (given_markers(tokenizer, stop_tokens) if stop_tokens
+                                  else generation_config_markers(tokenizer, self._added)
+                                  or infer_markers(self, tokenizer, self._added))
+        """The stop markers in use and where they come from."""
+
+    @property
+    def stop_markers(self) -> tuple[str, ...]:
+        """The texts a model emits to end a turn, longest first."""
+        return self.stop.tokens
 
     @property
     def template_sha256(self) -> str:
@@ -135,48 +154,76 @@ class ChatRenderer:
     # ------------------------------------------------------------ rendering
 
     def render(self, messages: list[dict], tools: list[dict] | None = None,
-               add_generation_prompt: bool = False) -> str:
+               add_generation_prompt: bool = False, kwargs: dict | None = None) -> str:
         """Render one conversation to text, exactly as apply_chat_template(tokenize=False) does.
 
         Raises:
             jinja2.TemplateError (and TypeError, ...): whatever the template raises.
         """
-        return self.render_prepared(*self.prepare(messages, tools)[:2], add_generation_prompt)
+        return self.render_prepared(*self.prepare(messages, tools, kwargs=kwargs)[:2], add_generation_prompt)
 
-    def prepare(self, messages: list[dict], tools: list[dict] | None,
-                reasoning: str = "train") -> tuple[list[dict], Any, list[str | None]]:
-        """The messages and tools as the template sees them (done once per conversation).
+    def prepare(self, messages: list[dict], tools: list[dict] | None, reasoning: str = "train",
+                kwargs: dict | None = None, arguments_as_string: bool | None = None,
+                ) -> tuple[list[dict], dict[str, Any], list[str | None]]:
+        """The messages and template variables as the template sees them (once per conversation).
 
         Args:
             messages: the conversation as read.
             tools: tool schemas, or None.
             reasoning: "train"/"mask" give each assistant turn's reasoning to the template under
                 every name in REASONING_FIELDS; "drop" removes it.
+            kwargs: the conversation's own template arguments (over `template_kwargs`).
+            arguments_as_string: tool-call arguments as JSON strings; None: `arguments_as_string`.
 
         Returns:
-            (messages, tools, the reasoning of each message or None).
+            (messages, template variables: tools and arguments, the reasoning of each message or None).
+
+        Raises:
+            TypeError: kwargs set a name sftpack passes itself (a render error: the record is dropped).
         """
+        as_string = self.arguments_as_string if arguments_as_string is None else arguments_as_string
         prepared, reasonings = [], []
         for original in messages:
             thought, content = split_reasoning(original)
-            message = {k: v for k, v in original.items() if v is not None and k not in REASONING_FIELDS}
+            message = {k: v for k, v in original.items()
+                       if v is not None and k not in REASONING_FIELDS and k != TRAIN_FLAG}
             if message.get("role") != "assistant":
                 thought = None
             else:
                 message["content"] = content
                 if thought is not None and reasoning != "drop":
                     message.update(dict.fromkeys(REASONING_FIELDS, thought))
+                    message = self.forms.with_reasoning(message, thought)
                 if message.get("tool_calls"):
-                    message["tool_calls"] = _arguments_as(message["tool_calls"], self.arguments_as_string)
+                    message["tool_calls"] = _arguments_as(message["tool_calls"], as_string)
             prepared.append(message)
             reasonings.append(thought if reasoning != "drop" else None)
-        return _plain_template_data(prepared), _plain_template_data(tools), reasonings
+        if kwargs and RESERVED_KWARGS & kwargs.keys():
+            raise TypeError(f"chat_template_kwargs cannot set {sorted(RESERVED_KWARGS & kwargs.keys())}")
+        variables = _plain_template_data({**self.template_kwargs, **(kwargs or {}), "tools": self.forms.tools(tools)})
+        return _plain_template_data(prepared), variables, reasonings
 
-    def render_prepared(self, messages: list[dict], tools: Any, add_generation_prompt: bool) -> str:
-        """Render messages from `prepare`."""
+    def try_render(self, messages: list[dict], variables: dict[str, Any]) -> str | None:
+        """Plain messages and variables rendered as a training example; None when the template raises."""
+        try:
+            return self.render_prepared(_plain_template_data(messages), _plain_template_data(variables), False)
+        except RENDER_ERRORS:
+            return None
+
+    def render_or_none(self, messages: list[dict], tools: list[dict] | None, arguments_as_string: bool = False,
+                       add_generation_prompt: bool = False) -> str | None:
+        """A probe render: the text, or None when the template raises on it."""
+        try:
+            msgs, variables, _ = self.prepare(messages, tools, arguments_as_string=arguments_as_string)
+            return self.render_prepared(msgs, variables, add_generation_prompt)
+        except RENDER_ERRORS:
+            return None
+
+    def render_prepared(self, messages: list[dict], variables: dict[str, Any], add_generation_prompt: bool) -> str:
+        """Render messages and variables from `prepare`."""
         return self._compiled.render(
-            messages=messages, tools=tools, documents=None,
-            add_generation_prompt=add_generation_prompt, **self._variables,
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            **{"documents": None, **self._variables, **variables},
         )
 
     # ------------------------------------------------------------ what the renders tell
@@ -195,10 +242,12 @@ class ChatRenderer:
                     break
         return end
 
-    def first_stop_end(self, text: str) -> int | None:
-        """Where the first stop marker in `text` ends: a turn is trained up to there, and what the
-        template writes after it (Phi-3's final eos, Command-R's next-turn opener) never is."""
-        found = [text.find(m) + len(m) for m in self.stop_markers if m in text]
+    def first_stop_end(self, text: str, after: int = 0) -> int | None:
+        """Where the first stop marker in `text[after:]` ends: a turn is trained up to there, and what
+        the template writes after it (Phi-3's final eos, Command-R's next-turn opener) never is.
+        `after` is where the turn's own text ends: a marker before it is followed by more of the
+        same turn (gpt-oss's <|end|> between analysis and final), so it does not stop the turn."""
+        found = [text.find(m, after) + len(m) for m in self.stop_markers if text.find(m, after) >= 0]
         return min(found) if found else None
 
     def _probe(self, messages: list[dict]) -> str | None:
@@ -255,26 +304,6 @@ class ChatRenderer:
                     headers.add(header)
             self._probed["role_headers"] = tuple(sorted(headers))
         return self._probed["role_headers"]
-
-
-def _stop_markers(tokenizer: Any, added: frozenset[str]) -> tuple[str, ...]:
-    """The tokenizer's eos and the ids of its folder's generation_config.json `eos_token_id` (what
-    generate() stops on); without that file, eos and the known end markers the tokenizer defines.
-    Longest first, so a marker that contains another is matched whole."""
-    markers = set()
-    if isinstance(getattr(tokenizer, "eos_token", None), str) and tokenizer.eos_token:
-        markers.add(tokenizer.eos_token)
-    folder = Path(str(getattr(tokenizer, "name_or_path", "") or ""))
-    try:
-        ids = json.loads((folder / "generation_config.json").read_text(encoding="utf-8")).get("eos_token_id")
-    except (OSError, ValueError, AttributeError):
-        markers |= {m for m in KNOWN_STOP_MARKERS if m in added}
-        ids = None
-    for token_id in ids if isinstance(ids, list) else [ids] if isinstance(ids, int) else []:
-        token = tokenizer.convert_ids_to_tokens(token_id)
-        if isinstance(token, str) and token in added:
-            markers.add(token)
-    return tuple(sorted(markers, key=len, reverse=True))
 
 
 def common_prefix_len(a: str, b: str) -> int:

@@ -62,7 +62,7 @@ class EncodedExample:
 
 def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] | None = None,
                            options: MaskOptions = MaskOptions(), name: str = "conversation",
-                           ) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
+                           kwargs: dict | None = None) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
     """Render a conversation into trained sequences (module docstring).
 
     Args:
@@ -71,6 +71,8 @@ def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: 
         tools: tool schemas passed to the template as `tools`, or None.
         options: train_on, turns and reasoning.
         name: how error messages name the conversation (e.g. "conversation 'alpaca-3'").
+        kwargs: the conversation's template arguments (its `chat_template_kwargs`), over the
+            renderer's; given to every render of it.
 
     Returns:
         ([(text, sorted disjoint trained spans)], audit counts for this conversation).
@@ -83,25 +85,32 @@ def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: 
     from sftpack.templates.chat_template import RENDER_ERRORS
 
     try:
-        return _sequences(renderer, messages, tools, options, name)
+        return _sequences(renderer, messages, tools, options, name, kwargs)
     except RENDER_ERRORS:
         # Templates that concatenate `arguments` (DeepSeek V3.1) raise on objects: try strings once.
         if renderer.arguments_as_string or not any(m.get("tool_calls") for m in messages):
             raise
         renderer.arguments_as_string = True
         try:
-            return _sequences(renderer, messages, tools, options, name)
+            return _sequences(renderer, messages, tools, options, name, kwargs)
         except RENDER_ERRORS:
             renderer.arguments_as_string = False
             raise
 
 
 def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] | None, options: MaskOptions,
-               name: str) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
-    msgs, tools, thoughts = renderer.prepare(messages, tools, options.reasoning)
-    full = renderer.render_prepared(msgs, tools, False)
-    known = from_skeleton(renderer, msgs, tools, full, options)
-    return known if known is not None else located_sequences(renderer, msgs, tools, thoughts, full, options, name)
+               name: str, kwargs: dict | None) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
+    from sftpack.templates.chat_template import TRAIN_FLAG
+
+    msgs, variables, thoughts = renderer.prepare(messages, tools, options.reasoning, kwargs)
+    untrained = frozenset(i for i, m in enumerate(messages)
+                          if m.get("role") == "assistant" and m.get(TRAIN_FLAG) is False)
+    full = renderer.render_prepared(msgs, variables, False)
+    known = None if untrained else from_skeleton(renderer, msgs, variables, full, options)
+    if known is not None:
+        return known
+    sequences, audit = located_sequences(renderer, msgs, variables, thoughts, full, options, name, untrained)
+    return sequences, audit | ({"turns_marked_untrained": len(untrained)} if untrained else {})
 
 
 # ---------------------------------------------------------------- many conversations, as tokens
@@ -139,7 +148,8 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
     Args:
         renderer: the chat template.
         tokenizer: a fast tokenizer (offsets are needed).
-        conversations: dicts with "messages", optional "tools" and optional "id" (used in errors).
+        conversations: dicts with "messages", optional "tools", optional "chat_template_kwargs"
+            (template arguments over the renderer's) and optional "id" (used in errors).
         options: train_on, turns, reasoning.
         max_chars: sequences longer than this are not tokenized (reason "too_long"): a caller that
             drops long examples passes max_length x the longest token's characters, so a 50 MB line
@@ -164,7 +174,7 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
         name = _conversation_name(conversation, index)
         try:
             sequences, audit = conversation_sequences(renderer, conversation["messages"], conversation.get("tools"),
-                                                      options, name)
+                                                      options, name, conversation.get("chat_template_kwargs"))
         except TemplateNotMaskable as err:
             results[index] = EncodedExample(error=str(err), reason="template_not_maskable")
         except RENDER_ERRORS as err:

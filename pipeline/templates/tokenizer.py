@@ -66,9 +66,10 @@ def load_tokenizer(path: str | Path, where: str = "--tokenizer") -> Any:
     return tokenizer
 
 
-def load_renderer(path: str | Path, chat_template: str | Path | None = None, where: str = "--tokenizer"):
+def load_renderer(path: str | Path, chat_template: str | Path | None = None, where: str = "--tokenizer",
+                  template_kwargs: dict | None = None, stop_tokens: tuple[str, ...] | list[str] | None = None):
     """The tokenizer and the chat template to render with: the file `chat_template` if given,
-    else the tokenizer's own.
+    else the tokenizer's own; `template_kwargs` and `stop_tokens` as ChatRenderer takes them.
 
     Returns:
         (tokenizer, ChatRenderer).
@@ -88,4 +89,4 @@ def load_renderer(path: str | Path, chat_template: str | Path | None = None, whe
     elif not tokenizer.chat_template:
         raise SftpackError(f"{path}: the tokenizer has no chat template, so conversations cannot be rendered; "
                            f"pass --chat-template FILE")
-    return tokenizer, ChatRenderer(tokenizer, template)
+    return tokenizer, ChatRenderer(tokenizer, template, template_kwargs, stop_tokens)

@@ -37,6 +37,7 @@ turn. A token is trained iff its character range overlaps a trained span (transf
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -49,7 +50,8 @@ TRAIN_ON: tuple[str, ...] = TrainOn.__args__
 TURNS: tuple[str, ...] = Turns.__args__
 REASONING: tuple[str, ...] = Reasoning.__args__
 AUDIT_KEYS = ("split_conversations", "split_extra_tokens", "reasoning_not_rendered", "tool_calls_not_rendered",
-              "turns_rendered_differently", "turns_without_stop", "spans_with_role_header")
+              "turns_rendered_differently", "turns_without_stop", "spans_with_role_header",
+              "assistant_text_not_trained", "turns_marked_untrained")
 """Per-conversation counts `encode_batch` returns, summed into pack's manifest and the report."""
 SNIPPET_CHARS = 60
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -95,6 +97,9 @@ class _Target:
     """Where the turn's reasoning is in `text`, when rendered."""
     trained: bool
     """False when the template does not render the turn's tool calls."""
+    own: tuple[str, ...]
+    """The turn's own text the template renders (reasoning unless masked, content, tool-call
+    names), which must lie inside a trained span (`assistant_text_not_trained` otherwise)."""
 
 
 # ---------------------------------------------------------------- one conversation, as text
@@ -118,9 +123,31 @@ def _continue_think_block(opened: str, body: str, thought: str | None, where: st
     return block[len(opened):] + body.lstrip()
 
 
-def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | None, where: str) -> str:
+def own_pieces(message: dict, thought: str | None) -> list[str]:
+    """A turn's own text in the order templates write it: reasoning, content, tool-call names."""
+    content = message.get("content")
+    if isinstance(content, list):  # typed chunks (pipeline/templates/template_forms.py): their text
+        content = "".join(c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text")
+    names = [(call.get("function") or {}).get("name") for call in message.get("tool_calls") or []]
+    return [p.strip() for p in (thought, content, *names) if isinstance(p, str) and p.strip()]
+
+
+def own_end(text: str, pieces: list[str], start: int = 0) -> int:
+    """Where the last of `pieces`, found in order from `start`, ends in `text` (`start` if none is):
+    a stop marker before it is followed by more of the turn, so it does not end the turn."""
+    at = start
+    for piece in pieces:
+        found = text.find(piece, at)
+        if found >= 0:
+            at = found + len(piece)
+    return at
+
+
+def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | None, where: str,
+                last_text: str) -> str:
     """The text the model writes after `prompt` for the turn that `alone` (the conversation ending
-    at it) renders last, still with whatever follows its stop marker."""
+    at it) renders last, still with whatever follows its stop marker. `last_text`: the content of
+    the message before the turn."""
     at = renderer.split_point(prompt, alone)
     body = alone[at:]
     opened = prompt[at:]
@@ -129,6 +156,14 @@ def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | 
         opened = opened or prompt[prompt.rindex(THINK_OPEN):]
         return _continue_think_block(opened, body, thought, where, prompt)
     if not opened:
+        return body
+    last_text = last_text.strip()
+    closed = opened.rstrip()
+    if last_text and prompt.rfind(last_text) + len(last_text) <= at and renderer.added_re.match(opened) \
+            and any(closed.endswith(m.group()) for m in renderer.added_re.finditer(closed)):
+        # The prompts part after every message's text, where the generation prompt adds a whole control
+        # block the rendered turn lacks (Gemma 4's empty "<|channel>thought\n<channel|>"): the model
+        # writes the turn after it.
         return body
     # The prompt renders differently at inference (Mistral Nemo moves the system prompt into the last
     # user turn, Hermes closes grouped tool results otherwise): the turn is what `alone` renders after
@@ -148,13 +183,15 @@ def _turn_start(renderer: ChatRenderer, prompt: str, alone: str, thought: str | 
 
 
 def _turn_target(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str, i: int,
-                 thought: str | None, where: str) -> tuple[_Target, dict[str, int]]:
+                 thought: str | None, where: str, reasoning_hidden: bool) -> tuple[_Target, dict[str, int]]:
     """F_i for assistant message i (module docstring), and what it could not render."""
     prompt = renderer.render_prepared(msgs[:i], tools, True)
     alone = full if i == len(msgs) - 1 else renderer.render_prepared(msgs[: i + 1], tools, False)
-    body = _turn_start(renderer, prompt, alone, thought, where)
+    before = msgs[i - 1].get("content") if i else None
+    body = _turn_start(renderer, prompt, alone, thought, where, before if isinstance(before, str) else "")
     audit: dict[str, int] = {}
-    end = renderer.first_stop_end(body)
+    pieces = own_pieces(msgs[i], thought)
+    end = renderer.first_stop_end(body, own_end(body, pieces))
     if end is None:  # no end marker of its own (GLM): the marker that opens what follows stops it
         body = body.rstrip()
         follows = full[len(prompt) + len(body):].lstrip() if full.startswith(prompt + body) else ""
@@ -176,16 +213,27 @@ def _turn_target(renderer: ChatRenderer, msgs: list[dict], tools: Any, full: str
     trained = all(name and name in turn for name in names)
     if not trained:
         audit["tool_calls_not_rendered"] = 1
-    return _Target(i, len(prompt), text, reasoning, trained), audit
+    hidden = thought.strip() if thought and reasoning_hidden else None
+    own = tuple(p for p in pieces if p in body and p != hidden)
+    return _Target(i, len(prompt), text, reasoning, trained, own), audit
 
 
-def _whole_span(renderer: ChatRenderer, full: str, target: _Target) -> tuple[Span, Span | None, bool]:
-    """Turn `target` as the full rendering S has it: (span, reasoning span, rendered as F_i)."""
+def _whole_span(renderer: ChatRenderer, full: str, target: _Target, msgs: list[dict]) -> tuple[Span, Span | None, bool]:
+    """Turn `target` as the full rendering S has it: (span, reasoning span, rendered as F_i).
+
+    Its end is the first stop marker after its own text; where S writes none before the next
+    message (gpt-oss ends earlier answers with <|end|>), the control token S ends the turn with."""
     if full.startswith(target.text):
         return (target.prompt_end, len(target.text)), target.reasoning, True
     start = renderer.split_point(target.text[: target.prompt_end], full)
     rest = full[start:]
-    end = renderer.first_stop_end(rest)
+    after = own_end(rest, list(target.own))
+    end = renderer.first_stop_end(rest, after)
+    following = msgs[target.index + 1].get("content") if target.index + 1 < len(msgs) else None
+    limit = rest.find(following.strip(), after) if isinstance(following, str) and following.strip() else -1
+    if limit >= 0 and (end is None or end > limit):
+        marker = renderer.added_re.search(rest, after, limit)
+        end = marker.end() if marker else after
     end = len(rest.rstrip()) if end is None else end
     reasoning = None
     if target.reasoning is not None:
@@ -232,23 +280,32 @@ def _spans(trained: list[tuple[Span, Span | None, bool]], options: MaskOptions) 
     return tuple(sorted(spans))
 
 
+def _untrained_text(sequences: list[tuple[str, tuple[Span, ...]]], targets: list[_Target]) -> int:
+    """Trained turns with own text (rendered) that lies in no trained span of the sequences."""
+    trained = [text[s:e] for text, spans in sequences for s, e in spans]
+    return sum(any(not any(piece in span for span in trained) for piece in t.own) for t in targets if t.trained)
+
+
 def located_sequences(renderer: ChatRenderer, msgs: list[dict], tools: Any, thoughts: list[str | None], full: str,
-             options: MaskOptions, name: str) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
+                      options: MaskOptions, name: str, untrained: frozenset[int] = frozenset(),
+                      ) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
     """The module docstring's method: renders of every turn's prompt and of the conversation ending
-    at it, for prepared messages whose full rendering is `full`."""
+    at it, for prepared messages whose full rendering is `full`. `untrained`: message indices of
+    assistant turns marked `"train": false`, left untrained."""
     assistant = [i for i, m in enumerate(msgs) if m.get("role") == "assistant"]
     if options.train_on == "last":
         assistant = assistant[-1:]
+    assistant = [i for i in assistant if i not in untrained]
     audit: dict[str, int] = {}
     targets = []
     for i in assistant:
         target, counts = _turn_target(renderer, msgs, tools, full, i, thoughts[i],
-                                      f"{name}, assistant turn messages[{i}]")
+                                      f"{name}, assistant turn messages[{i}]", options.reasoning == "mask")
         targets.append(target)
         for key, value in counts.items():
             audit[key] = audit.get(key, 0) + value
     if options.turns == "whole":
-        trained = [_whole_span(renderer, full, t) for t in targets]
+        trained = [_whole_span(renderer, full, t, msgs) for t in targets]
         differently = sum(not faithful for _, _, faithful in trained)
         if differently:
             audit["turns_rendered_differently"] = differently
@@ -265,6 +322,9 @@ def located_sequences(renderer: ChatRenderer, msgs: list[dict], tools: Any, thou
     with_header = sum(any(_holds(text, s, e, h) for h in headers) for text, spans in sequences for s, e in spans)
     if with_header:
         audit["spans_with_role_header"] = with_header
+    if options.turns == "whole":  # only what S renders: what it strips is turns_rendered_differently
+        targets = [dataclasses.replace(t, own=tuple(p for p in t.own if p in full)) for t in targets]
+    not_trained = _untrained_text(sequences, targets)
+    if not_trained:
+        audit["assistant_text_not_trained"] = not_trained
     return sequences, audit
-
-
