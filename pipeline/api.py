@@ -158,6 +158,25 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     return report_stage.run(list(inputs), out, ReportConfig(**values), read_options(run_config, format, split, columns))
 
 
+def mix(recipe: Any, out_dir: str | Path) -> dict[str, Any]:
+    """Mix a recipe's sources into one clean, decontaminated, weighted set: `out_dir/<fingerprint>/`.
+
+    Args:
+        recipe: a recipe YAML path, a mapping or a `sftpack.mix.recipe.Recipe` (README "Mixtures").
+        out_dir: parent of the mixture folder (train.jsonl, eval/<source>.jsonl, removed.jsonl,
+            manifest.json); an unchanged recipe reuses it.
+
+    Returns:
+        The manifest, with `path` and `reused`.
+
+    Raises:
+        SftpackError: an invalid recipe (every problem at once, each naming its key), an empty source.
+    """
+    from sftpack.mix import stage as mix_stage
+
+    return mix_stage.run(recipe, out_dir)
+
+
 def plan(*, plot: str | Path | None = None, write_config: str | Path | None = None,
          write_json: str | Path | None = None, **request: Any) -> "Plan":
     """Starting hyperparameters by model size, batch arithmetic and learning-rate schedules.
