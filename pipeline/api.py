@@ -162,7 +162,7 @@ def mix(recipe: Any, out_dir: str | Path) -> dict[str, Any]:
     """Mix a recipe's sources into one clean, decontaminated, weighted set: `out_dir/<fingerprint>/`.
 
     Args:
-        recipe: a recipe YAML path, a mapping or a `sftpack.mix.recipe.Recipe` (README "Mixtures").
+        recipe: a recipe YAML path, a mapping or a `sftpack.mixing.recipe.Recipe` (README "Mixtures").
         out_dir: parent of the mixture folder (train.jsonl, eval/<source>.jsonl, removed.jsonl,
             manifest.json); an unchanged recipe reuses it.
 
@@ -172,7 +172,7 @@ def mix(recipe: Any, out_dir: str | Path) -> dict[str, Any]:
     Raises:
         SftpackError: an invalid recipe (every problem at once, each naming its key), an empty source.
     """
-    from sftpack.mix import stage as mix_stage
+    from sftpack.mixing import stage as mix_stage
 
     return mix_stage.run(recipe, out_dir)
 

@@ -18,7 +18,7 @@ import math
 import random
 
 from sftpack.errors import SftpackError
-from sftpack.mix.recipe import Recipe
+from sftpack.mixing.recipe import Recipe
 
 
 def rng(seed: int, purpose: str, name: str) -> random.Random:

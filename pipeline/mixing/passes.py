@@ -26,10 +26,10 @@ from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import schema_errors
 from sftpack.errors import SftpackError
 from sftpack.io.readers import InputSource, Row
-from sftpack.mix import sampling
-from sftpack.mix.decontaminate import NgramIndex
-from sftpack.mix.recipe import Recipe
-from sftpack.mix.text import turn_text
+from sftpack.mixing import sampling
+from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.recipe import Recipe
+from sftpack.mixing.text import turn_text
 
 BATCH = 1000
 SPILL = ".spill"

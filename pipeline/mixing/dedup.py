@@ -2,7 +2,7 @@
 (MinHash-LSH, rensa). Records arrive in priority order (source order, then row), so the first of
 each cluster is the one kept, and a removed record names it.
 
-    record ──conversation_hash──> seen? exact_duplicate of the first (pipeline/mix/clean.py)
+    record ──conversation_hash──> seen? exact_duplicate of the first (pipeline/mixing/clean.py)
            ──words──shingles──RMinHash──> LSH candidates among kept records
                                           ──estimated Jaccard >= threshold──> near_duplicate of the closest
                                           ──else──> kept, inserted into the LSH index
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftpack.mix.recipe import NearDedup
-from sftpack.mix.text import shingles, turn_text, words
+from sftpack.mixing.recipe import NearDedup
+from sftpack.mixing.text import shingles, turn_text, words
 
 MINHASH_SEED = 1  # fixed: signatures of the same text are the same in every run and on every node
 RECALL_AT_THRESHOLD = 0.995

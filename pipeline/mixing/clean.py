@@ -20,11 +20,11 @@ import msgspec
 
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS
-from sftpack.mix.decontaminate import NgramIndex
-from sftpack.mix.dedup import NearDuplicates
-from sftpack.mix.filters import Filters
-from sftpack.mix.passes import BATCH, SPILL, Removed, record_id, spill_lines
-from sftpack.mix.recipe import Recipe
+from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.dedup import NearDuplicates
+from sftpack.mixing.filters import Filters
+from sftpack.mixing.passes import BATCH, SPILL, Removed, record_id, spill_lines
+from sftpack.mixing.recipe import Recipe
 
 
 class Cleaner:

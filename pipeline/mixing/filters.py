@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from sftpack.errors import SftpackError
-from sftpack.mix.recipe import FilterConfig
-from sftpack.mix.text import turn_text
+from sftpack.mixing.recipe import FilterConfig
+from sftpack.mixing.text import turn_text
 
 _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 

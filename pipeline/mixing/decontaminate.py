@@ -8,7 +8,7 @@ item (or one of the recipe's own eval records), unless that n-gram is boilerplat
 Text is lowercased and every run of punctuation and whitespace is one separator, so a benchmark
 question with its case and punctuation changed, or embedded in a longer prompt, still matches.
 An item shorter than `ngram` words has no n-gram and is matched only as an exact eval copy
-(pipeline/mix/clean.py). Memory: the benchmarks' n-grams, never the training data's.
+(pipeline/mixing/clean.py). Memory: the benchmarks' n-grams, never the training data's.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sftpack.errors import SftpackError
-from sftpack.mix.recipe import Benchmark
-from sftpack.mix.text import item_text, ngrams, turn_text, words
+from sftpack.mixing.recipe import Benchmark
+from sftpack.mixing.text import item_text, ngrams, turn_text, words
 
 
 def benchmark_items(bench: Benchmark) -> Iterator[tuple[str, str]]:

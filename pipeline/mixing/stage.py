@@ -1,7 +1,7 @@
 """The mix stage: a recipe's sources -> one clean, decontaminated, weighted training set.
 
     recipe ──load_recipe──> sources (readers), benchmarks
-           ──read, hold out, clean, sample (pipeline/mix/passes.py, clean.py)──> out_dir/<fingerprint>/
+           ──read, hold out, clean, sample (pipeline/mixing/passes.py, clean.py)──> out_dir/<fingerprint>/
                  train.jsonl          messages JSONL; each line keeps source, input, row
                  eval/<source>.jsonl  held out before anything else; never trained
                  removed.jsonl        every record left out, with its reason and details
@@ -25,11 +25,11 @@ from typing import Any
 from sftpack import __version__
 from sftpack.errors import SftpackError
 from sftpack.io.readers import InputSource
-from sftpack.mix import sampling
-from sftpack.mix.clean import Cleaner
-from sftpack.mix.decontaminate import NgramIndex
-from sftpack.mix.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_lines
-from sftpack.mix.recipe import Recipe, load_recipe
+from sftpack.mixing import sampling
+from sftpack.mixing.clean import Cleaner
+from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_lines
+from sftpack.mixing.recipe import Recipe, load_recipe
 from sftpack.store.atomic import atomic_dir, remove_stale, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
 
@@ -83,7 +83,7 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path) -> dict[str, 
     """Mix the recipe's sources into `out_dir/<fingerprint>/`, or reuse that folder.
 
     Args:
-        recipe: a Recipe, a recipe YAML path or a mapping (pipeline/mix/recipe.py).
+        recipe: a Recipe, a recipe YAML path or a mapping (pipeline/mixing/recipe.py).
         out_dir: parent of the mixture folder.
 
     Returns:
@@ -118,7 +118,7 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path) -> dict[str, 
 
 
 def _build(tmp: Path, recipe: Recipe, opened: list[InputSource]) -> dict[str, SourceCounts]:
-    """Passes 1-4 (pipeline/mix/passes.py) into `tmp`; returns the counts per source."""
+    """Passes 1-4 (pipeline/mixing/passes.py) into `tmp`; returns the counts per source."""
     counts = {s.name: SourceCounts(tokens=0 if recipe.tokenizer else None) for s in recipe.sources}
     decon = recipe.decontaminate
     index, eval_copies = NgramIndex(decon.ngram, decon.max_ngram_df), {}
