@@ -98,12 +98,31 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
     return validate_stage.run(list(inputs), out_dir, cfg, read)
 
 
+def _mixed_inputs(inputs: Inputs, out_dir: str | Path) -> list[str | Path]:
+    """Inputs with each mix folder replaced by its train.jsonl, and each recipe (a .yaml/.yml file)
+    mixed first, into `out_dir`'s sibling `mix/` (out/packed -> out/mix), then replaced likewise."""
+    import json
+
+    resolved: list[str | Path] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            path = Path(mix(path, Path(out_dir).parent / "mix")["path"])
+        manifest = path / "manifest.json"
+        if path.is_dir() and manifest.is_file() and "mix_format" in json.loads(manifest.read_text(encoding="utf-8")):
+            resolved.append(path / "train.jsonl")
+        else:
+            resolved.append(spec)
+    return resolved
+
+
 def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str | None = None,
          split: str | None = None, columns: Any = None, **options: Any) -> "PackedFolder":
     """Check, template, mask and pack conversations into `out_dir/<fingerprint>/`, or reuse it.
 
     Args:
-        inputs: files, folders, globs or dataset names, in any container and layout.
+        inputs: files, folders, globs or dataset names, in any container and layout; a mix folder
+            (its train.jsonl) or a mix recipe (.yaml: mixed into `out_dir/../mix` first).
         out_dir: parent of the packed folder.
         config: a run config (path, mapping or RunConfig) giving model.name_or_path and data.*.
         format, split, columns: how inputs are read.
@@ -129,7 +148,7 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
         raise SftpackError("pack: give tokenizer= (--tokenizer PATH), or a config with model.name_or_path")
     else:
         cfg = PackConfig(**given)
-    manifest = pack_stage.run(list(inputs), out_dir, cfg, read_options(run_config, format, split, columns))
+    manifest = pack_stage.run(_mixed_inputs(inputs, out_dir), out_dir, cfg, read_options(run_config, format, split, columns))
     return PackedFolder(Path(manifest["path"]), manifest, reused=bool(manifest.get("reused")))
 
 
