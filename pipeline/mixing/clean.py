@@ -25,6 +25,7 @@ from sftpack.mixing.dedup import NearDuplicates
 from sftpack.mixing.filters import Filters
 from sftpack.mixing.passes import BATCH, SPILL, Removed, record_id, spill_lines
 from sftpack.mixing.recipe import Recipe
+from sftpack.mixing.text import turn_text, words
 
 
 class Cleaner:
@@ -38,15 +39,15 @@ class Cleaner:
         self.exact: dict[int, str] | None = {} if recipe.dedup.exact else None
         self.near = NearDuplicates(recipe.dedup.near) if recipe.dedup.near is not None else None
 
-    def _contaminated(self, line: dict[str, Any]) -> dict[str, Any] | None:
+    def _contaminated(self, line: dict[str, Any], text_words: list[str]) -> dict[str, Any] | None:
         copy = self.eval_copies.get(conversation_hash(line)) if self.eval_copies else None
         if copy is not None:  # an eval record too short for an n-gram still matches as an exact copy
             return {"benchmark": copy[0], "item": copy[1], "ngram": None}
-        return self.index.match(line)
+        return self.index.match(text_words)
 
-    def _decontaminate(self, line: dict[str, Any]) -> bool:
+    def _decontaminate(self, line: dict[str, Any], text_words: list[str]) -> bool:
         """True when the record is removed; in report mode matches are listed and kept."""
-        match = self._contaminated(line)
+        match = self._contaminated(line, text_words)
         if match is None:
             return False
         if self.recipe.decontaminate.mode == "report":
@@ -55,7 +56,7 @@ class Cleaner:
         self.removed.add(line, "contaminated", **match)
         return True
 
-    def _step(self, line: dict[str, Any], reason: str | None, signature: Any) -> bool:
+    def _step(self, line: dict[str, Any], reason: str | None, text_words: list[str], signature: Any) -> bool:
         """True when the record stays."""
         if reason is not None:
             self.removed.add(line, reason)
@@ -64,7 +65,7 @@ class Cleaner:
         if errors:
             self.removed.add(line, f"rejected_{errors[0].rule}", errors=[e.as_dict() for e in errors])
             return False
-        if self._decontaminate(line):
+        if self._decontaminate(line, text_words):
             return False
         key = conversation_hash(line)
         if self.exact is not None and key in self.exact:
@@ -84,9 +85,10 @@ class Cleaner:
         lines = [msgspec.json.decode(raw) for raw in raws]
         tokens = self.filters.tokens(lines)
         reasons = self.filters.reasons(lines, tokens)
-        signatures = self.near.signatures(lines) if self.near is not None else [None] * len(lines)
+        all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
+        signatures = self.near.signatures(lines, all_words) if self.near is not None else [None] * len(lines)
         for i, (raw, line) in enumerate(zip(raws, lines)):
-            if self._step(line, reasons[i], signatures[i]):
+            if self._step(line, reasons[i], all_words[i], signatures[i]):
                 out.write(raw)
                 tokens_out.append(tokens[i] if tokens is not None else 0)
 

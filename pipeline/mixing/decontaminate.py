@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 from sftpack.errors import SftpackError
 from sftpack.mixing.recipe import Benchmark
-from sftpack.mixing.text import item_text, ngrams, turn_text, words
+from sftpack.mixing.text import item_text, ngrams, words
 
 
 def benchmark_items(bench: Benchmark) -> Iterator[tuple[str, str]]:
@@ -73,12 +73,11 @@ class NgramIndex:
         for item, text in benchmark_items(bench):
             self.add(bench.path, item, text)
 
-    def match(self, record: dict[str, Any]) -> dict[str, Any] | None:
-        """The first of the record's n-grams (in text order) that a benchmark item holds and that is
-        not boilerplate, as {benchmark, item, ngram}; None when there is none."""
+    def match(self, tokens: list[str]) -> dict[str, Any] | None:
+        """The first n-gram of a record's words (`words(turn_text(record))`, in text order) that a
+        benchmark item holds and that is not boilerplate, as {benchmark, item, ngram}; None when none."""
         if not self.first:
             return None
-        tokens = words(turn_text(record))
         for i in range(len(tokens) - self.n + 1):
             if tokens[i] not in self.starts:
                 continue

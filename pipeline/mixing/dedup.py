@@ -45,9 +45,12 @@ class NearDuplicates:
         self.kept: list[Any] = []
         self.kept_ids: list[str] = []
 
-    def signatures(self, records: list[dict[str, Any]]) -> list[Any]:
-        """MinHash signatures of a batch (one call into rensa)."""
-        sets = [shingles(words(turn_text(r, self.cfg.on)), self.cfg.ngram) for r in records]
+    def signatures(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[Any]:
+        """MinHash signatures of a batch (one call into rensa); `all_words` are the records' words over
+        every turn, reused when the comparison is `on: all`."""
+        if self.cfg.on != "all":
+            all_words = [words(turn_text(r, self.cfg.on)) for r in records]
+        sets = [shingles(tokens, self.cfg.ngram) for tokens in all_words]
         return self._minhash.from_token_sets(sets, num_perm=self.cfg.num_perm, seed=MINHASH_SEED)
 
     def check(self, signature: Any, record_id: str) -> tuple[str, float] | None:

@@ -39,10 +39,11 @@ def ngrams(tokens: list[str], n: int) -> list[str]:
 
 
 def shingles(tokens: list[str], n: int) -> list[str]:
-    """The distinct word n-grams MinHash hashes; a text shorter than n words is one shingle (itself)."""
+    """The word n-grams MinHash hashes (repeats kept: a signature is the same for a set and a multiset);
+    a text shorter than n words is one shingle (itself)."""
     if len(tokens) < n:
         return [" ".join(tokens)]
-    return list(dict.fromkeys(ngrams(tokens, n)))
+    return ngrams(tokens, n)
 
 
 def item_text(record: dict[str, Any], field: str | None) -> str | None:
