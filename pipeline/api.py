@@ -177,13 +177,14 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     return report_stage.run(list(inputs), out, ReportConfig(**values), read_options(run_config, format, split, columns))
 
 
-def mix(recipe: Any, out_dir: str | Path) -> dict[str, Any]:
+def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None) -> dict[str, Any]:
     """Mix a recipe's sources into one clean, decontaminated, weighted set: `out_dir/<fingerprint>/`.
 
     Args:
         recipe: a recipe YAML path, a mapping or a `sftpack.mixing.recipe.Recipe` (README "Mixtures").
         out_dir: parent of the mixture folder (train.jsonl, eval/<source>.jsonl, removed.jsonl,
             manifest.json); an unchanged recipe reuses it.
+        ray: compute MinHash signatures on a Ray cluster (local, auto, HOST:PORT); the same files.
 
     Returns:
         The manifest, with `path` and `reused`.
@@ -193,7 +194,7 @@ def mix(recipe: Any, out_dir: str | Path) -> dict[str, Any]:
     """
     from sftpack.mixing import stage as mix_stage
 
-    return mix_stage.run(recipe, out_dir)
+    return mix_stage.run(recipe, out_dir, ray)
 
 
 def plan(*, plot: str | Path | None = None, write_config: str | Path | None = None,

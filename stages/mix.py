@@ -10,10 +10,12 @@ from sftpack import api
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe YAML (README \"Mixtures\"; schemas/recipe.schema.json)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
+    parser.add_argument("--ray", metavar="ADDRESS", help="MinHash signatures in Ray Data map tasks: local, auto, "
+                                                         "HOST:PORT or ray://HOST:PORT (the same files; --out-dir shared)")
 
 
 def main(args: argparse.Namespace) -> int:
-    manifest = api.mix(args.recipe, args.out_dir)
+    manifest = api.mix(args.recipe, args.out_dir, ray=args.ray)
     verb = "reused (checksums verified)" if manifest["reused"] else f"mixed in {manifest['seconds']:.1f}s"
     t = manifest["totals"]
     print(f"{verb}: {t['in']} read -> {t['out']} training examples ({t['sampled']} distinct, {t['repeated']} repeats), "

@@ -32,8 +32,9 @@ class Cleaner:
     """The removal steps, applied to records in priority order (source order, then row)."""
 
     def __init__(self, recipe: Recipe, removed: Removed, index: NgramIndex, eval_copies: dict[int, tuple[str, str]],
-                 contamination: IO[bytes]):
+                 contamination: IO[bytes], ray: bool = False):
         self.recipe, self.removed, self.index, self.eval_copies = recipe, removed, index, eval_copies
+        self.ray = ray and recipe.dedup.near is not None  # signatures in Ray Data map tasks (--ray)
         self.contamination = contamination
         self.filters = Filters(recipe.filters, recipe.tokenizer)
         self.exact: dict[int, str] | None = {} if recipe.dedup.exact else None
@@ -80,29 +81,41 @@ class Cleaner:
             self.exact[key] = record_id(line)
         return True
 
-    def batch(self, raws: list[bytes], out: IO[bytes], tokens_out: list[int]) -> None:
-        """Clean one batch of spill lines; survivors to `out`, their token counts to `tokens_out`."""
+    def batch(self, raws: list[bytes], out: IO[bytes], tokens_out: list[int], signatures: list | None = None) -> None:
+        """Clean one batch of spill lines; survivors to `out`, their token counts to `tokens_out`.
+        `signatures` come from the cluster under --ray; else they are computed here."""
         lines = [msgspec.json.decode(raw) for raw in raws]
         tokens = self.filters.tokens(lines)
         reasons = self.filters.reasons(lines, tokens)
         all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
-        signatures = self.near.signatures(lines, all_words) if self.near is not None else [None] * len(lines)
+        if signatures is None:
+            signatures = self.near.signatures(lines, all_words) if self.near is not None else [None] * len(lines)
         for i, (raw, line) in enumerate(zip(raws, lines)):
             if self._step(line, reasons[i], all_words[i], signatures[i]):
                 out.write(raw)
                 tokens_out.append(tokens[i] if tokens is not None else 0)
 
-    def source(self, tmp: Path, index: int, held: set[int], tokens_out: list[int]) -> int:
-        """Clean one source's spill (skipping held-out positions); returns how many stay."""
+    def source(self, tmp: Path, index: int, held: set[int], tokens_out: list[int], lines: int) -> int:
+        """Clean one source's spill of `lines` lines (skipping held-out positions); returns how many stay."""
+        spill = tmp / SPILL / f"{index}.jsonl"
+        remote = None
+        if self.ray:
+            from sftpack.distributed.minhash import spill_signatures
+
+            remote = spill_signatures(spill, self.recipe.dedup.near, lines)
         pending: list[bytes] = []
+        signatures: list | None = [] if remote is not None else None
         with open(tmp / SPILL / f"{index}.kept.jsonl", "wb") as out:
-            for position, raw in spill_lines(tmp / SPILL / f"{index}.jsonl"):
+            for position, raw in spill_lines(spill):
+                signature = next(remote) if remote is not None else None
                 if position in held:
                     continue
                 pending.append(raw)
+                if signatures is not None:
+                    signatures.append(signature)
                 if len(pending) >= BATCH:
-                    self.batch(pending, out, tokens_out)
-                    pending = []
+                    self.batch(pending, out, tokens_out, signatures)
+                    pending, signatures = [], [] if remote is not None else None
             if pending:
-                self.batch(pending, out, tokens_out)
+                self.batch(pending, out, tokens_out, signatures)
         return len(tokens_out)

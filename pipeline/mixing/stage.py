@@ -79,12 +79,14 @@ def _reuse(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path) -> dict[str, Any]:
+def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | None = None) -> dict[str, Any]:
     """Mix the recipe's sources into `out_dir/<fingerprint>/`, or reuse that folder.
 
     Args:
         recipe: a Recipe, a recipe YAML path or a mapping (pipeline/mixing/recipe.py).
         out_dir: parent of the mixture folder.
+        ray: compute MinHash signatures on this Ray cluster (local, auto, HOST:PORT); the same
+            files. Every node must see out_dir at the same path. Not part of the fingerprint.
 
     Returns:
         The manifest, with `path` (the folder) and `reused` added.
@@ -107,17 +109,22 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path) -> dict[str, 
     existing = _reuse(folder)
     if existing is not None:
         return existing | {"path": str(folder), "reused": True}
+    engine = {"name": "local"}
+    if ray:
+        from sftpack.distributed.cluster import connect
+
+        engine = connect(ray)
     with atomic_dir(folder) as tmp:
-        counts = _build(tmp, recipe, opened)
+        counts = _build(tmp, recipe, opened, ray is not None)
         for spill in (tmp / SPILL).iterdir():
             spill.unlink()
         (tmp / SPILL).rmdir()
-        manifest = _manifest(tmp, recipe, fp, identities, counts, started)
+        manifest = _manifest(tmp, recipe, fp, identities, counts, started) | {"engine": engine}
         write_json(tmp / MANIFEST, manifest)
     return manifest | {"path": str(folder), "reused": False}
 
 
-def _build(tmp: Path, recipe: Recipe, opened: list[InputSource]) -> dict[str, SourceCounts]:
+def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> dict[str, SourceCounts]:
     """Passes 1-4 (pipeline/mixing/passes.py) into `tmp`; returns the counts per source."""
     counts = {s.name: SourceCounts(tokens=0 if recipe.tokenizer else None) for s in recipe.sources}
     decon = recipe.decontaminate
@@ -128,9 +135,9 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource]) -> dict[str, So
         held = hold_out(tmp, recipe, valid, counts, index, eval_copies)
         for bench in decon.benchmarks:
             index.add_benchmark(bench)
-        cleaner = Cleaner(recipe, removed, index, eval_copies, matches)
+        cleaner = Cleaner(recipe, removed, index, eval_copies, matches, ray)
         for i, spec in enumerate(recipe.sources):
-            counts[spec.name].available = cleaner.source(tmp, i, held[i], counts[spec.name].kept_tokens)
+            counts[spec.name].available = cleaner.source(tmp, i, held[i], counts[spec.name].kept_tokens, valid[i])
         _sample(tmp, recipe, counts, removed)
     if not (tmp / "contamination.jsonl").stat().st_size:
         (tmp / "contamination.jsonl").unlink()
