@@ -153,8 +153,13 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
 
 
 def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str | None = None,
-           split: str | None = None, columns: Any = None, **options: Any) -> dict[str, Any]:
+           split: str | None = None, columns: Any = None, recipe: Any = None, mix_dir: str | Path = "out/mix",
+           **options: Any) -> dict[str, Any]:
     """The QA report of conversations, or of one packed folder: `out` (HTML) and report.json beside it.
+
+    With `recipe`, the mixture report instead (inputs empty): the recipe mixed into `mix_dir` (or
+    reused), shown before and after: shares per source, removals by reason, contaminated
+    benchmarks with matches, near-duplicate clusters side by side.
 
     Args:
         inputs: conversations in any container and layout, or one packed folder.
@@ -166,6 +171,12 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     Returns:
         What report.json holds, plus `html` and `json` (the paths written).
     """
+    if recipe is not None:
+        if inputs or options:
+            raise SftpackError("report --recipe: give the recipe alone (no inputs or data options)")
+        from sftpack.report import mixture
+
+        return mixture.run(recipe, out, mix_dir)
     from sftpack.config.data_options import data_values
     from sftpack.report import stage as report_stage
     from sftpack.report.scan import ReportConfig

@@ -250,3 +250,20 @@ def test_a_threshold_outside_0_1_is_refused(alpaca, tmp_path, threshold):
     with pytest.raises(SftpackError, match=rf"dedup.near.threshold: {threshold} is outside \(0, 1\]"):
         sftpack.mix({"sources": [{"name": "s", "path": str(alpaca)}], "dedup": {"near": {"threshold": threshold}}},
                     tmp_path)
+
+
+def test_report_recipe_shows_the_mixture_before_and_after(tmp_path):
+    records = read_real("alpaca_en_demo")[:60]
+    near = json.loads(json.dumps(records[5]))
+    near["messages"][-1]["content"] = " ".join(near["messages"][-1]["content"].split()[:-2])
+    source = write_jsonl(tmp_path / "a.jsonl", records + [near, chat(QUESTIONS[0], "Three hours.")])
+    bench = write_jsonl(tmp_path / "bench.jsonl", [{"id": "q1", "question": QUESTIONS[0]}])
+    recipe = {"sources": [{"name": "a", "path": str(source), "take": 30}], "dedup": {"near": {}},
+              "decontaminate": {"benchmarks": [str(bench)]}}
+    report = sftpack.report([], tmp_path / "report.html", recipe=recipe, mix_dir=tmp_path / "mix")
+    assert report["shares"][0]["in"] == 62 and report["shares"][0]["out"] == 30
+    assert report["contamination"][0]["benchmark"] == str(bench) and report["contamination"][0]["records removed"] == 1
+    assert report["clusters"] == [{"kept": "a:a.jsonl:6", "members": 1}]
+    page = (tmp_path / "report.html").read_text()
+    assert "Largest near-duplicate clusters" in page and "a:a.jsonl:61" in page and "data:image/png" in page
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["out"] == 30
