@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import sftpack
+from sftpack import api as sftpack  # sftpack.report and sftpack.train are shadowed once their subpackages are imported
 from conftest import read_real
 from sftpack.checks.conversation_key import conversation_key
 from sftpack.errors import SftpackError

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from transformers import TrainerCallback
 
-import sftpack
+from sftpack import api as sftpack  # sftpack.report and sftpack.train are shadowed once their subpackages are imported
 from conftest import read_real
 from sftpack.config.run_config import build_config
 from sftpack.errors import SftpackError
