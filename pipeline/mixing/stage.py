@@ -16,6 +16,7 @@ unchanged recipe is reused (after checking the files' sha256) and a changed one 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import platform
 import sys
 import time
@@ -54,8 +55,9 @@ def _fingerprint(recipe: Recipe, opened: list[InputSource]) -> tuple[str, list[d
     for source, identity in zip(settings["sources"], identities):
         source["path"] = {k: identity.get(k) for k in ("sha256", "container", "layout", "split")}
     for bench in settings["decontaminate"]["benchmarks"]:
-        files = sorted(Path(bench["path"]).rglob("*")) if Path(bench["path"]).is_dir() else \
-            sorted(Path(".").glob(bench["path"])) if not Path(bench["path"]).exists() else [Path(bench["path"])]
+        path = Path(bench["path"])
+        files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.exists() else \
+            sorted(Path(p) for p in glob.glob(bench["path"], recursive=True))
         bench["path"] = [sha256_file(f) for f in files if f.is_file()]
     payload = {"format": MIX_FORMAT_VERSION, "recipe": settings, "rensa": version("rensa")}
     return fingerprint(payload), identities
