@@ -5,6 +5,7 @@ Real conversations (tests/data/real) in small files; every mixture's counts are 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -267,3 +268,17 @@ def test_report_recipe_shows_the_mixture_before_and_after(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "Largest near-duplicate clusters" in page and "a:a.jsonl:61" in page and "data:image/png" in page
     assert json.loads((tmp_path / "report.json").read_text())["totals"]["out"] == 30
+
+
+def test_the_recipe_schema_and_dataclasses_agree():
+    from sftpack.io.layouts import FORMATS
+    from sftpack.mixing import recipe as r
+
+    schema = json.loads(r.SCHEMA_PATH.read_text())["properties"]
+    assert tuple(schema["dedup"]["properties"]["near"]["properties"]["on"]["enum"]) == r.NEAR_ON
+    assert tuple(schema["decontaminate"]["properties"]["mode"]["enum"]) == r.DECONTAMINATE_MODES
+    assert tuple(schema["sources"]["items"]["properties"]["format"]["enum"]) == tuple(FORMATS)
+    for key, cls in (("filters", r.FilterConfig), ("decontaminate", r.DecontamConfig)):
+        assert set(schema[key]["properties"]) == {f.name for f in dataclasses.fields(cls)}, key
+    assert set(schema["sources"]["items"]["properties"]) == {f.name for f in dataclasses.fields(r.SourceSpec)}
+    assert set(schema) == {f.name for f in dataclasses.fields(r.Recipe)} - {"origin"}
