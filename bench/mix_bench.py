@@ -92,14 +92,14 @@ def removed(manifest: dict) -> list[dict]:
 
 # ---------------------------------------------------------------- 1 near duplicates
 
-def near_quality(rng: random.Random) -> list[str]:
+def near_quality(rng: random.Random, num_perm: int = 128) -> list[str]:
     originals = rng.sample(distinct_records(), 700)
     pairs = [variant(r, TARGETS[i % len(TARGETS)], rng) for i, r in enumerate(originals)]
     orig, var = write(WORK / "near-orig.jsonl", originals), write(WORK / "near-var.jsonl", [v for v, _ in pairs])
     sources = [{"name": "orig", "path": str(orig)}, {"name": "var", "path": str(var)}]
     rows = ["| dedup | planted pairs >= 0.8 resolved | removed as a near duplicate of its own original | "
             "resolved, by exact Jaccard of the pair |", "| --- | ---: | ---: | --- |"]
-    for label, dedup in (("exact only", {"exact": True}), ("exact + near (0.8)", {"near": {"threshold": THRESHOLD}})):
+    for label, dedup in (("exact only", {"exact": True}), (f"exact + near (0.8, {num_perm} perms)", {"near": {"threshold": THRESHOLD, "num_perm": num_perm}})):
         gone = removed(mix(f"near-{len(label)}", {"sources": sources, "dedup": dedup}))
         # A pair is resolved when at most one of the two is trained on: the variant removed, or the
         # original removed (near duplicate of an earlier original, whose keeper the variant may not match).
@@ -116,13 +116,15 @@ def near_quality(rng: random.Random) -> list[str]:
         rows.append(f"| {label} | {hit}/{len(planted)} = {hit / len(planted):.3f} | {mine}/{len(planted)} | "
                     f"{'; '.join(buckets)} |")
     distinct = write(WORK / "near-distinct.jsonl", distinct_records())
-    alone = mix("near-alone", {"sources": [{"name": "d", "path": str(distinct)}], "dedup": {"near": {"threshold": THRESHOLD}}})
+    alone = mix("near-alone", {"sources": [{"name": "d", "path": str(distinct)}],
+                               "dedup": {"near": {"threshold": THRESHOLD, "num_perm": num_perm}}})
     by_id = {f"d:near-distinct.jsonl:{i + 1}": r for i, r in enumerate(distinct_records())}
     merges = [r for r in removed(alone) if r["reason"] == "near_duplicate"]
-    false = [r for r in merges if jaccard(by_id[r["id"]], by_id[r["kept"]]) < THRESHOLD]
+    false = sorted(round(j, 3) for j in (jaccard(by_id[r["id"]], by_id[r["kept"]]) for r in merges) if j < THRESHOLD)
     total = alone["sources"]["d"]["in"]
     rows.append(f"\nDistinct real conversations mixed alone: {total}; merged as near duplicates: {len(merges)}; of "
-                f"those below 0.8 exact Jaccard (false merges): {len(false)} = {len(false) / total:.2%} of all.")
+                f"those below 0.8 exact Jaccard (false merges): {len(false)} = {len(false) / total:.2%} of all "
+                f"(their exact Jaccard: {false}).")
     return rows
 
 
@@ -189,13 +191,22 @@ def throughput() -> list[str]:
 
 
 def main() -> int:
+    import argparse
     import shutil
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num-perm", type=int, default=128, help="near dedup permutations (the recipe default: 128)")
+    parser.add_argument("--near-only", action="store_true", help="only section 1, printed (MIX.md is not written)")
+    args = parser.parse_args()
 
     shutil.rmtree(WORK / "mix", ignore_errors=True)
     shutil.rmtree(WORK / "mix-speed", ignore_errors=True)
     WORK.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
-    sections = [("Near-duplicate quality", near_quality(rng)), ("Decontamination", decontamination(rng)),
+    if args.near_only:
+        print("\n".join(near_quality(rng, args.num_perm)))
+        return 0
+    sections = [("Near-duplicate quality", near_quality(rng, args.num_perm)), ("Decontamination", decontamination(rng)),
                 ("Throughput (whole `sftpack mix` processes, near dedup + decontamination)", throughput())]
     facts = machine()
     text = ["# sftpack mix: measured", "", "`.venv/bin/python bench/mix_bench.py` (bench/mix_bench.py says how each "
