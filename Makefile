@@ -2,6 +2,7 @@
 # stamp makes every target install what it needs first.
 #   make demo                 validate -> pack -> train on the demo config
 #   make test                 the whole test suite
+#   make mix                  the demo mixture (configs/demo-mix.yaml; RECIPE=... for another)
 # Overrides: CONFIG=configs/x.yaml DATA=dir/with/train.jsonl+val.jsonl NPROC=2 OUT=out
 
 SHELL := /bin/bash
@@ -25,7 +26,7 @@ MODEL := $(MODEL_DIR)/conversion.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model demo-data validate pack report train sanity plan test bench clean demo
+.PHONY: setup model demo-data validate pack report train sanity plan mix test bench clean demo
 
 setup: $(STAMP)
 
@@ -58,7 +59,7 @@ data/demo/train.jsonl data/demo/val.jsonl &: data/generate_demo.py $(STAMP)
 # before the venv exists (the rule below writes them once it does).
 SECTIONS := $(OUT)/config/model.json $(OUT)/config/data.json
 WRITE_SECTIONS = $(PY) -m sftpack.cli.config_sections --config $(CONFIG) --out-dir $(OUT)/config
-ifneq ($(filter-out setup model demo-data test bench clean,$(MAKECMDGOALS)),)
+ifneq ($(filter-out setup model demo-data mix test bench clean,$(MAKECMDGOALS)),)
 ifneq ($(wildcard $(STAMP)),)
 _sections_refresh := $(shell $(WRITE_SECTIONS))
 ifneq ($(.SHELLSTATUS),0)
@@ -115,6 +116,17 @@ plan: $(PLANNED)
 
 $(PLANNED): $(OUT)/packed/train.path $(CONFIG) $(MODEL)
 	$(SFTPACK) plan --model $(MODEL_DIR) --config $(CONFIG) --data $$(cat $<) --plot $(@D)/lr.png --write-json $@
+
+# mix: a recipe's sources -> $(OUT)/mix/<fingerprint>/ (train.jsonl, eval/<source>.jsonl, removed.jsonl,
+# manifest.json); the .path file records which folder. The recipe names its inputs, so they are listed here.
+RECIPE ?= configs/demo-mix.yaml
+MIXED := $(OUT)/mix/$(notdir $(basename $(RECIPE))).path
+mix: $(MIXED)
+
+$(MIXED): $(RECIPE) data/demo/train.jsonl data/benchmarks/tiny-bench.jsonl $(MODEL)
+	mkdir -p $(@D)
+	$(SFTPACK) mix --recipe $(RECIPE) --out-dir $(OUT)/mix | tee /dev/stderr | tail -n 1 > $@.tmp
+	mv $@.tmp $@
 
 demo: $(TRAINED)
 

@@ -98,12 +98,31 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
     return validate_stage.run(list(inputs), out_dir, cfg, read)
 
 
+def _mixed_inputs(inputs: Inputs, out_dir: str | Path) -> list[str | Path]:
+    """Inputs with each mix folder replaced by its train.jsonl, and each recipe (a .yaml/.yml file)
+    mixed first, into `out_dir`'s sibling `mix/` (out/packed -> out/mix), then replaced likewise."""
+    import json
+
+    resolved: list[str | Path] = []
+    for spec in inputs:
+        path = Path(spec)
+        if path.suffix in (".yaml", ".yml") and path.is_file():
+            path = Path(mix(path, Path(out_dir).parent / "mix")["path"])
+        manifest = path / "manifest.json"
+        if path.is_dir() and manifest.is_file() and "mix_format" in json.loads(manifest.read_text(encoding="utf-8")):
+            resolved.append(path / "train.jsonl")
+        else:
+            resolved.append(spec)
+    return resolved
+
+
 def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str | None = None,
          split: str | None = None, columns: Any = None, **options: Any) -> "PackedFolder":
     """Check, template, mask and pack conversations into `out_dir/<fingerprint>/`, or reuse it.
 
     Args:
-        inputs: files, folders, globs or dataset names, in any container and layout.
+        inputs: files, folders, globs or dataset names, in any container and layout; a mix folder
+            (its train.jsonl) or a mix recipe (.yaml: mixed into `out_dir/../mix` first).
         out_dir: parent of the packed folder.
         config: a run config (path, mapping or RunConfig) giving model.name_or_path and data.*.
         format, split, columns: how inputs are read.
@@ -129,13 +148,18 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
         raise SftpackError("give tokenizer= (--tokenizer PATH), or a config with model.name_or_path")
     else:
         cfg = PackConfig(**given)
-    manifest = pack_stage.run(list(inputs), out_dir, cfg, read_options(run_config, format, split, columns))
+    manifest = pack_stage.run(_mixed_inputs(inputs, out_dir), out_dir, cfg, read_options(run_config, format, split, columns))
     return PackedFolder(Path(manifest["path"]), manifest, reused=bool(manifest.get("reused")))
 
 
 def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str | None = None,
-           split: str | None = None, columns: Any = None, **options: Any) -> dict[str, Any]:
+           split: str | None = None, columns: Any = None, recipe: Any = None, mix_dir: str | Path = "out/mix",
+           **options: Any) -> dict[str, Any]:
     """The QA report of conversations, or of one packed folder: `out` (HTML) and report.json beside it.
+
+    With `recipe`, the mixture report instead (inputs empty): the recipe mixed into `mix_dir` (or
+    reused), shown before and after: shares per source, removals by reason, contaminated
+    benchmarks with matches, near-duplicate clusters side by side.
 
     Args:
         inputs: conversations in any container and layout, or one packed folder.
@@ -147,6 +171,12 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     Returns:
         What report.json holds, plus `html` and `json` (the paths written).
     """
+    if recipe is not None:
+        if inputs or options:
+            raise SftpackError("report --recipe: give the recipe alone (no inputs or data options)")
+        from sftpack.report import mixture
+
+        return mixture.run(recipe, out, mix_dir)
     from sftpack.config.data_options import data_values
     from sftpack.report import stage as report_stage
     from sftpack.report.scan import ReportConfig
@@ -156,6 +186,26 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     values = data_values(run_config, options)
     values.pop("strategy", None)  # the estimate packs as pack does by default
     return report_stage.run(list(inputs), out, ReportConfig(**values), read_options(run_config, format, split, columns))
+
+
+def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None) -> dict[str, Any]:
+    """Mix a recipe's sources into one clean, decontaminated, weighted set: `out_dir/<fingerprint>/`.
+
+    Args:
+        recipe: a recipe YAML path, a mapping or a `sftpack.mixing.recipe.Recipe` (README "Mixtures").
+        out_dir: parent of the mixture folder (train.jsonl, eval/<source>.jsonl, removed.jsonl,
+            manifest.json); an unchanged recipe reuses it.
+        ray: compute MinHash signatures on a Ray cluster (local, auto, HOST:PORT); the same files.
+
+    Returns:
+        The manifest, with `path` and `reused`.
+
+    Raises:
+        SftpackError: an invalid recipe (every problem at once, each naming its key), an empty source.
+    """
+    from sftpack.mixing import stage as mix_stage
+
+    return mix_stage.run(recipe, out_dir, ray)
 
 
 def plan(*, plot: str | Path | None = None, write_config: str | Path | None = None,

@@ -19,6 +19,7 @@ STAGES = {
     "convert": "convert the embedded GGUF default model into a plain HF folder",
     "validate": "check conversations (any container and layout); write valid lines, rejects and counts",
     "convert-data": "convert Parquet, sharegpt, alpaca, ... into messages JSONL",
+    "mix": "one recipe: many sources -> one deduplicated, decontaminated, weighted training set",
     "pack": "template, mask and pack conversations into Arrow shards",
     "report": "dataset QA report (HTML + JSON)",
     "inspect": "print packed rows with trained tokens highlighted",

@@ -12,7 +12,7 @@ from sftpack.cli.input_options import add_input_arguments, read_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", help="conversations as validate reads them: JSONL (.gz, .zst), Parquet, "
+    parser.add_argument("inputs", nargs="+", help="conversations as validate reads them: JSONL (.gz, .zst), Parquet, a mix folder or recipe, "
                                                   "folders, globs or dataset names (usually validate's output)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
     parser.add_argument("--config", help="run config YAML: model.name_or_path and data.* give the defaults")

@@ -308,3 +308,30 @@ def test_validate_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_p
         else:
             assert (remote / path.name).read_bytes() == path.read_bytes(), path.name
     assert json.loads((local / "mixed.validate.json").read_text())["warnings"]["duplicate"]["count"] == 2
+
+
+def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_path):
+    """`sftpack mix --ray`: MinHash signatures in Ray Data map tasks on both nodes; the same folder."""
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "sources": [{"name": p.stem, "path": str(p)} for p in sorted(real_data.glob("*.jsonl"))],
+        "eval": {"count": 5}, "dedup": {"near": {"threshold": 0.8}},
+        "decontaminate": {"benchmarks": [str(repo / "data" / "benchmarks" / "tiny-bench.jsonl")]}}))
+    folders = []
+    for engine, ns in ((None, None), (HEAD, cluster)):
+        cmd = [SFTPACK, "mix", "--recipe", str(recipe), "--out-dir", str(tmp_path / (engine and "ray" or "local"))]
+        cmd += ["--ray", engine] if engine else []
+        done = subprocess.run(ns.command(cmd) if ns else cmd, capture_output=True, text=True, env=ENV, timeout=400)
+        assert done.returncode == 0, done.stderr[-4000:]
+        folders.append(Path(done.stdout.strip().splitlines()[-1]))
+    local, ray = folders
+    assert local.name == ray.name
+    got, want = (json.loads((f / "manifest.json").read_text()) for f in (ray, local))
+    assert got["engine"]["name"] == "ray" and got["engine"]["nodes"] == 2
+    assert got["outputs"] == want["outputs"] and got["sources"] == want["sources"]
+    assert want["totals"]["removed"].get("near_duplicate")  # the signatures decided something
+    for name in want["outputs"]:
+        assert (ray / name).read_bytes() == (local / name).read_bytes(), name

@@ -59,6 +59,10 @@ class DataConfig:
     """Raw messages JSONL (validated and packed on the fly, reused by fingerprint) or a packed folder."""
     validation: str | None = None
     """Same as `train`, for evaluation; null for no evaluation."""
+    recipe: str | None = None
+    """A mix recipe (YAML, README "Mixtures") instead of train/validation: its train.jsonl is trained
+    on and every eval/<source> split is evaluated separately (eval_<source>_loss, and eval_loss over
+    all of them). Mixed into `out_dir`/mix, reused by fingerprint."""
     format: str = "auto"
     """Layout of raw inputs: auto (from the first record's keys) | messages | sharegpt | alpaca | prompt_completion (pipeline/io/readers.py)."""
     max_length: int = DEFAULT_MAX_LENGTH
@@ -239,6 +243,10 @@ def cross_field_errors(raw: Mapping[str, Any]) -> list[str]:
     if "bf16" in train and dtype != "auto" and bool(train["bf16"]) != (dtype == "bfloat16"):
         errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {dtype}; remove train.bf16 (it "
                       f"follows model.dtype) or set model.dtype to match")
+    data = raw.get("data") or {}
+    for key in ("train", "validation"):
+        if data.get("recipe") and data.get(key):
+            errors.append(f"data.recipe and data.{key} both given; the recipe makes the {key} data: remove one")
     evaluates = train.get("eval_strategy", "no") != "no"
     if monitor.get("early_stopping_patience") is not None:
         if not train.get("load_best_model_at_end"):

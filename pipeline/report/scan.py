@@ -33,6 +33,7 @@ from sftpack.config.data_options import problems as data_problems
 from sftpack.errors import SftpackError
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS, control_token_check
+from sftpack.checks.scripts import dominant_scripts
 from sftpack.packing.encode import example_stem, first_reject
 from sftpack.progress import progress_bar
 from sftpack.report.samples import SampleCandidates
@@ -40,17 +41,6 @@ from sftpack.io.readers import InputSource, ReadOptions, Row
 from sftpack.templates.masking import IGNORE_INDEX
 
 PERCENTILES = (50, 90, 95, 99)
-SCRIPTS = {  # name -> Rust regex class (polars str.count_matches), checked in this order
-    "latin": r"\p{Latin}",
-    "cyrillic": r"\p{Cyrillic}",
-    "greek": r"\p{Greek}",
-    "cjk": r"\p{Han}|\p{Hiragana}|\p{Katakana}",
-    "hangul": r"\p{Hangul}",
-    "arabic": r"\p{Arabic}",
-    "hebrew": r"\p{Hebrew}",
-    "devanagari": r"\p{Devanagari}",
-    "thai": r"\p{Thai}",
-}
 _PUNCT_SPACE = re.compile(r"[\W_]+")
 
 EXAMPLE_SCHEMA = {
@@ -130,16 +120,6 @@ def conversation_facts(record: dict[str, Any]) -> dict[str, Any]:
         "shortest_answer_chars": min(answers) if answers else None,
         "first_prompt": next((m["content"] for m in messages if m["role"] == "user"), ""),
     }
-
-
-def dominant_scripts(texts: list[str]) -> list[str]:
-    """Per text, the script with the most letters (`SCRIPTS` names), or "none"."""
-    if not texts:
-        return []
-    series = pl.Series(texts, dtype=pl.String)
-    counts = np.stack([series.str.count_matches(pattern).to_numpy() for pattern in SCRIPTS.values()], axis=1)
-    names = np.array(list(SCRIPTS), dtype=object)
-    return np.where(counts.max(axis=1) > 0, names[counts.argmax(axis=1)], "none").tolist()
 
 
 # ---------------------------------------------------------------- raw JSONL -> examples table

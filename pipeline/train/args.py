@@ -73,10 +73,11 @@ def _conflicts(cfg: RunConfig, runtime: Runtime, train: dict[str, Any]) -> list[
     if "bf16" in train and bool(train["bf16"]) != (runtime.dtype == "bfloat16"):
         errors.append(f"train.bf16 {train['bf16']} conflicts with model.dtype {cfg.model.dtype} (resolved to "
                       f"{runtime.dtype}); remove train.bf16 (it follows model.dtype) or set model.dtype to match")
-    if cfg.data.validation is None and train.get("eval_strategy", "no") != "no":
-        errors.append(f"train.eval_strategy {train['eval_strategy']!r} needs data.validation; set one "
-                      f"or set train.eval_strategy=no")
-    if cfg.data.validation is None and train.get("load_best_model_at_end"):
+    evaluates = cfg.data.validation is not None or cfg.data.recipe is not None  # a recipe's eval splits
+    if not evaluates and train.get("eval_strategy", "no") != "no":
+        errors.append(f"train.eval_strategy {train['eval_strategy']!r} needs data.validation (or data.recipe); set "
+                      f"one or set train.eval_strategy=no")
+    if not evaluates and train.get("load_best_model_at_end"):
         errors.append("train.load_best_model_at_end needs data.validation (it selects on eval_loss)")
     return errors
 

@@ -3,6 +3,8 @@
     data.train / data.validation ──prepare_data──> packed folders (raw data goes through
                                                     validate + pack, reused by fingerprint;
                                                     rejects stop it unless data.allow_rejects)
+    data.recipe ──mix──> train.jsonl, eval/<source>.jsonl ──validate + pack──> a train folder and
+                                                    one eval folder per source
     packed folder + the model's tokenizer ──load_packed──> datasets.Dataset of TRAIN_COLUMNS
 """
 
@@ -21,7 +23,11 @@ logger = logging.getLogger("sftpack.train")
 TRAIN_COLUMNS = ["input_ids", "labels", "seq_lengths"]
 
 
-def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
+Validation = "Path | dict[str, Path] | None"
+"""One packed eval folder, one per source of a recipe (evaluated separately), or none."""
+
+
+def prepare_data(cfg: RunConfig) -> tuple[Path, Validation]:
     """Packed folders for `data.train` and `data.validation`: the one way into training.
 
     A packed folder is used as it is. Anything else (a file, a folder or glob of data, a cached
@@ -30,20 +36,45 @@ def prepare_data(cfg: RunConfig) -> tuple[Path, Path | None]:
     same fingerprint, so a second run re-tokenizes nothing. One reject policy, `data.allow_rejects`:
     false (default, as `make validate`) stops on a rejected line naming the rejects file.
 
+    With `data.recipe`, the recipe is mixed into `data.out_dir/mix` first (reused by fingerprint);
+    its train.jsonl and each eval/<source>.jsonl then go the same way.
+
     Returns:
-        (train folder, validation folder or None).
+        (train folder, validation folder, {source: folder} for a recipe, or None).
 
     Raises:
         SftpackError: data.train missing, an input that cannot be read, a folder left by a pack
             that did not finish, rejected lines without data.allow_rejects, no valid line at all.
     """
     data = cfg.data
+    if data.recipe:
+        return _recipe_data(cfg)
     if not data.train:
         raise SftpackError("data.train: not set; give a messages JSONL or a packed folder "
                            "(e.g. data.train=out/packed/<fingerprint>)")
     train = _packed_path("data.train", data.train, cfg)
     validation = _packed_path("data.validation", data.validation, cfg) if data.validation else None
     return train, validation
+
+
+def _recipe_data(cfg: RunConfig) -> tuple[Path, dict[str, Path] | None]:
+    """Mix `data.recipe`, then validate and pack its train.jsonl and every eval/<source>.jsonl.
+
+    Raises:
+        SftpackError: an invalid recipe; evaluation asked for (train.eval_strategy) with no eval split.
+    """
+    from sftpack.mixing import stage as mix
+
+    manifest = mix.run(cfg.data.recipe, Path(cfg.data.out_dir) / "mix")
+    folder = Path(manifest["path"])
+    logger.info("data.recipe %s -> %s (%s)", cfg.data.recipe, folder, "reused" if manifest["reused"] else "mixed")
+    train = _validate_and_pack("data.recipe", str(folder / "train.jsonl"), cfg)
+    splits = sorted((folder / "eval").glob("*.jsonl")) if (folder / "eval").is_dir() else []
+    if not splits and cfg.train.get("eval_strategy", "no") != "no":
+        raise SftpackError(f"data.recipe {cfg.data.recipe}: no eval split to evaluate on; give the recipe an "
+                           f"`eval: {{count: N}}` or set train.eval_strategy=no")
+    evals = {path.stem: _validate_and_pack(f"data.recipe eval/{path.name}", str(path), cfg) for path in splits}
+    return train, evals or None
 
 
 def _packed_path(key: str, value: str, cfg: RunConfig) -> Path:

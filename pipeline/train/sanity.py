@@ -126,8 +126,11 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     from sftpack.train.trainer import build_trainer
 
     train_dir, val_dir = prepare_data(cfg)
+    if isinstance(val_dir, dict):  # a recipe's eval splits: the first source's gives the held-out prompt
+        val_dir = next(iter(val_dir.values()))
     # Prepared once, through train's one path and reject policy: the trainer gets the packed folder.
-    prepared = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, train=str(train_dir)))
+    prepared = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, train=str(train_dir), recipe=None, validation=str(val_dir) if val_dir else None))
     session = build_trainer(sanity_run_config(prepared, scfg), train_examples=scfg.examples)
     trainer, tokenizer = session.trainer, session.trainer.processing_class
     prompt = _held_out(train_dir, val_dir, tokenizer, scfg.examples)

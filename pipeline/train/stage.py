@@ -155,8 +155,7 @@ def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: 
         "health_warnings": [dataclasses.asdict(w) for w in session.health.warnings],
         "samples": samples,
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
-        "data": {key: _data_identity(path) for key, path in
-                 (("train", session.train_dir), ("validation", session.val_dir)) if path},
+        "data": _data_identities(session),
         "runtime": dataclasses.asdict(session.runtime),
         "distributed": {"world_size": trainer.args.world_size, "parallel_mode": str(trainer.args.parallel_mode.value),
                         "backend": getattr(trainer.args.distributed_state, "backend", None)},
@@ -172,6 +171,16 @@ def _finish_wandb() -> None:
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+
+
+def _data_identities(session: Session) -> dict[str, Any]:
+    """The packed folders trained and evaluated on: `validation` is one, or one per recipe source."""
+    data = {"train": _data_identity(session.train_dir)}
+    if isinstance(session.val_dir, dict):
+        data["validation"] = {name: _data_identity(path) for name, path in session.val_dir.items()}
+    elif session.val_dir:
+        data["validation"] = _data_identity(session.val_dir)
+    return data
 
 
 def _data_identity(folder: Path) -> dict[str, Any]:

@@ -36,11 +36,34 @@ class PackedSFTTrainer(SFTTrainer):
     `Trainer` hides NaN losses from its logs (`logging_nan_inf_filter`).
     """
 
-    def __init__(self, *args, counter: TokenCounter, health: HealthCallback, **kwargs):
+    def __init__(self, *args, counter: TokenCounter, health: HealthCallback,
+                 eval_weights: dict[str, int] | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.counter = counter
         self.health = health
+        self.eval_weights = eval_weights or {}
         self.nonfinite_saved_to: str | None = None
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """Per-source eval sets (a recipe's eval/<source>): `eval_<source>_loss` each, plus `eval_loss`,
+        their mean weighted by trained tokens, logged together and handed to the callbacks once, so
+        early stopping and the best checkpoint see the overall loss (or the source the config names in
+        train.metric_for_best_model). Transformers' own dict handling calls the callbacks per set,
+        each without the other sets' metrics and with no overall loss."""
+        datasets = self.eval_dataset if eval_dataset is None else eval_dataset
+        if not isinstance(datasets, dict):
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics, weighted = {}, 0.0
+        for name, dataset in datasets.items():
+            output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"Evaluation {name}",
+                                          prediction_loss_only=True, ignore_keys=ignore_keys,
+                                          metric_key_prefix=f"{metric_key_prefix}_{name}")
+            metrics.update(output.metrics)
+            weighted += output.metrics[f"{metric_key_prefix}_{name}_loss"] * self.eval_weights.get(name, 1)
+        metrics[f"{metric_key_prefix}_loss"] = weighted / sum(self.eval_weights.get(name, 1) for name in datasets)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
@@ -142,9 +165,20 @@ class Session:
     runtime: Runtime
     resume: str | bool | None
     train_dir: Path
-    val_dir: Path | None
+    val_dir: Path | dict[str, Path] | None
     metrics: MetricsCallback
     health: HealthCallback
+
+
+def _eval_data(val_dir: Path | dict[str, Path] | None, tokenizer) -> tuple[Any, dict[str, int] | None]:
+    """The eval dataset (a dict of them, one per recipe source) and each one's trained tokens."""
+    if not isinstance(val_dir, dict):
+        return (load_packed(val_dir, tokenizer, "data.validation") if val_dir else None), None
+    from sftpack.store.packed_folder import PackedFolder
+
+    datasets = {name: load_packed(path, tokenizer, f"data.recipe eval/{name}") for name, path in val_dir.items()}
+    weights = {name: PackedFolder.at(path).manifest["totals"]["trained_tokens"] for name, path in val_dir.items()}
+    return datasets, weights
 
 
 def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
@@ -172,7 +206,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     train_ds = load_packed(train_dir, tokenizer, "data.train")
     if train_examples is not None:
         train_ds = train_ds.select(range(rows_holding(train_ds, train_examples)))
-    eval_ds = load_packed(val_dir, tokenizer, "data.validation") if val_dir else None
+    eval_ds, eval_weights = _eval_data(val_dir, tokenizer)
     counter = TokenCounter()
     metrics = MetricsCallback(counter)
     health = HealthCallback(cfg=cfg.monitor)
@@ -181,7 +215,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.monitor.early_stopping_patience))
     trainer = PackedSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, callbacks=extra, counter=counter, health=health,
+        processing_class=tokenizer, callbacks=extra, counter=counter, health=health, eval_weights=eval_weights,
     )
     _insert_monitors(trainer, [metrics, health])
     return Session(trainer, runtime, resume, train_dir, val_dir, metrics, health)

@@ -1,0 +1,76 @@
+"""A mix recipe where pack and train take data: pack packs its train.jsonl; train evaluates every
+eval/<source> split separately (eval_<source>_loss) and selects on their overall eval_loss."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+from sftpack import api as sftpack  # sftpack.report and sftpack.train are shadowed once their subpackages are imported
+from conftest import read_real
+from sftpack.config.run_config import build_config
+from sftpack.errors import SftpackError
+
+
+class KeepLogs(TrainerCallback):
+    def __init__(self):
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("mix-train")
+    sources = []
+    for name, real in (("chat", "fastchat_dummy_conversation"), ("alpaca", "alpaca_en_demo")):
+        records = [r for r in read_real(real) if len(json.dumps(r)) < 900][:40]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        sources.append({"name": name, "path": str(folder / f"{name}.jsonl")})
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources, "eval": {"count": 4}, "seed": 3}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory) -> Path:
+    """One data.out_dir for both tests: train reuses the mix and the train folder pack made."""
+    return tmp_path_factory.mktemp("mix-train-out")
+
+
+def test_pack_takes_a_recipe_or_a_mix_folder(recipe, model_dir, out):
+    folder = sftpack.pack([recipe], out / "packed", tokenizer=str(model_dir), max_length=256)
+    mixed = sftpack.mix(recipe, out / "mix")  # pack mixed into out_dir's sibling mix/: reused here
+    assert mixed["reused"] and folder.manifest["totals"]["examples_read"] == mixed["totals"]["out"]
+    again = sftpack.pack([mixed["path"]], out / "packed", tokenizer=str(model_dir), max_length=256)
+    assert again.reused and again.path == folder.path
+
+
+def test_train_with_a_recipe_logs_eval_loss_per_source(recipe, tiny_model_dir, out, tmp_path):
+    raw = {"model": {"name_or_path": str(tiny_model_dir)},
+           "data": {"recipe": str(recipe), "max_length": 256, "out_dir": str(out)},
+           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_train_batch_size": 1,
+                     "per_device_eval_batch_size": 4, "eval_strategy": "steps", "eval_steps": 1,
+                     "save_strategy": "no", "metric_for_best_model": "eval_loss", "greater_is_better": False,
+                     "report_to": "none", "disable_tqdm": True, "seed": 1}}
+    logs = KeepLogs()
+    manifest = sftpack.train(build_config(raw), callbacks=[logs])
+    evals = [log for log in logs.logs if "eval_loss" in log]
+    assert len(evals) == 1
+    log = evals[0]
+    assert {"eval_chat_loss", "eval_alpaca_loss"} <= set(log)
+    weights = {name: folder["totals"]["trained_tokens"] for name, folder in manifest["data"]["validation"].items()}
+    overall = sum(log[f"eval_{name}_loss"] * n for name, n in weights.items()) / sum(weights.values())
+    assert log["eval_loss"] == pytest.approx(overall)
+    assert manifest["best_eval_loss"] == pytest.approx(log["eval_loss"])
+
+
+def test_a_recipe_beside_data_train_is_refused(recipe, tiny_model_dir):
+    with pytest.raises(SftpackError, match="data.recipe and data.train both given"):
+        build_config({"model": {"name_or_path": str(tiny_model_dir)},
+                      "data": {"recipe": str(recipe), "train": "x.jsonl"}, "train": {}})
