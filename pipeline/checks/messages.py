@@ -1,15 +1,14 @@
 """One line of messages JSONL: parse it, check its shape and its conversation, say what is wrong.
 
-A line goes through three layers; a layer runs only when the one before found nothing, because
-each assumes what the earlier ones established:
+Three layers; each runs only when the one before found nothing (it assumes what they established):
 
     raw bytes --parse_line--> JSON object --schema_errors--> shaped record --ROW_CHECKS--> ok
               (invalid_utf8,               (schema_<keyword>,             (no_assistant_turn,
                invalid_json, not_object,    JSON path of each error)       empty_assistant, ...)
                trailing_garbage)
 
-`classify_line` runs all three and is what validate (and later report) call per line. Checks
-that need a tokenizer (`tokenizer_checks`) are built per tokenizer and appended by the caller.
+`classify_line` runs all three (validate and report call it per line); `tokenizer_checks` are
+built per tokenizer and appended by the caller.
 
 Conversation rules (the `role_order` rule and its neighbours), chosen so that every chat
 template renders the conversation and every trained turn answers something:
@@ -193,10 +192,10 @@ def check_tool_calls_role(record: Record) -> Iterable[RowError]:
                            f"a {message['role']} message carries tool_calls; only assistant turns call tools")
 
 
+# Message fields only assistant turns may carry: (rule, why).
 ASSISTANT_ONLY = {**dict.fromkeys(("reasoning_content", "reasoning", "thinking"),
                                    ("reasoning_not_assistant", "only assistant turns reason")),
                   "train": ("train_not_assistant", "only assistant turns are trained or not")}
-"""Message fields only assistant turns may carry: (rule, why)."""
 
 
 def check_reasoning_role(record: Record) -> Iterable[RowError]:
