@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling  # noqa: E402
 
 from sftpack.config.run_config import ModelConfig, build_config  # noqa: E402
-from sftpack.train.runtime import resolve_runtime, run  # noqa: E402
+from sftpack.training.runtime import resolve_runtime, run  # noqa: E402
 
 
 def isolation(model, row) -> float:

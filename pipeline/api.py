@@ -22,7 +22,7 @@ from sftpack.errors import SftpackError
 if TYPE_CHECKING:
     from sftpack.config.run_config import RunConfig
     from sftpack.io.readers import ReadOptions
-    from sftpack.plan.request import Plan
+    from sftpack.planning.request import Plan
     from sftpack.store.packed_folder import PackedFolder
 
 Inputs = Sequence["str | Path"]
@@ -174,12 +174,12 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     if recipe is not None:
         if inputs or options:
             raise SftpackError("report --recipe: give the recipe alone (no inputs or data options)")
-        from sftpack.report import mixture
+        from sftpack.reporting import mixture
 
         return mixture.run(recipe, out, mix_dir)
     from sftpack.config.data_options import data_values
-    from sftpack.report import stage as report_stage
-    from sftpack.report.scan import ReportConfig
+    from sftpack.reporting import stage as report_stage
+    from sftpack.reporting.scan import ReportConfig
 
     run_config = load_run_config(config)
     _unknown("report", options, [f.name for f in dataclasses.fields(ReportConfig)] + ["strategy"])
@@ -222,8 +222,8 @@ def plan(*, plot: str | Path | None = None, write_config: str | Path | None = No
     Returns:
         The Plan (`.values` are the planned SFTConfig values).
     """
-    from sftpack.plan import stage as plan_stage
-    from sftpack.plan.request import PlanRequest
+    from sftpack.planning import stage as plan_stage
+    from sftpack.planning.request import PlanRequest
 
     _unknown("plan", request, [f.name for f in dataclasses.fields(PlanRequest)])
     return plan_stage.run(PlanRequest(**request), plot=plot, config_out=write_config, json_out=write_json)
@@ -240,6 +240,6 @@ def train(config: Any, overrides: Sequence[str] = (), callbacks: Sequence[Any] =
     Returns:
         The run manifest (also written to output_dir/sftpack_run.json).
     """
-    from sftpack.train import stage as train_stage
+    from sftpack.training import stage as train_stage
 
     return train_stage.run(load_run_config(config, overrides), callbacks)

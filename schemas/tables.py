@@ -101,7 +101,7 @@ class MessageRows(pa.DataFrameModel):
 
 
 class ReportExamples(pa.DataFrameModel):
-    """The report's per-example table (pipeline/report/stage.py): one row per valid conversation."""
+    """The report's per-example table (pipeline/reporting/stage.py): one row per valid conversation."""
 
     input: str
     line: pl.Int64 = pa.Field(ge=1)

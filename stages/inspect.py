@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sftpack.report.inspect import InspectConfig, run
+from sftpack.reporting.inspect import InspectConfig, run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 
 from sftpack import api
-from sftpack.plan.format import format_plan, plan_json
+from sftpack.planning.format import format_plan, plan_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

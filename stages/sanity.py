@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from sftpack.config.run_config import load_config
-    from sftpack.train.sanity import SanityConfig, format_report, run
+    from sftpack.training.sanity import SanityConfig, format_report, run
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s %(message)s")
     scfg = SanityConfig(steps=args.steps, examples=args.examples, max_new_tokens=args.max_new_tokens,

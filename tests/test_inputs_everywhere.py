@@ -23,8 +23,8 @@ from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_
 from sftpack.packing.stage import PACK_FORMAT_VERSION, PackConfig
 from sftpack.packing.stage import run as pack
 from sftpack.io.readers import ColumnMap, ReadOptions
-from sftpack.report.stage import ReportConfig
-from sftpack.report.stage import run as report
+from sftpack.reporting.stage import ReportConfig
+from sftpack.reporting.stage import run as report
 from sftpack.checks.validate import ValidateConfig
 from sftpack.checks.validate import run as validate
 from sftpack.schemas.tables import DROP_REASONS, ExampleStats, validate_table
@@ -222,7 +222,7 @@ def _run_config(model_dir: Path, train: str, out: Path, **data) -> RunConfig:
 
 
 def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
-    from sftpack.train.data import prepare_data
+    from sftpack.training.data import prepare_data
 
     raw = _bad_file(tmp_path)
     with pytest.raises(SftpackError) as caught:
@@ -238,9 +238,9 @@ def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
 
 def test_train_and_sanity_prepare_any_layout_once(real_data, model_dir, tmp_path, monkeypatch):
     from sftpack.checks import validate as validate_module
-    from sftpack.train import data as train_data
-    from sftpack.train import sanity, trainer
-    from sftpack.train.sanity import SanityConfig
+    from sftpack.training import data as train_data
+    from sftpack.training import sanity, trainer
+    from sftpack.training.sanity import SanityConfig
 
     original = _real(real_data, tmp_path, "fastchat_dummy_conversation", 80)
     parquet = _rewritten(original, _as_sharegpt, tmp_path / "pq", "parquet")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sftpack.errors import SftpackError
-from sftpack.report.inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trained, run
+from sftpack.reporting.inspect import ANSI_CLOSE, ANSI_OPEN, InspectConfig, mark_trained, run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "conversations.jsonl"
 
@@ -91,7 +91,7 @@ def test_errors_are_clear(packed, tmp_path, capsys):
 
 
 def test_token_pieces_add_up_to_the_decoding_with_special_tokens_marked(smol_tokenizer):
-    from sftpack.report.inspect import token_pieces
+    from sftpack.reporting.inspect import token_pieces
 
     text = "<|im_start|>user\nCafé 中文 ok<|im_end|>"
     ids = np.array(smol_tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -67,7 +67,7 @@ def test_no_import_circles():
 
 def test_the_ray_executor_never_imports_a_stage():
     modules = _modules()
-    stages = {"sftpack.packing.stage", "sftpack.checks.validate", "sftpack.report.stage", "sftpack.api", "sftpack"}
+    stages = {"sftpack.packing.stage", "sftpack.checks.validate", "sftpack.reporting.stage", "sftpack.api", "sftpack"}
     for name, path in modules.items():
         if name.startswith("sftpack.distributed"):
             assert not _imports(path, modules) & stages, name
@@ -95,6 +95,18 @@ def test_import_sftpack_is_lazy_and_the_stages_are_callable():
             "print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_no_subpackage_shadows_an_api_function():
+    """Importing a submodule binds its package on `sftpack`: no subpackage may share an API name."""
+    code = ("import importlib, pkgutil, sftpack\n"
+            "for m in pkgutil.walk_packages(sftpack.__path__, 'sftpack.'):\n"
+            "    if not m.name.endswith('__main__'): importlib.import_module(m.name)\n"
+            "names = ('validate', 'pack', 'mix', 'report', 'plan', 'train')\n"
+            "print('not callable:', sorted(n for n in names if not callable(getattr(sftpack, n))))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "not callable: []"
 
 
 def test_python_m_sftpack_is_the_command_line():

@@ -10,16 +10,16 @@ import pytest
 import yaml
 
 from sftpack.errors import SftpackError
-from sftpack.plan.stage import PlanRequest, make_plan
-from sftpack.plan.arithmetic import (
+from sftpack.planning.stage import PlanRequest, make_plan
+from sftpack.planning.arithmetic import (
     micro_batches_per_epoch,
     optimizer_steps_per_epoch,
     plan_batch,
     total_steps,
     warmup_steps_for,
 )
-from sftpack.plan.format import PLAN_KEYS, SCHEDULES, draw_schedules
-from sftpack.plan.table import SIZE_TABLE, count_parameters, parse_params, pick_row
+from sftpack.planning.format import PLAN_KEYS, SCHEDULES, draw_schedules
+from sftpack.planning.table import SIZE_TABLE, count_parameters, parse_params, pick_row
 from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent

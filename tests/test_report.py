@@ -16,7 +16,7 @@ import pytest
 
 from sftpack.errors import SftpackError
 from sftpack.packing.bins import best_fit_decreasing
-from sftpack.report.stage import ReportConfig, run
+from sftpack.reporting.stage import ReportConfig, run
 from sftpack.schemas.tables import ExampleStats, ReportExamples, validate_table
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report" / "conversations.jsonl"
@@ -175,7 +175,7 @@ def test_packed_folder_report(tmp_path, model_dir):
 # ---------------------------------------------------------------- the tables against their schemas
 
 def _examples_table() -> pl.DataFrame:
-    from sftpack.report.scan import scan_jsonl
+    from sftpack.reporting.scan import scan_jsonl
 
     frame, _ = scan_jsonl([FIXTURE], ReportConfig(), None)
     return frame
@@ -213,7 +213,7 @@ def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
 
     from sftpack.packing.stage import PackConfig
     from sftpack.packing.stage import run as pack
-    from sftpack.report.stage import ReportConfig, run as report
+    from sftpack.reporting.stage import ReportConfig, run as report
 
     template = Path(__file__).resolve().parent / "fixtures" / "templates" / "real" / "qwen3.jinja"
     data = tmp_path / "r.jsonl"
@@ -262,7 +262,7 @@ def test_sources_fall_back_to_the_file_name_and_repeats_count_per_input_pair(tmp
 def test_plots_mark_max_length_on_a_log_axis_and_keep_every_bar_inside(monkeypatch):
     import matplotlib.pyplot as plt
 
-    import sftpack.report.plots as plots
+    import sftpack.reporting.plots as plots
 
     figures = []
     monkeypatch.setattr(plots, "_png", lambda fig: figures.append(fig) or "png")  # keep the figures open

@@ -69,7 +69,7 @@ def _chromium_run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, real_data, model_dir) -> dict:
-    from sftpack.report.stage import ReportConfig, run
+    from sftpack.reporting.stage import ReportConfig, run
 
     out = tmp_path_factory.mktemp("browser") / "report.html"
     inputs = [real_data / "fastchat_dummy_conversation.jsonl", real_data / "glaive_toolcall_en_demo.jsonl"]

@@ -1,8 +1,8 @@
 """The report stage must not crash on any file validate accepts, and must count what it was given.
 
 Hypothesis writes messages JSONL files (exact and near duplicates, missing and empty sources,
-tool-only conversations, rejects, blank lines) and runs `sftpack.report.stage.run` on them. An oracle
-written from the definitions in pipeline/report/stage.py's docstring says what report.json must hold.
+tool-only conversations, rejects, blank lines) and runs `sftpack.reporting.stage.run` on them. An oracle
+written from the definitions in pipeline/reporting/stage.py's docstring says what report.json must hold.
 Issue 14 (a polars panic in the findings) is pinned by the regression tests at the end.
 """
 
@@ -21,11 +21,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sftpack.report.findings as report_findings
-import sftpack.report.plots as report_plots
-from sftpack.report.stage import ReportConfig, run
-from sftpack.report.findings import findings
-from sftpack.report.scan import EXAMPLE_SCHEMA
+import sftpack.reporting.findings as report_findings
+import sftpack.reporting.plots as report_plots
+from sftpack.reporting.stage import ReportConfig, run
+from sftpack.reporting.findings import findings
+from sftpack.reporting.scan import EXAMPLE_SCHEMA
 
 # No "<" so no text can spell a control token (`<|im_end|>`); Cyrillic and Han for the script mix.
 ALPHABET = list("abcdeXYZ019 ,.!?-_'") + ["é", "д", "ж", "中"]

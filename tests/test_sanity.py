@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from sftpack.errors import SftpackError
-from sftpack.report.inspect import mark_trained
-from sftpack.train.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
+from sftpack.reporting.inspect import mark_trained
+from sftpack.training.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
 from sftpack.cli import main as cli
 
 

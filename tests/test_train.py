@@ -21,10 +21,10 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from sftpack.config.run_config import ModelConfig, MonitorConfig, build_config
 from sftpack.errors import SftpackError
-from sftpack.train.monitoring import HealthCallback
-from sftpack.train.stage import FINAL_DIR, RUN_CONFIG, RUN_MANIFEST, run
-from sftpack.train.args import sft_config
-from sftpack.train.runtime import Runtime, resolve_runtime
+from sftpack.training.monitoring import HealthCallback
+from sftpack.training.stage import FINAL_DIR, RUN_CONFIG, RUN_MANIFEST, run
+from sftpack.training.args import sft_config
+from sftpack.training.runtime import Runtime, resolve_runtime
 from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent

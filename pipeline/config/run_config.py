@@ -234,7 +234,7 @@ def _schema_errors(raw: Mapping[str, Any]) -> list[str]:
 
 def cross_field_errors(raw: Mapping[str, Any]) -> list[str]:
     """Every pair of keys that cannot go together, each naming both. What depends on the run waits
-    for train (pipeline/train/args.py): `train.bf16` against `model.dtype: auto` (the device decides),
+    for train (pipeline/training/args.py): `train.bf16` against `model.dtype: auto` (the device decides),
     and evaluation against `data.validation` (make passes the packed folders to train only)."""
     train, model = raw.get("train") or {}, raw.get("model") or {}
     monitor = raw.get("monitor") or {}

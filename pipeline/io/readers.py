@@ -33,7 +33,7 @@ from sftpack.checks.messages import RowError
 
 # The public entry. ColumnMap, converter (layouts), file_container and DATA_SUFFIXES
 # (containers) are listed because callers import them from here: stages, tests,
-# pipeline/report/stage.py, pipeline/distributed/driver.py; `_file_items` likewise, for pipeline/distributed/driver.py.
+# pipeline/reporting/stage.py, pipeline/distributed/driver.py; `_file_items` likewise, for pipeline/distributed/driver.py.
 __all__ = ["DATA_SUFFIXES", "ColumnMap", "InputSource", "ReadOptions", "Row", "converter", "file_container",
            "open_input", "provenance_line", "reference"]
 _file_items = file_items

@@ -15,7 +15,7 @@ import yaml
 
 from sftpack.config.run_config import build_config
 from sftpack.errors import SftpackError
-from sftpack.train.stage import run
+from sftpack.training.stage import run
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}

@@ -44,9 +44,9 @@ from transformers import TrainerCallback
 from sftpack import __version__
 from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
-from sftpack.train.generation import answer_prompts
+from sftpack.training.generation import answer_prompts
 from sftpack.store.packed_folder import PackedFolder
-from sftpack.train.trainer import Session, build_trainer
+from sftpack.training.trainer import Session, build_trainer
 
 logger = logging.getLogger("sftpack.train")
 

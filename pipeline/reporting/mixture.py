@@ -15,8 +15,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from sftpack.report.html import CSS, _table
-from sftpack.report.plots import _png
+from sftpack.reporting.html import CSS, _table
+from sftpack.reporting.plots import _png
 from sftpack.store.atomic import atomic_file, write_json
 
 TOP = 10  # benchmarks, clusters and matches shown

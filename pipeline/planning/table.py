@@ -2,8 +2,8 @@
 
     parameters (config.json on the meta device, or --params) ──> size row (SIZE_TABLE)
 
-The numbers in SIZE_TABLE live only here; `pipeline/plan/stage.py` fills what flags and the base
-config leave out from the row, `pipeline/plan/format.py` shows the row beside the plan.
+The numbers in SIZE_TABLE live only here; `pipeline/planning/stage.py` fills what flags and the base
+config leave out from the row, `pipeline/planning/format.py` shows the row beside the plan.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from sftpack.plan.table import SizeRow
+from sftpack.planning.table import SizeRow
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Both callbacks work by adding keys to the `logs` dict of `Trainer.log`, so whatever trackers
 `train.report_to` names (TensorBoard, W&B, ...) receive the same values. They must therefore
-run *before* the tracker callbacks; `sftpack.train.trainer` inserts them right after
+run *before* the tracker callbacks; `sftpack.training.trainer` inserts them right after
 `DefaultFlowCallback`. Trackers rename keys (`rewrite_logs`): `eval_*` -> `eval/*`, everything
 else -> `train/*`, so `trained_tokens_per_second` shows as `train/trained_tokens_per_second`.
 

@@ -36,7 +36,7 @@ from sftpack.checks.messages import ROW_CHECKS, control_token_check
 from sftpack.checks.scripts import dominant_scripts
 from sftpack.packing.encode import example_stem, first_reject
 from sftpack.progress import progress_bar
-from sftpack.report.samples import SampleCandidates
+from sftpack.reporting.samples import SampleCandidates
 from sftpack.io.readers import InputSource, ReadOptions, Row
 from sftpack.templates.masking import IGNORE_INDEX
 

@@ -25,8 +25,8 @@ import torch
 from sftpack.store.atomic import atomic_file, write_json
 from sftpack.config.run_config import RunConfig
 from sftpack.errors import SftpackError
-from sftpack.train.generation import greedy
-from sftpack.report.inspect import mark_trained
+from sftpack.training.generation import greedy
+from sftpack.reporting.inspect import mark_trained
 from sftpack.templates.masking import IGNORE_INDEX
 
 # "Decreased": the mean of the last ENDS losses is at least MIN_DECREASE below the median of
@@ -122,8 +122,8 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     Raises:
         SftpackError: config, model or data problems.
     """
-    from sftpack.train.data import prepare_data
-    from sftpack.train.trainer import build_trainer
+    from sftpack.training.data import prepare_data
+    from sftpack.training.trainer import build_trainer
 
     train_dir, val_dir = prepare_data(cfg)
     if isinstance(val_dir, dict):  # a recipe's eval splits: the first source's gives the held-out prompt
@@ -150,7 +150,7 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
 
 def _held_out(train_dir: Path, val_dir: Path | None, tokenizer, examples: int) -> list[int]:
     """The held-out prompt: the first validation sequence's, else the first row's after the subset."""
-    from sftpack.train.data import load_packed, rows_holding
+    from sftpack.training.data import load_packed, rows_holding
 
     if val_dir is not None:
         held = load_packed(val_dir, tokenizer, "data.validation")[0]

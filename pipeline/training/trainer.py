@@ -20,11 +20,11 @@ from transformers import DefaultFlowCallback, EarlyStoppingCallback, TrainerCall
 from trl import SFTTrainer
 
 from sftpack.config.run_config import RunConfig
-from sftpack.train.monitoring import HealthCallback, MetricsCallback, TokenCounter
+from sftpack.training.monitoring import HealthCallback, MetricsCallback, TokenCounter
 from sftpack.templates.masking import IGNORE_INDEX
-from sftpack.train.args import sft_config
-from sftpack.train.data import load_packed, prepare_data, rows_holding
-from sftpack.train.runtime import Runtime, load_model, resolve_runtime
+from sftpack.training.args import sft_config
+from sftpack.training.data import load_packed, prepare_data, rows_holding
+from sftpack.training.runtime import Runtime, load_model, resolve_runtime
 
 logger = logging.getLogger("sftpack.train")
 

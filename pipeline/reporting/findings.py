@@ -15,8 +15,8 @@ import polars as pl
 from sftpack.errors import SftpackError
 from sftpack.packing.bins import l2_lower_bound, lower_bound_rows, pack_bins
 from sftpack.store.packed_folder import PackedFolder
-from sftpack.report.kinds import MASK_KINDS, finding as _finding
-from sftpack.report.scan import PERCENTILES, ReportConfig, _Scan
+from sftpack.reporting.kinds import MASK_KINDS, finding as _finding
+from sftpack.reporting.scan import PERCENTILES, ReportConfig, _Scan
 from sftpack.templates.masking import IGNORE_INDEX
 
 # ---------------------------------------------------------------- summaries

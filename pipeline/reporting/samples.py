@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from sftpack.report.inspect import Piece, token_pieces
-from sftpack.report.kinds import KINDS
+from sftpack.reporting.inspect import Piece, token_pieces
+from sftpack.reporting.kinds import KINDS
 
 SAMPLES = 8
 """Conversations shown; up to MAX_SOURCES when more sources need covering."""
@@ -179,7 +179,7 @@ def packed_views(packed: Any, frame: Any, tokenizer_path: str | None) -> list[di
         sample_views' shape; [] when the tokenizer cannot be loaded.
     """
     from sftpack.errors import SftpackError
-    from sftpack.report.inspect import load_tokenizer
+    from sftpack.reporting.inspect import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(packed.path, packed.manifest, tokenizer_path)

@@ -15,7 +15,7 @@ from trl import SFTConfig
 
 from sftpack.config.run_config import RunConfig
 from sftpack.errors import SftpackError
-from sftpack.train.runtime import Runtime
+from sftpack.training.runtime import Runtime
 
 
 def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool | None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from sftpack.report.samples import samples_html
+from sftpack.reporting.samples import samples_html
 
 CSS = """
 *{box-sizing:border-box}

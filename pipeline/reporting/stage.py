@@ -37,12 +37,12 @@ from sftpack.errors import SftpackError
 from sftpack.packing.stage import input_identity
 from sftpack.packing.bins import pack_bins
 from sftpack.io.readers import DATA_SUFFIXES, InputSource, ReadOptions
-from sftpack.report.findings import describe_jsonl, describe_packed, kept_lengths
-from sftpack.report.html import render_html
-from sftpack.report.kinds import MASK_KINDS, finding, verdict
-from sftpack.report.plots import make_plots
-from sftpack.report.samples import packed_views, sample_views, samples_json
-from sftpack.report.scan import ReportConfig, _Encoder, scan_jsonl
+from sftpack.reporting.findings import describe_jsonl, describe_packed, kept_lengths
+from sftpack.reporting.html import render_html
+from sftpack.reporting.kinds import MASK_KINDS, finding, verdict
+from sftpack.reporting.plots import make_plots
+from sftpack.reporting.samples import packed_views, sample_views, samples_json
+from sftpack.reporting.scan import ReportConfig, _Encoder, scan_jsonl
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
 # ---------------------------------------------------------------- the stage

@@ -1,7 +1,7 @@
 """What `sftpack plan` writes: the text table, the `--json` object, the run config, the LR plot.
 
-Every function here reads a finished `Plan` (pipeline/plan/stage.py) and computes nothing new,
-except the learning rates at the sampled and drawn steps (pipeline/plan/arithmetic.py).
+Every function here reads a finished `Plan` (pipeline/planning/stage.py) and computes nothing new,
+except the learning rates at the sampled and drawn steps (pipeline/planning/arithmetic.py).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftpack.errors import SftpackError
-from sftpack.plan.arithmetic import plot_steps, sample_steps, schedule_lrs
-from sftpack.plan.table import RULES_OF_THUMB
+from sftpack.planning.arithmetic import plot_steps, sample_steps, schedule_lrs
+from sftpack.planning.table import RULES_OF_THUMB
 
-if TYPE_CHECKING:  # pipeline/plan/stage.py imports this module to write its outputs
+if TYPE_CHECKING:  # pipeline/planning/stage.py imports this module to write its outputs
     from sftpack.config.run_config import RunConfig
-    from sftpack.plan.request import Plan
+    from sftpack.planning.request import Plan
 
 # The keys of `--json`, in order; also the planned values' names everywhere (Plan.values).
 PLAN_KEYS = (

@@ -8,8 +8,8 @@
     Plan ──> text table, --json, run config, LR plot (plan.format)
 
 This module resolves the request into a `Plan` and writes the files asked for (`run`); the
-numbers live in `pipeline/plan/table.py`, the arithmetic in `pipeline/plan/arithmetic.py`, the
-output formats in `pipeline/plan/format.py`.
+numbers live in `pipeline/planning/table.py`, the arithmetic in `pipeline/planning/arithmetic.py`, the
+output formats in `pipeline/planning/format.py`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sftpack.errors import SftpackError
-from sftpack.plan.arithmetic import BatchPlan, StepCounts, count_steps, plan_batch
-from sftpack.plan.format import plan_config, plan_json, write_plot
-from sftpack.plan.request import Plan, PlanRequest
-from sftpack.plan.table import DEFAULT_PER_DEVICE_BATCH, SizeRow, count_parameters, parse_params, pick_row
+from sftpack.planning.arithmetic import BatchPlan, StepCounts, count_steps, plan_batch
+from sftpack.planning.format import plan_config, plan_json, write_plot
+from sftpack.planning.request import Plan, PlanRequest
+from sftpack.planning.table import DEFAULT_PER_DEVICE_BATCH, SizeRow, count_parameters, parse_params, pick_row
 
 
 def run(req: PlanRequest, plot: str | Path | None = None, config_out: str | Path | None = None,
