@@ -77,12 +77,7 @@ class ValidateConfig:
 
 def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[InputSource]:
     """Open every input; collect every usage problem with them and the output folder; raise once (exit 2)."""
-    problems, sources = [], []
-    for spec in inputs:
-        try:
-            sources.append(read.open(spec))
-        except SftpackError as err:
-            problems.append(str(err))
+    sources, problems = read.open_each(inputs)
     owners: dict[str, InputSource] = {}
     for source in sources:
         name, target = source.stem, out_dir / f"{source.stem}.jsonl"

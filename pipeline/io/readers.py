@@ -64,6 +64,17 @@ class ReadOptions:
         """`open_input(spec)` with these options."""
         return open_input(spec, self.format, self.split, self.columns)
 
+    def open_each(self, specs: list[str | os.PathLike]) -> tuple[list["InputSource"], list[str]]:
+        """Open every input: (the sources opened, one message per input that could not be), so a
+        stage can report every problem at once."""
+        sources, problems = [], []
+        for spec in specs:
+            try:
+                sources.append(self.open(spec))
+            except SftpackError as err:
+                problems.append(str(err))
+        return sources, problems
+
 
 class Row(NamedTuple):
     """One record of an input, in messages form or with the reason it could not be converted."""

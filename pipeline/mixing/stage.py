@@ -31,7 +31,7 @@ from sftpack.mixing.clean import Cleaner
 from sftpack.mixing.decontaminate import NgramIndex
 from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_lines
 from sftpack.mixing.recipe import Recipe, load_recipe
-from sftpack.store.atomic import atomic_dir, remove_stale, write_json
+from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
 
 MIX_FORMAT_VERSION = 1
@@ -101,13 +101,7 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
     recipe = load_recipe(recipe)
     opened = _open(recipe)
     fp, identities = _fingerprint(recipe, opened)
-    out_dir = Path(out_dir)
-    folder = out_dir / fp
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SftpackError(f"{out_dir}: cannot create the output folder ({err.strerror}); choose another --out-dir") from None
-    remove_stale(out_dir)
+    folder = output_parent(out_dir) / fp
     existing = _reuse(folder)
     if existing is not None:
         return existing | {"path": str(folder), "reused": True}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftpack import __version__
-from sftpack.store.atomic import atomic_dir, remove_stale, write_json
+from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.errors import SftpackError
 from sftpack.store.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from sftpack.io.readers import InputSource, ReadOptions
@@ -78,12 +78,7 @@ def _open_sources(inputs: list[str | Path], read: ReadOptions) -> list[InputSour
     """Open every input (readers.open_input); collect every problem and raise once (exit 2)."""
     if not inputs:
         raise SftpackError("give at least one input")
-    sources, problems = [], []
-    for spec in inputs:
-        try:
-            sources.append(read.open(spec))
-        except SftpackError as err:
-            problems.append(str(err))
+    sources, problems = read.open_each(inputs)
     if problems:
         raise SftpackError("\n".join(problems))
     return sources
@@ -137,14 +132,8 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
     """
     started = time.time()
     sources = _open_sources(list(inputs), read or ReadOptions())
-    out_dir = Path(out_dir)
     fp, input_ids, tokenizer_files = _fingerprint_of(sources, cfg)
-    folder = out_dir / fp
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise SftpackError(f"{out_dir}: cannot create output folder: {err.strerror}") from None
-    remove_stale(out_dir)
+    folder = output_parent(out_dir) / fp
     existing = PackedFolder.at(folder)
     if existing is not None:
         problems = existing.checksum_errors()  # bytes as pack wrote them; `sftpack verify` rechecks rows too

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from sftpack.errors import SftpackError
+
 INCOMPLETE_PREFIX = ".incomplete-"
 
 
@@ -114,6 +116,23 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def output_parent(parent: str | os.PathLike) -> Path:
+    """`parent` created if missing and cleared of killed runs' leftovers: where a stage builds
+    its `<fingerprint>/` folder.
+
+    Raises:
+        SftpackError: the folder cannot be created (exit 2).
+    """
+    parent = Path(parent)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise SftpackError(f"{parent}: cannot create the output folder ({err.strerror}); choose another --out-dir",
+                           exit_code=2) from None
+    remove_stale(parent)
+    return parent
 
 
 def remove_stale(parent: str | os.PathLike) -> list[Path]:

@@ -93,7 +93,7 @@ def test_disk_full_fails_cleanly(inputs, model_dir, tmp_path):
 
 @pytest.mark.parametrize("case, expected", [
     ("missing input", "input file not found"),
-    ("unwritable out dir", "cannot create output folder"),
+    ("unwritable out dir", "cannot create the output folder"),
     ("tokenizer without chat template", "has no chat template"),
     ("missing tokenizer", "tokenizer folder not found"),
     ("max length below template overhead", "no example left to pack"),
