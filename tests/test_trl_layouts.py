@@ -20,11 +20,13 @@ ASSISTANT2 = {"role": "assistant", "content": "2 km is 2000 meters."}
 
 MESSAGES = [{"id": "a", "messages": [SYSTEM, USER, ASSISTANT]},
             {"id": "b", "messages": [USER, ASSISTANT]},
-            {"id": "c", "messages": [USER, ASSISTANT, USER2, ASSISTANT2]}]
-PROMPT_COMPLETION = [  # conversational, standard, and a multi-turn completion
+            {"id": "c", "messages": [USER, ASSISTANT, USER2, ASSISTANT2]},
+            {"id": "d", "messages": [USER, {**ASSISTANT, "train": False}, USER2, ASSISTANT2]}]
+PROMPT_COMPLETION = [  # conversational, standard, a multi-turn completion, a multi-turn prompt
     {"id": "a", "prompt": [SYSTEM, USER], "completion": [ASSISTANT]},
     {"id": "b", "prompt": USER["content"], "completion": ASSISTANT["content"]},
     {"id": "c", "prompt": [USER], "completion": [ASSISTANT, USER2, ASSISTANT2]},
+    {"id": "d", "prompt": [USER, ASSISTANT, USER2], "completion": [ASSISTANT2]},
 ]
 
 
@@ -47,10 +49,13 @@ def test_prompt_completion_packs_as_the_equivalent_messages(model_dir, smol_toke
     got_folder = sftpack.pack([prompt_completion], tmp_path / "b", format=format, **options)
     assert got_folder.totals["dropped"] == {} and got_folder.manifest["inputs"][0]["layout"] == "prompt_completion"
     got = _packed(got_folder)
-    assert got == want and set(got) == {"a", "b", "c"}
+    assert got == want and set(got) == {"a", "b", "c", "d"}
     ids, labels = got["b"]
     trained = smol_tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
     assert trained.startswith(ASSISTANT["content"]) and USER["content"] not in trained  # the prompt is not trained
+    ids, labels = got["d"]  # an assistant turn inside the prompt is context, as in TRL
+    trained = smol_tokenizer.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX])
+    assert trained.startswith(ASSISTANT2["content"]) and ASSISTANT["content"] not in trained
 
 
 def test_prompt_completion_is_detected_and_bad_records_name_the_field(tmp_path):
@@ -59,5 +64,5 @@ def test_prompt_completion_is_detected_and_bad_records_name_the_field(tmp_path):
     rows = [row for batch in source.batches() for row in batch]
     assert source.layout == "prompt_completion"
     assert rows[1].record["messages"] == [USER, ASSISTANT] and rows[0].record["id"] == "a"
-    assert (rows[3].error.path, rows[3].error.rule) == ("/prompt", "convert_type")
-    assert (rows[4].error.path, rows[4].error.rule) == ("/completion", "convert_missing")
+    assert (rows[4].error.path, rows[4].error.rule) == ("/prompt", "convert_type")
+    assert (rows[5].error.path, rows[5].error.rule) == ("/completion", "convert_missing")

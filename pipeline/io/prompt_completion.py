@@ -7,8 +7,8 @@ A prompt string becomes one user turn, a completion string one assistant turn (e
 a string or a list of messages); the messages are the prompt's, then the completion's, so the
 record packs to the same `input_ids` and `labels` as the equivalent messages record. Unlike TRL,
 which trains a standard (string) record as plain text, sftpack renders it with the chat template,
-as it does alpaca. Assistant turns inside a conversational prompt are trained under
-`--train-on all`, as in the equivalent messages record; `--train-on last` trains only the last turn.
+as it does alpaca. Assistant turns inside a conversational prompt are context, as in TRL: they
+get `"train": false` (the per-turn flag), unless the record already says otherwise.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ def prompt_completion_messages(source: dict[str, Any]) -> tuple[list[dict] | Non
                 if not isinstance(turn, dict):
                     return None, RowError(f"/{key}/{i}", "convert_type", f"{key}[{i}] is a {type(turn).__name__}, "
                                                                          "expected a message {role, content}")
+                if key == "prompt" and turn.get("role") == "assistant" and "train" not in turn:
+                    turn = {**turn, "train": False}  # the prompt is context, never trained
                 messages.append(turn)
         else:
             return None, RowError(f"/{key}", "convert_type", f"{key} is a {type(value).__name__}, expected a string "
