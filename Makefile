@@ -132,9 +132,9 @@ demo: $(TRAINED)
 
 test: $(STAMP) $(MODEL)
 	@# tests/test_ray.py runs its Ray cluster inside a network namespace (ip netns, iproute2)
-	command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
+	command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
 	@# tests/test_report_browser.py opens the report in headless Chromium (Debian's chromium)
-	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 	@# two workers (pytest-xdist), one for all Ray tests; the 15 slowest tests are listed at the end
 	$(PY) -m pytest -q -n 2 --dist loadgroup
 
