@@ -1,25 +1,35 @@
 """Duplicates across sources: exact (the conversation identity validate and report use) and near
-(MinHash-LSH, rensa). Records arrive in priority order (source order, then row), so the first of
-each cluster is the one kept, and a removed record names it.
+(MinHash-LSH, rensa, proposes candidates; the exact Jaccard of the shingle sets decides). Records
+arrive in priority order (source order, then row), so the first of each cluster is the one kept,
+and a removed record names it.
 
     record ──conversation_hash──> seen? exact_duplicate of the first (pipeline/mixing/clean.py)
            ──words──shingles──RMinHash──> LSH candidates among kept records
-                                          ──estimated Jaccard >= threshold──> near_duplicate of the closest
-                                          ──else──> kept, inserted into the LSH index
+                ──estimated Jaccard >= threshold - CANDIDATE_MARGIN──> candidates
+                ──exact Jaccard of the shingle hash sets >= threshold──> near_duplicate of the closest
+           ──else──> kept: signature into the LSH index, shingle hashes kept
 
-Memory: 8 bytes (a hash) per distinct conversation, and a signature (num_perm x 4 bytes) plus the
-LSH's band keys per kept one; no text is held.
+The estimate alone is noisy at the threshold (sd ~0.03 at 128 permutations: bench/MIX.md), so it
+only narrows the candidates; the decision and the reported `jaccard` are exact.
+Memory: 8 bytes (a hash) per distinct conversation, and per kept one a signature (num_perm x 4
+bytes), the LSH's band keys and its distinct shingles' 8-byte hashes; no text is held.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import xxhash
+
 from sftpack.mixing.recipe import NearDedup
 from sftpack.mixing.text import shingles, turn_text, words
 
 MINHASH_SEED = 1  # fixed: signatures of the same text are the same in every run and on every node
 RECALL_AT_THRESHOLD = 0.995
+# Candidates are pairs whose estimate is at least threshold - 0.15: 5 standard deviations of the
+# estimate at 128 permutations, so a pair truly at the threshold is (practically) never missed.
+CANDIDATE_MARGIN = 0.15
 
 
 def lsh_bands(threshold: float, num_perm: int) -> int:
@@ -32,38 +42,70 @@ def lsh_bands(threshold: float, num_perm: int) -> int:
     return num_perm
 
 
+def shingle_hashes(shingle_list: list[str]) -> np.ndarray:
+    """The distinct shingles as sorted 64-bit hashes (xxh3, seedless: the same in every run)."""
+    hashes = np.fromiter((xxhash.xxh3_64_intdigest(s.encode()) for s in shingle_list), dtype=np.uint64,
+                         count=len(shingle_list))
+    return np.unique(hashes)
+
+
+def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Jaccard similarity of two sorted, distinct hash arrays."""
+    common = len(np.intersect1d(a, b, assume_unique=True))
+    return common / (len(a) + len(b) - common)
+
+
 class NearDuplicates:
-    """Greedy clustering in arrival order: a record joins the closest kept record it is similar to."""
+    """Greedy clustering in arrival order: a record joins the kept record with the highest exact
+    Jaccard at or above the threshold, among the LSH's candidates."""
 
     def __init__(self, cfg: NearDedup):
         from rensa import RMinHash, RMinHashLSH
 
         self.cfg = cfg
         self._minhash = RMinHash
-        self.lsh = RMinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm,
-                               num_bands=lsh_bands(cfg.threshold, cfg.num_perm))
+        self.candidate_threshold = max(cfg.threshold - CANDIDATE_MARGIN, 0.05)
+        self.lsh = RMinHashLSH(threshold=self.candidate_threshold, num_perm=cfg.num_perm,
+                               num_bands=lsh_bands(self.candidate_threshold, cfg.num_perm))
         self.kept: list[Any] = []
+        self.kept_shingles: list[np.ndarray] = []
         self.kept_ids: list[str] = []
 
-    def signatures(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[Any]:
-        """MinHash signatures of a batch (one call into rensa); `all_words` are the records' words over
-        every turn, reused when the comparison is `on: all`."""
+    def shingle_sets(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[list[str]]:
+        """Each record's shingles; `all_words` are its words over every turn, reused when the
+        comparison is `on: all`."""
         if self.cfg.on != "all":
             all_words = [words(turn_text(r, self.cfg.on)) for r in records]
-        sets = [shingles(tokens, self.cfg.ngram) for tokens in all_words]
+        return [shingles(tokens, self.cfg.ngram) for tokens in all_words]
+
+    def signatures(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[Any]:
+        """MinHash signatures of a batch (one call into rensa); see `shingle_sets`."""
+        return self.signatures_of(self.shingle_sets(records, all_words))
+
+    def signatures_of(self, sets: list[list[str]]) -> list[Any]:
+        """MinHash signatures of shingle lists (one call into rensa)."""
         return self._minhash.from_token_sets(sets, num_perm=self.cfg.num_perm, seed=MINHASH_SEED)
 
-    def check(self, signature: Any, record_id: str) -> tuple[str, float] | None:
-        """(kept id, estimated Jaccard) of the most similar kept record at or above the threshold
-        (the earliest on ties), or None, and the record is kept."""
+    def check(self, signature: Any, hashes: np.ndarray, record_id: str) -> tuple[str, float] | None:
+        """(kept id, exact Jaccard) of the most similar kept record at or above the threshold (the
+        earliest on ties), or None, and the record is kept.
+
+        Args:
+            signature: the record's MinHash signature (proposes candidates).
+            hashes: its `shingle_hashes` (decide).
+            record_id: its id, named by later duplicates when it is kept.
+        """
         best: tuple[int, float] | None = None
         for key in sorted(self.lsh.query(signature)):
-            similarity = self.kept[key].jaccard(signature)
+            if self.kept[key].jaccard(signature) < self.candidate_threshold:
+                continue
+            similarity = exact_jaccard(self.kept_shingles[key], hashes)
             if similarity >= self.cfg.threshold and (best is None or similarity > best[1]):
                 best = (key, similarity)
         if best is not None:
             return self.kept_ids[best[0]], round(best[1], 4)
         self.lsh.insert(len(self.kept), signature)
         self.kept.append(signature)
+        self.kept_shingles.append(hashes)
         self.kept_ids.append(record_id)
         return None
