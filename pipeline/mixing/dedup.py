@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from sftpack.mixing.recipe import NearDedup
 from sftpack.mixing.text import shingles, turn_text, words
@@ -43,16 +42,19 @@ def lsh_bands(threshold: float, num_perm: int) -> int:
 
 
 def shingle_hashes(shingle_list: list[str]) -> np.ndarray:
-    """The distinct shingles as sorted 64-bit hashes (xxh3, seedless: the same in every run)."""
-    hashes = np.fromiter((xxhash.xxh3_64_intdigest(s.encode()) for s in shingle_list), dtype=np.uint64,
-                         count=len(shingle_list))
-    return np.unique(hashes)
+    """The distinct shingles as sorted 64-bit hashes (rensa's token hash: the same in every run)."""
+    from rensa import RMinHash
+
+    return np.unique(np.array(RMinHash.hash_token_sets([shingle_list])[0], dtype=np.uint64))
 
 
-def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
-    """Jaccard similarity of two sorted, distinct hash arrays."""
-    common = len(np.intersect1d(a, b, assume_unique=True))
-    return common / (len(a) + len(b) - common)
+def exact_jaccards(hashes: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """Jaccard similarity of one sorted, distinct hash array with each of `others` (in one pass)."""
+    sizes = np.fromiter(map(len, others), dtype=np.int64, count=len(others))
+    joined = np.concatenate(others)
+    found = hashes[np.searchsorted(hashes, joined).clip(max=len(hashes) - 1)] == joined
+    common = np.add.reduceat(found, np.cumsum(sizes) - sizes, dtype=np.int64)  # no set is empty
+    return common / (sizes + len(hashes) - common)
 
 
 class NearDuplicates:
@@ -67,7 +69,7 @@ class NearDuplicates:
         self.candidate_threshold = max(cfg.threshold - CANDIDATE_MARGIN, 0.05)
         self.lsh = RMinHashLSH(threshold=self.candidate_threshold, num_perm=cfg.num_perm,
                                num_bands=lsh_bands(self.candidate_threshold, cfg.num_perm))
-        self.kept: list[Any] = []
+        self.kept: list[Any] = []  # signatures
         self.kept_shingles: list[np.ndarray] = []
         self.kept_ids: list[str] = []
 
@@ -95,15 +97,13 @@ class NearDuplicates:
             hashes: its `shingle_hashes` (decide).
             record_id: its id, named by later duplicates when it is kept.
         """
-        best: tuple[int, float] | None = None
-        for key in sorted(self.lsh.query(signature)):
-            if self.kept[key].jaccard(signature) < self.candidate_threshold:
-                continue
-            similarity = exact_jaccard(self.kept_shingles[key], hashes)
-            if similarity >= self.cfg.threshold and (best is None or similarity > best[1]):
-                best = (key, similarity)
-        if best is not None:
-            return self.kept_ids[best[0]], round(best[1], 4)
+        # rensa's estimate (fast, one call a candidate) narrows; the exact Jaccard decides
+        keys = [k for k in sorted(self.lsh.query(signature)) if self.kept[k].jaccard(signature) >= self.candidate_threshold]
+        if keys:
+            similarity = exact_jaccards(hashes, [self.kept_shingles[k] for k in keys])
+            best = int(np.argmax(similarity))  # the earliest of the most similar
+            if similarity[best] >= self.cfg.threshold:
+                return self.kept_ids[keys[best]], round(float(similarity[best]), 4)
         self.lsh.insert(len(self.kept), signature)
         self.kept.append(signature)
         self.kept_shingles.append(hashes)
