@@ -120,6 +120,26 @@ def test_exact_and_near_duplicates_across_sources_keep_the_first(alpaca, tmp_pat
     assert manifest["sources"]["b"]["out"] == 1
 
 
+def test_near_duplicates_are_decided_by_the_exact_jaccard_not_the_estimate(tmp_path):
+    """Two variants of one 103-word answer, 0.81 and 0.79 from it in exact Jaccard: both within
+    MinHash's noise at 128 permutations (sd ~0.03), so only the exact check separates them."""
+    base = [f"word{i}" for i in range(103)]
+    over, under = base + [f"over{i}" for i in range(24)], base + [f"under{i}" for i in range(26)]
+    trigrams = [{tuple(["say", *ws][i:i + 3]) for i in range(len(ws) - 1)} for ws in (base, over, under)]
+    expected = [len(trigrams[0] & t) / len(trigrams[0] | t) for t in trigrams[1:]]
+    assert expected == [102 / 126, 102 / 128] and expected[0] > 0.8 > expected[1]
+    first = write_jsonl(tmp_path / "a.jsonl", [chat("Say", " ".join(base))])
+    second = write_jsonl(tmp_path / "b.jsonl", [chat("Say", " ".join(over)), chat("Say", " ".join(under))])
+    manifest = sftpack.mix({"sources": [{"name": "a", "path": str(first)}, {"name": "b", "path": str(second)}],
+                            "dedup": {"near": {"threshold": 0.8}}}, tmp_path / "out")
+    assert_balanced(manifest)
+    (removed,) = read_jsonl(Path(manifest["path"]) / "removed.jsonl")
+    assert (removed["id"], removed["reason"], removed["kept"]) == ("b:b.jsonl:1", "near_duplicate", "a:a.jsonl:1")
+    assert removed["jaccard"] == round(expected[0], 4)
+    train = read_jsonl(Path(manifest["path"]) / "train.jsonl")
+    assert sorted(line["messages"][-1]["content"] for line in train) == sorted([" ".join(base), " ".join(under)])
+
+
 def test_planted_benchmark_items_are_removed_with_the_ngram_named(alpaca, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -2,7 +2,8 @@
 
     .spill/<i>.jsonl (under --out-dir: shared storage) ──ray.data.read_text, in order──> lines
         ──map_batches on the nodes: words, shingles, rensa RMinHash (seeded)──> pickled signatures
-        ──iter_rows, in line order──> the driver's greedy LSH clustering (pipeline/mixing/dedup.py)
+        ──iter_rows, in line order──> the driver's greedy LSH clustering, verified on exact
+        shingle sets the driver makes from the same lines (pipeline/mixing/dedup.py)
 
 A signature depends only on the line's text, the recipe's ngram/num_perm/on and the fixed seed, so
 the nodes compute exactly the signatures the local run does, and the output files are the same bytes.

@@ -6,7 +6,7 @@ the one a duplicate is kept in favour of.
            ──conversation rules (checks.messages)──> rejected_<rule>
            ──an eval record's exact copy, or a benchmark n-gram──> contaminated (mode: remove)
            ──exact identity seen──> exact_duplicate {kept}
-           ──MinHash-LSH──> near_duplicate {kept, jaccard}
+           ──MinHash-LSH candidates, exact Jaccard of shingle sets──> near_duplicate {kept, jaccard}
            ──> .spill/<i>.kept.jsonl
 """
 
@@ -21,7 +21,7 @@ import msgspec
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS
 from sftpack.mixing.decontaminate import NgramIndex
-from sftpack.mixing.dedup import NearDuplicates
+from sftpack.mixing.dedup import NearDuplicates, shingle_hashes
 from sftpack.mixing.filters import Filters
 from sftpack.mixing.passes import BATCH, SPILL, Removed, record_id, spill_lines
 from sftpack.mixing.recipe import Recipe
@@ -57,7 +57,7 @@ class Cleaner:
         self.removed.add(line, "contaminated", **match)
         return True
 
-    def _step(self, line: dict[str, Any], reason: str | None, text_words: list[str], signature: Any) -> bool:
+    def _step(self, line: dict[str, Any], reason: str | None, text_words: list[str], near: tuple[Any, Any]) -> bool:
         """True when the record stays."""
         if reason is not None:
             self.removed.add(line, reason)
@@ -73,7 +73,7 @@ class Cleaner:
             self.removed.add(line, "exact_duplicate", kept=self.exact[key])
             return False
         if self.near is not None:
-            similar = self.near.check(signature, record_id(line))
+            similar = self.near.check(near[0], shingle_hashes(near[1]), record_id(line))
             if similar is not None:
                 self.removed.add(line, "near_duplicate", kept=similar[0], jaccard=similar[1])
                 return False
@@ -83,15 +83,17 @@ class Cleaner:
 
     def batch(self, raws: list[bytes], out: IO[bytes], tokens_out: list[int], signatures: list | None = None) -> None:
         """Clean one batch of spill lines; survivors to `out`, their token counts to `tokens_out`.
-        `signatures` come from the cluster under --ray; else they are computed here."""
+        `signatures` come from the cluster under --ray; else they are computed here. The shingles
+        are always made here: the exact Jaccard that decides a near duplicate needs them."""
         lines = [msgspec.json.decode(raw) for raw in raws]
         tokens = self.filters.tokens(lines)
         reasons = self.filters.reasons(lines, tokens)
         all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
+        sets = self.near.shingle_sets(lines, all_words) if self.near is not None else [None] * len(lines)
         if signatures is None:
-            signatures = self.near.signatures(lines, all_words) if self.near is not None else [None] * len(lines)
+            signatures = self.near.signatures_of(sets) if self.near is not None else [None] * len(lines)
         for i, (raw, line) in enumerate(zip(raws, lines)):
-            if self._step(line, reasons[i], all_words[i], signatures[i]):
+            if self._step(line, reasons[i], all_words[i], (signatures[i], sets[i])):
                 out.write(raw)
                 tokens_out.append(tokens[i] if tokens is not None else 0)
 

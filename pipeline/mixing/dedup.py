@@ -1,25 +1,35 @@
 """Duplicates across sources: exact (the conversation identity validate and report use) and near
-(MinHash-LSH, rensa). Records arrive in priority order (source order, then row), so the first of
-each cluster is the one kept, and a removed record names it.
+(MinHash-LSH, rensa, proposes candidates; the exact Jaccard of the shingle sets decides). Records
+arrive in priority order (source order, then row), so the first of each cluster is the one kept,
+and a removed record names it.
 
     record ──conversation_hash──> seen? exact_duplicate of the first (pipeline/mixing/clean.py)
            ──words──shingles──RMinHash──> LSH candidates among kept records
-                                          ──estimated Jaccard >= threshold──> near_duplicate of the closest
-                                          ──else──> kept, inserted into the LSH index
+                ──estimated Jaccard >= threshold - CANDIDATE_MARGIN──> candidates
+                ──exact Jaccard of the shingle hash sets >= threshold──> near_duplicate of the closest
+           ──else──> kept: signature into the LSH index, shingle hashes kept
 
-Memory: 8 bytes (a hash) per distinct conversation, and a signature (num_perm x 4 bytes) plus the
-LSH's band keys per kept one; no text is held.
+The estimate alone is noisy at the threshold (sd ~0.03 at 128 permutations: bench/MIX.md), so it
+only narrows the candidates; the decision and the reported `jaccard` are exact.
+Memory: 8 bytes (a hash) per distinct conversation, and per kept one a signature (num_perm x 4
+bytes), the LSH's band keys and its distinct shingles' 8-byte hashes; no text is held.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from sftpack.mixing.recipe import NearDedup
 from sftpack.mixing.text import shingles, turn_text, words
 
 MINHASH_SEED = 1  # fixed: signatures of the same text are the same in every run and on every node
 RECALL_AT_THRESHOLD = 0.995
+# Candidates are pairs whose estimate is at least threshold - 0.15: over 4 standard deviations of
+# the estimate (sqrt(t(1 - t) / num_perm) = 0.035 at 0.8 and 128 permutations), so a pair truly at
+# the threshold is (practically) never missed.
+CANDIDATE_MARGIN = 0.15
 
 
 def lsh_bands(threshold: float, num_perm: int) -> int:
@@ -32,38 +42,71 @@ def lsh_bands(threshold: float, num_perm: int) -> int:
     return num_perm
 
 
+def shingle_hashes(shingle_list: list[str]) -> np.ndarray:
+    """The distinct shingles as sorted 64-bit hashes (rensa's token hash: the same in every run)."""
+    from rensa import RMinHash
+
+    return np.unique(np.array(RMinHash.hash_token_sets([shingle_list])[0], dtype=np.uint64))
+
+
+def exact_jaccards(hashes: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """Jaccard similarity of one sorted, distinct hash array with each of `others` (in one pass)."""
+    sizes = np.fromiter(map(len, others), dtype=np.int64, count=len(others))
+    joined = np.concatenate(others)
+    found = hashes[np.searchsorted(hashes, joined).clip(max=len(hashes) - 1)] == joined
+    common = np.add.reduceat(found, np.cumsum(sizes) - sizes, dtype=np.int64)  # no set is empty
+    return common / (sizes + len(hashes) - common)
+
+
 class NearDuplicates:
-    """Greedy clustering in arrival order: a record joins the closest kept record it is similar to."""
+    """Greedy clustering in arrival order: a record joins the kept record with the highest exact
+    Jaccard at or above the threshold, among the LSH's candidates."""
 
     def __init__(self, cfg: NearDedup):
         from rensa import RMinHash, RMinHashLSH
 
         self.cfg = cfg
         self._minhash = RMinHash
-        self.lsh = RMinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm,
-                               num_bands=lsh_bands(cfg.threshold, cfg.num_perm))
-        self.kept: list[Any] = []
+        self.candidate_threshold = max(cfg.threshold - CANDIDATE_MARGIN, 0.05)
+        self.lsh = RMinHashLSH(threshold=self.candidate_threshold, num_perm=cfg.num_perm,
+                               num_bands=lsh_bands(self.candidate_threshold, cfg.num_perm))
+        self.kept: list[Any] = []  # signatures
+        self.kept_shingles: list[np.ndarray] = []
         self.kept_ids: list[str] = []
 
-    def signatures(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[Any]:
-        """MinHash signatures of a batch (one call into rensa); `all_words` are the records' words over
-        every turn, reused when the comparison is `on: all`."""
+    def shingle_sets(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[list[str]]:
+        """Each record's shingles; `all_words` are its words over every turn, reused when the
+        comparison is `on: all`."""
         if self.cfg.on != "all":
             all_words = [words(turn_text(r, self.cfg.on)) for r in records]
-        sets = [shingles(tokens, self.cfg.ngram) for tokens in all_words]
+        return [shingles(tokens, self.cfg.ngram) for tokens in all_words]
+
+    def signatures(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[Any]:
+        """MinHash signatures of a batch (one call into rensa); see `shingle_sets`."""
+        return self.signatures_of(self.shingle_sets(records, all_words))
+
+    def signatures_of(self, sets: list[list[str]]) -> list[Any]:
+        """MinHash signatures of shingle lists (one call into rensa)."""
         return self._minhash.from_token_sets(sets, num_perm=self.cfg.num_perm, seed=MINHASH_SEED)
 
-    def check(self, signature: Any, record_id: str) -> tuple[str, float] | None:
-        """(kept id, estimated Jaccard) of the most similar kept record at or above the threshold
-        (the earliest on ties), or None, and the record is kept."""
-        best: tuple[int, float] | None = None
-        for key in sorted(self.lsh.query(signature)):
-            similarity = self.kept[key].jaccard(signature)
-            if similarity >= self.cfg.threshold and (best is None or similarity > best[1]):
-                best = (key, similarity)
-        if best is not None:
-            return self.kept_ids[best[0]], round(best[1], 4)
+    def check(self, signature: Any, hashes: np.ndarray, record_id: str) -> tuple[str, float] | None:
+        """(kept id, exact Jaccard) of the most similar kept record at or above the threshold (the
+        earliest on ties), or None, and the record is kept.
+
+        Args:
+            signature: the record's MinHash signature (proposes candidates).
+            hashes: its `shingle_hashes` (decide).
+            record_id: its id, named by later duplicates when it is kept.
+        """
+        # rensa's estimate (fast, one call a candidate) narrows; the exact Jaccard decides
+        keys = [k for k in sorted(self.lsh.query(signature)) if self.kept[k].jaccard(signature) >= self.candidate_threshold]
+        if keys:
+            similarity = exact_jaccards(hashes, [self.kept_shingles[k] for k in keys])
+            best = int(np.argmax(similarity))  # the earliest of the most similar
+            if similarity[best] >= self.cfg.threshold:
+                return self.kept_ids[keys[best]], round(float(similarity[best]), 4)
         self.lsh.insert(len(self.kept), signature)
         self.kept.append(signature)
+        self.kept_shingles.append(hashes)
         self.kept_ids.append(record_id)
         return None

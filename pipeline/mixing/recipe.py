@@ -70,7 +70,8 @@ class NearDedup:
     """Near-duplicates: MinHash-LSH (rensa) over word n-grams of the conversation's text."""
 
     threshold: float = 0.8
-    """Estimated Jaccard similarity at or above which two conversations are one cluster (0, 1]."""
+    """Jaccard similarity of the word n-gram sets (exact; MinHash-LSH only proposes candidates) at or
+    above which two conversations are one cluster (0, 1]."""
     ngram: int = 3
     """Words per shingle, after lowercasing and collapsing punctuation and whitespace."""
     num_perm: int = 128

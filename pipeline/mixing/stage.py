@@ -34,7 +34,7 @@ from sftpack.mixing.recipe import Recipe, load_recipe
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
 
-MIX_FORMAT_VERSION = 1
+MIX_FORMAT_VERSION = 2  # 2: near duplicates decided on the exact Jaccard (a folder made by 1 is not reused)
 MANIFEST = "manifest.json"
 
 
