@@ -133,11 +133,9 @@ class _Encoder:
         self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template,
                                                       template_kwargs=cfg.chat_template_kwargs,
                                                       stop_tokens=cfg.stop_tokens)
-        from sftpack.templates.masking import AUDIT_KEYS, MaskOptions
+        from sftpack.templates.masking import MaskOptions
 
         self.options, self.max_length = MaskOptions(cfg.train_on, cfg.turns, cfg.reasoning), cfg.max_length
-        self.audit = dict.fromkeys(AUDIT_KEYS, 0)
-        """Masking's counts over every encoded conversation (split conversations, unrendered reasoning...)."""
 
     def encode_examples(self, records: list[dict]) -> list:
         """Each record through masking's encode_batch (pack's code): a list of EncodedExample."""
@@ -152,8 +150,6 @@ class _Encoder:
         of it), or the error."""
         out: list[tuple[int, int, int, dict[str, int]] | str] = []
         for example in self.encode_examples(records):
-            for key, value in example.audit.items():
-                self.audit[key] += value
             if example.error:
                 out.append(f"{example.reason or 'template_error'}\t{example.error}")
                 continue
@@ -181,7 +177,8 @@ class _Scan:
         self.audit_examples: Counter[str] = Counter()
         """Masking's audit keys -> conversations where the key counted (findings rank by these)."""
         self.audit_counts: Counter[str] = Counter()
-        """Masking's audit keys -> their counts (turns, sequences) over every valid conversation."""
+        """Masking's audit keys -> their counts (turns, sequences) over every encoded conversation (a
+        conversation masking refuses carries no audit)."""
         self.audit_rows: dict[str, list[str]] = {}
         """Masking's audit keys -> the first `examples` conversations' `file:line`."""
         self.candidates = SampleCandidates()
@@ -219,7 +216,8 @@ class _Scan:
                 *tokens[3], *(["exact_duplicates"] if duplicate_of != index else []),
                 *(["similar_prompts"] if similar_of != index and duplicate_of == index else []),
                 *(["no_trained_tokens"] if tokens[1] == 0 else []),
-                *(["too_long", "answers_truncated"] if tokens[0] > self.cfg.max_length else []),
+                *(["too_long"] if tokens[0] > self.cfg.max_length else []),
+                *(["answers_truncated"] if tokens[2] > 0 else []),
                 *(["short_answers"] if _short(facts["shortest_answer_chars"], self.cfg) else [])])
         self.rows.append({
             "input": input_name, "line": line,

@@ -44,6 +44,7 @@ from sftpack.reporting.plots import make_plots
 from sftpack.reporting.samples import packed_views, sample_views, samples_json
 from sftpack.reporting.scan import ReportConfig, _Encoder, scan_jsonl
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
+from sftpack.templates.masking import AUDIT_KEYS
 
 # ---------------------------------------------------------------- the stage
 
@@ -152,4 +153,5 @@ def _conversations_report(sources: list[InputSource], cfg: ReportConfig) -> tupl
     provenance = {"inputs": [input_identity(source) for source in sources], "tokenizer": identity}
     plots = make_plots(frame, report["sources"], cfg.max_length, row_tokens, encoder is not None)
     samples = sample_views(encoder, scan.candidates.choose([f["kind"] for f in report["findings"]])) if encoder else []
-    return report, provenance, plots, samples, encoder.audit if encoder else None
+    mask_audit = {key: scan.audit_counts[key] for key in AUDIT_KEYS} if encoder else None
+    return report, provenance, plots, samples, mask_audit
