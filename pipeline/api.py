@@ -101,15 +101,14 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
 def _mixed_inputs(inputs: Inputs, out_dir: str | Path) -> list[str | Path]:
     """Inputs with each mix folder replaced by its train.jsonl, and each recipe (a .yaml/.yml file)
     mixed first, into `out_dir`'s sibling `mix/` (out/packed -> out/mix), then replaced likewise."""
-    import json
+    from sftpack.store.manifest import read_manifest
 
     resolved: list[str | Path] = []
     for spec in inputs:
         path = Path(spec)
         if path.suffix in (".yaml", ".yml") and path.is_file():
             path = Path(mix(path, Path(out_dir).parent / "mix")["path"])
-        manifest = path / "manifest.json"
-        if path.is_dir() and manifest.is_file() and "mix_format" in json.loads(manifest.read_text(encoding="utf-8")):
+        if path.is_dir() and "mix_format" in (read_manifest(path) or {}):
             resolved.append(path / "train.jsonl")
         else:
             resolved.append(spec)
@@ -149,7 +148,7 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
     else:
         cfg = PackConfig(**given)
     manifest = pack_stage.run(_mixed_inputs(inputs, out_dir), out_dir, cfg, read_options(run_config, format, split, columns))
-    return PackedFolder(Path(manifest["path"]), manifest, reused=bool(manifest.get("reused")))
+    return PackedFolder(Path(manifest["path"]), manifest)
 
 
 def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str | None = None,

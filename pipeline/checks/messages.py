@@ -34,6 +34,7 @@ import msgspec
 
 from sftpack.checks.schema import schema_fast_type, schema_validator
 from sftpack.errors import json_error_text
+from sftpack.templates.fields import REASONING_FIELDS, TRAIN_FLAG
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_MESSAGE_CHARS = 200  # error messages quote the offending value; keep them one line
@@ -193,9 +194,8 @@ def check_tool_calls_role(record: Record) -> Iterable[RowError]:
 
 
 # Message fields only assistant turns may carry: (rule, why).
-ASSISTANT_ONLY = {**dict.fromkeys(("reasoning_content", "reasoning", "thinking"),
-                                   ("reasoning_not_assistant", "only assistant turns reason")),
-                  "train": ("train_not_assistant", "only assistant turns are trained or not")}
+ASSISTANT_ONLY = {**dict.fromkeys(REASONING_FIELDS, ("reasoning_not_assistant", "only assistant turns reason")),
+                  TRAIN_FLAG: ("train_not_assistant", "only assistant turns are trained or not")}
 
 
 def check_reasoning_role(record: Record) -> Iterable[RowError]:

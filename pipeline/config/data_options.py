@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from sftpack.templates.fields import RESERVED_TEMPLATE_ARGS
 from sftpack.templates.turn_targets import REASONING, TRAIN_ON, TURNS, MaskOptions
 
 Strategy = Literal["bfd", "none"]
@@ -25,8 +26,6 @@ CHOICES = {"train_on": TRAIN_ON, "turns": TURNS, "reasoning": REASONING, "trunca
 """Option -> its accepted values, for flags and messages."""
 DATA_KEYS = ("tokenizer", "max_length", "chat_template", "strategy", "train_on", "turns", "reasoning", "truncation",
              "chat_template_kwargs", "stop_tokens")
-RESERVED_TEMPLATE_ARGS = ("messages", "tools", "add_generation_prompt")
-"""Template variables sftpack passes itself: template arguments may not set them."""
 """What a stage that prepares conversations takes from `model.name_or_path` and the `data` section."""
 
 
@@ -42,7 +41,7 @@ def problems(values: dict[str, Any]) -> list[str]:
     kwargs = values.get("chat_template_kwargs")
     if kwargs is not None and (not isinstance(kwargs, dict) or set(kwargs) & set(RESERVED_TEMPLATE_ARGS)):
         found.append(f"chat_template_kwargs {kwargs!r}: a mapping of template variables other than "
-                     f"{', '.join(RESERVED_TEMPLATE_ARGS)}")
+                     f"{', '.join(sorted(RESERVED_TEMPLATE_ARGS))}")
     stops = values.get("stop_tokens")
     if stops is not None and (isinstance(stops, str) or not stops or not all(isinstance(t, str) and t for t in stops)):
         found.append(f"stop_tokens {stops!r}: a non-empty list of tokens (--stop-tokens '<|im_end|>')")

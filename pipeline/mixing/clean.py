@@ -40,15 +40,16 @@ class Cleaner:
         self.exact: dict[int, str] | None = {} if recipe.dedup.exact else None
         self.near = NearDuplicates(recipe.dedup.near) if recipe.dedup.near is not None else None
 
-    def _contaminated(self, line: dict[str, Any], text_words: list[str]) -> dict[str, Any] | None:
-        copy = self.eval_copies.get(conversation_hash(line)) if self.eval_copies else None
+    def _contaminated(self, key: int, text_words: list[str]) -> dict[str, Any] | None:
+        copy = self.eval_copies.get(key) if self.eval_copies else None
         if copy is not None:  # an eval record too short for an n-gram still matches as an exact copy
             return {"benchmark": copy[0], "item": copy[1], "ngram": None}
         return self.index.match(text_words)
 
-    def _decontaminate(self, line: dict[str, Any], text_words: list[str]) -> bool:
-        """True when the record is removed; in report mode matches are listed and kept."""
-        match = self._contaminated(line, text_words)
+    def _decontaminate(self, line: dict[str, Any], key: int, text_words: list[str]) -> bool:
+        """True when the record (conversation hash `key`) is removed; in report mode matches are
+        listed and kept."""
+        match = self._contaminated(key, text_words)
         if match is None:
             return False
         if self.recipe.decontaminate.mode == "report":
@@ -66,9 +67,9 @@ class Cleaner:
         if errors:
             self.removed.add(line, f"rejected_{errors[0].rule}", errors=[e.as_dict() for e in errors])
             return False
-        if self._decontaminate(line, text_words):
-            return False
         key = conversation_hash(line)
+        if self._decontaminate(line, key, text_words):
+            return False
         if self.exact is not None and key in self.exact:
             self.removed.add(line, "exact_duplicate", kept=self.exact[key])
             return False

@@ -33,9 +33,9 @@ from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_s
 from sftpack.mixing.recipe import Recipe, load_recipe
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
+from sftpack.store.manifest import MANIFEST, read_manifest
 
 MIX_FORMAT_VERSION = 2  # 2: near duplicates decided on the exact Jaccard (a folder made by 1 is not reused)
-MANIFEST = "manifest.json"
 
 
 def _open(recipe: Recipe) -> list[InputSource]:
@@ -70,11 +70,9 @@ def _outputs(folder: Path) -> dict[str, str]:
 
 def _reuse(folder: Path) -> dict[str, Any] | None:
     """The manifest of a complete folder whose files are the bytes it lists; None otherwise."""
-    import json
-
-    if not (folder / MANIFEST).is_file():
+    manifest = read_manifest(folder)
+    if manifest is None:
         return None
-    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     if _outputs(folder) != manifest.get("outputs"):
         print(f"mix: {folder} does not match its manifest, rebuilding", file=sys.stderr)
         return None

@@ -27,8 +27,6 @@ class PackedFolder:
 
     path: Path
     manifest: dict[str, Any]
-    reused: bool = False
-    """Whether the pack that returned this folder found it already built (`sftpack.pack`)."""
 
     @classmethod
     def at(cls, path: str | Path) -> "PackedFolder | None":
@@ -41,6 +39,11 @@ class PackedFolder:
     def holds_one(path: str | Path) -> bool:
         """Whether `path` is a folder with a manifest (cheap: the manifest is not parsed)."""
         return Path(path).is_dir() and (Path(path) / MANIFEST).is_file()
+
+    @property
+    def reused(self) -> bool:
+        """Whether the pack that returned this folder found it already built (`sftpack.pack`)."""
+        return bool(self.manifest.get("reused"))
 
     @property
     def options(self) -> dict[str, Any]:

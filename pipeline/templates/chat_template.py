@@ -33,15 +33,10 @@ from transformers.utils.chat_template_utils import (
 )
 
 from sftpack.errors import SftpackError
+from sftpack.templates.fields import REASONING_FIELDS, RESERVED_TEMPLATE_ARGS, TRAIN_FLAG
 from sftpack.templates.stop_markers import StopMarkers, generation_config_markers, given_markers, infer_markers
 from sftpack.templates.template_forms import TemplateForms, probe_forms
 
-REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
-"""Names a message's reasoning is read from, in this order, and given to the template under."""
-TRAIN_FLAG = "train"
-"""An assistant message's per-turn flag: false leaves the turn untrained (never given to the template)."""
-RESERVED_KWARGS = frozenset({"messages", "tools", "add_generation_prompt"})
-"""Template variables sftpack passes itself; template arguments may not set them."""
 PROBE_MESSAGE = {"role": "user", "content": "Continue."}
 """Appended after a final assistant turn to see what the template writes after it."""
 _SENTINEL = "\u2063sftpack\u2063"
@@ -122,7 +117,7 @@ class ChatRenderer:
             ) from None
         self._variables = _plain_template_data(dict(tokenizer.special_tokens_map))
         self.template_kwargs: dict[str, Any] = dict(template_kwargs or {})
-        reserved = sorted(RESERVED_KWARGS & self.template_kwargs.keys())
+        reserved = sorted(RESERVED_TEMPLATE_ARGS & self.template_kwargs.keys())
         if reserved:
             raise SftpackError(f"chat_template_kwargs: {', '.join(reserved)} cannot be set: sftpack passes them itself")
         added = sorted(map(str, tokenizer.added_tokens_encoder), key=len, reverse=True)
@@ -198,8 +193,8 @@ class ChatRenderer:
                     message["tool_calls"] = _arguments_as(message["tool_calls"], as_string)
             prepared.append(message)
             reasonings.append(thought if reasoning != "drop" else None)
-        if kwargs and RESERVED_KWARGS & kwargs.keys():
-            raise TypeError(f"chat_template_kwargs cannot set {sorted(RESERVED_KWARGS & kwargs.keys())}")
+        if kwargs and RESERVED_TEMPLATE_ARGS & kwargs.keys():
+            raise TypeError(f"chat_template_kwargs cannot set {sorted(RESERVED_TEMPLATE_ARGS & kwargs.keys())}")
         variables = _plain_template_data({**self.template_kwargs, **(kwargs or {}), "tools": self.forms.tools(tools)})
         return _plain_template_data(prepared), variables, reasonings
 

@@ -100,7 +100,7 @@ def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: 
 
 def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] | None, options: MaskOptions,
                name: str, kwargs: dict | None) -> tuple[list[tuple[str, tuple[Span, ...]]], dict[str, int]]:
-    from sftpack.templates.chat_template import TRAIN_FLAG
+    from sftpack.templates.fields import TRAIN_FLAG
 
     msgs, variables, thoughts = renderer.prepare(messages, tools, options.reasoning, kwargs)
     untrained = frozenset(i for i, m in enumerate(messages)
