@@ -199,9 +199,11 @@ class ChatRenderer:
         return _plain_template_data(prepared), variables, reasonings
 
     def try_render(self, messages: list[dict], variables: dict[str, Any]) -> str | None:
-        """Plain messages and variables rendered as a training example; None when the template raises."""
+        """Plain messages and variables rendered as a training example, with the template arguments
+        (as every render has them); None when the template raises."""
         try:
-            return self.render_prepared(_plain_template_data(messages), _plain_template_data(variables), False)
+            variables = _plain_template_data({**self.template_kwargs, **variables})
+            return self.render_prepared(_plain_template_data(messages), variables, False)
         except RENDER_ERRORS:
             return None
 
