@@ -39,6 +39,7 @@ from sftpack.distributed.cluster import (
     check_shared,
     cluster_cpus,
     connect,
+    leave,
     run_dataset,
 )
 from sftpack.distributed.ranges import numbered_ranges, range_rows
@@ -197,6 +198,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
             files.append(manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        leave()
     totals = {k: sum(m["counts"][k] for m in files) for k in ("read", "kept", "rejected", "blank")}
     return {"files": files, "totals": totals}
 

@@ -46,6 +46,7 @@ def connect(address: str) -> dict[str, Any]:
             kwargs["address"] = address
         try:
             ray.init(**kwargs)
+            _joined_here.append(True)
         except Exception as err:  # ConnectionError, or Ray's own when no cluster answers
             raise SftpackError(f"--ray {address}: cannot connect to a Ray cluster there: {err}; start one with "
                                "`ray start --head` (README \"More than one machine\") or use --ray local") from None
@@ -59,6 +60,23 @@ def connect(address: str) -> dict[str, Any]:
     resources = ray.cluster_resources()
     return {"name": "ray", "address": address, "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
             "cpus": int(resources.get("CPU", 0)), "ray_version": ray.__version__}
+
+
+_joined_here: list[bool] = []  # non-empty while this process is in a cluster that `connect` joined
+
+
+def leave() -> None:
+    """Leave the cluster `connect` joined (a Ray session the caller started itself is left as it is).
+
+    Leaving stops Ray's log subscriber: a late message from a node (a retried task, say) would
+    otherwise print after a stage's last line, which make reads (`sftpack pack` and `mix` print
+    their folder last).
+    """
+    import ray
+
+    if _joined_here:
+        _joined_here.clear()
+        ray.shutdown()
 
 
 def cluster_cpus() -> int:

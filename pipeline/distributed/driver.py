@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from sftpack.distributed.cluster import CHECK_FILE, cluster_cpus, connect, run_dataset
+from sftpack.distributed.cluster import CHECK_FILE, cluster_cpus, connect, leave, run_dataset
 from sftpack.distributed.encode import Encoder
 from sftpack.distributed.ranges import numbered_ranges
 from sftpack.distributed.write import write_part
@@ -192,10 +192,7 @@ class RayPack:
     def close(self) -> None:
         """Remove the staging area (the folder's rename comes next, in pack) and leave the cluster.
 
-        Leaving stops Ray's log subscriber: a late message from a node (a retried task, say)
-        would otherwise print after the folder path that `sftpack pack` prints last.
+        (`cluster.leave`: no late node message prints after the folder path).
         """
-        import ray
-
         shutil.rmtree(self.staging, ignore_errors=True)
-        ray.shutdown()
+        leave()

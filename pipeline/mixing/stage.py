@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -105,16 +106,18 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
         return existing | {"path": str(folder), "reused": True}
     engine = {"name": "local"}
     if ray:
-        from sftpack.distributed.cluster import connect
+        from sftpack.distributed.cluster import connect, leave
 
         engine = connect(ray)
-    with atomic_dir(folder) as tmp:
-        counts = _build(tmp, recipe, opened, ray is not None)
-        for spill in (tmp / SPILL).iterdir():
-            spill.unlink()
-        (tmp / SPILL).rmdir()
-        manifest = _manifest(tmp, recipe, fp, identities, counts, started) | {"engine": engine}
-        write_json(tmp / MANIFEST, manifest)
+    try:
+        with atomic_dir(folder) as tmp:
+            counts = _build(tmp, recipe, opened, ray is not None)
+            shutil.rmtree(tmp / SPILL)
+            manifest = _manifest(tmp, recipe, fp, identities, counts, started) | {"engine": engine}
+            write_json(tmp / MANIFEST, manifest)
+    finally:
+        if ray:
+            leave()  # no late node message after the folder path, printed last
     return manifest | {"path": str(folder), "reused": False}
 
 
