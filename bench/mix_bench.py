@@ -174,20 +174,40 @@ def distinct_inputs(count: int) -> Path:
     return out
 
 
-def throughput() -> list[str]:
-    rows = ["| input | conversations | wall s | conversations/s | peak RSS MiB | removed |", "| --- | ---: | ---: | ---: | ---: | --- |"]
-    inputs = [make_inputs("x10", 10), make_inputs("x100", 100), distinct_inputs(100_000)]
+def throughput(inputs: list[Path], engines: tuple[str | None, ...] = (None,)) -> list[str]:
+    rows = ["| input | engine | conversations | wall s | conversations/s | peak RSS MiB | removed |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for path in inputs:
         recipe = WORK / f"recipe-{path.stem}.yaml"
         recipe.write_text(json.dumps({"sources": [{"name": "all", "path": str(path)}], "dedup": {"near": {"threshold": 0.8}},
                                       "decontaminate": {"benchmarks": [str(ROOT / "data/benchmarks/tiny-bench.jsonl")]}}))
-        run = run_measured([SFTPACK, "mix", "--recipe", str(recipe), "--out-dir", str(WORK / "mix-speed" / path.stem)])
-        manifest = json.loads(Path(run.stdout.strip().splitlines()[-1], "manifest.json").read_text())
-        n = manifest["totals"]["in"]
-        reasons = ", ".join(f"{k}={v}" for k, v in manifest["totals"]["removed"].items())
-        rows.append(f"| {path.name} | {n:,} | {run.wall_s:.1f} | {n / run.wall_s:,.0f} | {run.peak_rss_mib:.0f} | {reasons} |")
-        print(rows[-1], flush=True)
+        outputs = []
+        for engine in engines:
+            out = WORK / "mix-speed" / f"{path.stem}-{'ray-' + engine if engine else 'local'}"
+            run = run_measured([SFTPACK, "mix", "--recipe", str(recipe), "--out-dir", str(out)]
+                               + (["--ray", engine] if engine else []))
+            folder = Path(run.stdout.strip().splitlines()[-1])
+            outputs.append(sorted((p.name, p.read_bytes()) for p in folder.rglob("*.jsonl")))
+            manifest = json.loads((folder / "manifest.json").read_text())
+            n = manifest["totals"]["in"]
+            reasons = ", ".join(f"{k}={v}" for k, v in manifest["totals"]["removed"].items())
+            rows.append(f"| {path.name} | {engine and f'--ray {engine}' or 'local'} | {n:,} | {run.wall_s:.1f} | "
+                        f"{n / run.wall_s:,.0f} | {run.peak_rss_mib:.0f} | {reasons} |")
+            print(rows[-1], flush=True)
+        if any(o != outputs[0] for o in outputs):
+            raise SystemExit(f"{path.name}: the engines wrote different files")
     return rows
+
+
+def ray_section() -> str:
+    """`--ray local` next to the local run (bench/MIX_RAY.md)."""
+    rows = throughput([make_inputs("x10", 10), distinct_inputs(100_000)], (None, "local"))
+    return "\n".join([
+        "# sftpack mix on Ray: measured", "",
+        "`.venv/bin/python bench/mix_bench.py --ray` (the same recipes as MIX.md's throughput, each input "
+        "mixed locally and with `--ray local`, a one-machine Ray cluster started by the command; the files "
+        f"are checked to be the same bytes). Machine: {machine()}. Peak RSS sums the whole process tree, "
+        "Ray's own processes (GCS, raylet, workers, object store) included.", "", *rows, ""])
 
 
 def main() -> int:
@@ -197,6 +217,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-perm", type=int, default=128, help="near dedup permutations (the recipe default: 128)")
     parser.add_argument("--near-only", action="store_true", help="only section 1, printed (MIX.md is not written)")
+    parser.add_argument("--ray", action="store_true", help="only local vs --ray local throughput, into bench/MIX_RAY.md")
     args = parser.parse_args()
 
     shutil.rmtree(WORK / "mix", ignore_errors=True)
@@ -206,8 +227,12 @@ def main() -> int:
     if args.near_only:
         print("\n".join(near_quality(rng, args.num_perm)))
         return 0
+    if args.ray:
+        (ROOT / "bench" / "MIX_RAY.md").write_text(ray_section(), encoding="utf-8")
+        return 0
     sections = [("Near-duplicate quality", near_quality(rng, args.num_perm)), ("Decontamination", decontamination(rng)),
-                ("Throughput (whole `sftpack mix` processes, near dedup + decontamination)", throughput())]
+                ("Throughput (whole `sftpack mix` processes, near dedup + decontamination)",
+                 throughput([make_inputs("x10", 10), make_inputs("x100", 100), distinct_inputs(100_000)]))]
     facts = machine()
     text = ["# sftpack mix: measured", "", "`.venv/bin/python bench/mix_bench.py` (bench/mix_bench.py says how each "
             f"input is made). Machine: {facts}. Load average at the end: {os.getloadavg()[0]:.1f} (the CPU is shared).", ""]

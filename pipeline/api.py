@@ -194,7 +194,8 @@ def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None) -> dict[str
         recipe: a recipe YAML path, a mapping or a `sftpack.mixing.recipe.Recipe` (README "Mixtures").
         out_dir: parent of the mixture folder (train.jsonl, eval/<source>.jsonl, removed.jsonl,
             manifest.json); an unchanged recipe reuses it.
-        ray: compute MinHash signatures on a Ray cluster (local, auto, HOST:PORT); the same files.
+        ray: run the lookups, signatures and near-duplicate pairs on a Ray cluster (local, auto,
+            HOST:PORT); the same files.
 
     Returns:
         The manifest, with `path` and `reused`.

@@ -145,3 +145,52 @@ def stand_in(tmp_path_factory):
         return built[key]
 
     return get
+
+
+def near_duplicate_sources(folder: Path) -> tuple[list[Path], Path]:
+    """Two sources whose near-duplicate decisions depend on order, and a benchmark of 7 answers' openings.
+
+    Real alpaca answers each get a chain of three edits (2, 4 or 8 inserted words a link, split over
+    both sources): a link is near the one before it, and later links may be far from the first, so
+    a record can be kept after a removed record it is near to. Every fifth answer also comes upper-cased
+    (the same words, another conversation) and every seventh as an exact copy.
+    """
+    import json
+    import random
+
+    rng = random.Random(0)
+
+    def edited(record: dict, steps: int) -> dict:
+        out = json.loads(json.dumps(record))
+        answer = out["messages"][-1]
+        tokens = answer["content"].split()
+        for _ in range(steps):
+            tokens.insert(rng.randrange(len(tokens)), rng.choice(("really", "also", "then", "kindly", "indeed")))
+        answer["content"] = " ".join(tokens)
+        return out
+
+    records = [r for r in read_real("alpaca_en_demo")
+               if len(" ".join(m["content"] for m in r["messages"]).split()) > 60][:120]
+    first, second = [], []
+    for k, record in enumerate(records):
+        first.append(record)
+        link = record
+        for step in range(3):
+            link = edited(link, rng.choice((2, 4, 8)))
+            (first if (k + step) % 2 else second).append(link)
+        if k % 5 == 0:
+            upper = json.loads(json.dumps(record))
+            upper["messages"][-1]["content"] = upper["messages"][-1]["content"].upper()
+            second.append(upper)
+        if k % 7 == 0:
+            second.append(record)
+    rng.shuffle(second)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, rows in (("first", first), ("second", second)):
+        paths.append(folder / f"{name}.jsonl")
+        paths[-1].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    bench = folder / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": " ".join(r["messages"][-1]["content"].split()[:20])}) + "\n"
+                             for r in records[3:40:6]), encoding="utf-8")
+    return paths, bench

@@ -302,3 +302,52 @@ def test_the_recipe_schema_and_dataclasses_agree():
         assert set(schema[key]["properties"]) == {f.name for f in dataclasses.fields(cls)}, key
     assert set(schema["sources"]["items"]["properties"]) == {f.name for f in dataclasses.fields(r.SourceSpec)}
     assert set(schema) == {f.name for f in dataclasses.fields(r.Recipe)} - {"origin"}
+
+
+def test_grouping_on_band_keys_decides_what_the_local_search_decides(tmp_path):
+    """The --ray route's steps (pipeline/mixing/near_graph.py), run here in one process: classes and
+    band keys, a bucket per band key, the similar pairs of each bucket, then NearGraph in priority
+    order, name the same kept record with the same Jaccard for every record as the local greedy
+    search does."""
+    from collections import defaultdict
+
+    import numpy as np
+
+    from conftest import near_duplicate_sources
+    from sftpack.mixing.dedup import NearDuplicates, exact_jaccards, shingle_hashes
+    from sftpack.mixing.near_graph import NearGraph, bucket_members, line_keys, similar_pairs
+    from sftpack.mixing.recipe import NearDedup
+    from sftpack.mixing.text import turn_text, words
+
+    paths, _ = near_duplicate_sources(tmp_path)
+    records = [record for path in paths for record in read_jsonl(path)]
+    cfg = NearDedup(threshold=0.8, ngram=3)
+    local = NearDuplicates(cfg)
+    sets = local.shingle_sets(records, [words(turn_text(r)) for r in records])
+    want = [local.check(signature, shingle_hashes(found), str(i))
+            for i, (signature, found) in enumerate(zip(local.signatures_of(sets), sets))]
+
+    classes, keys = line_keys(records, cfg)
+    buckets = defaultdict(list)
+    for i, record_keys in enumerate(keys):
+        for key in record_keys:
+            buckets[key].append(i)
+    edges = defaultdict(list)
+    found = {}
+    distinct = {tuple(bucket_members(np.array(lines), np.array([classes[i] for i in lines], dtype=object)))
+                for lines in buckets.values()}
+    for members in distinct:
+        for i, j, similarity in similar_pairs([records[m] for m in members], cfg):
+            found[members[i], members[j]] = similarity
+    for (a, b), similarity in found.items():
+        edges[a].append((similarity, b))
+        edges[b].append((similarity, a))
+    graph, reps = NearGraph(dict(edges)), {}
+    got = [graph.check(reps.setdefault(classes[i], i), i, str(i)) for i in range(len(records))]
+    assert got == want
+    removed = [i for i, w in enumerate(want) if w is not None]
+    assert len(removed) > 150 and sum(want[i][1] == 1.0 for i in removed) > 10  # identical shingle sets too
+    hashes = [shingle_hashes(found) for found in sets]
+    order_matters = [i for i, w in enumerate(want) if w is None and any(
+        exact_jaccards(hashes[i], [hashes[j]])[0] >= 0.8 for j in removed if j < i)]
+    assert len(order_matters) > 5  # kept although near an earlier record: that one was removed itself

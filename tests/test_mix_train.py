@@ -51,23 +51,40 @@ def test_pack_takes_a_recipe_or_a_mix_folder(recipe, model_dir, out):
     assert again.reused and again.path == folder.path
 
 
-def test_train_with_a_recipe_logs_eval_loss_per_source(recipe, tiny_model_dir, out, tmp_path):
+@pytest.mark.parametrize("metric", ["eval_loss", "eval_chat_loss"])
+def test_train_with_a_recipe_logs_eval_loss_per_source(recipe, tiny_model_dir, out, tmp_path, monkeypatch, metric):
+    """Every eval/<source> split is evaluated and logged as eval_<source>_loss beside their
+    token-weighted eval_loss, in the Trainer's log, TensorBoard's event file and W&B's run (offline);
+    the best checkpoint follows eval_loss unless metric_for_best_model names one source."""
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    report_to = ["tensorboard", "wandb"] if metric == "eval_loss" else "none"
     raw = {"model": {"name_or_path": str(tiny_model_dir)},
            "data": {"recipe": str(recipe), "max_length": 256, "out_dir": str(out)},
-           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 1, "per_device_train_batch_size": 1,
+           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "per_device_train_batch_size": 1,
                      "per_device_eval_batch_size": 4, "eval_strategy": "steps", "eval_steps": 1,
-                     "save_strategy": "no", "metric_for_best_model": "eval_loss", "greater_is_better": False,
-                     "report_to": "none", "disable_tqdm": True, "seed": 1}}
+                     "save_strategy": "no", "metric_for_best_model": metric, "greater_is_better": False,
+                     "learning_rate": 0.05, "report_to": report_to, "disable_tqdm": True, "seed": 1}}
     logs = KeepLogs()
     manifest = sftpack.train(build_config(raw), callbacks=[logs])
     evals = [log for log in logs.logs if "eval_loss" in log]
-    assert len(evals) == 1
-    log = evals[0]
-    assert {"eval_chat_loss", "eval_alpaca_loss"} <= set(log)
+    assert len(evals) == 2
     weights = {name: folder["totals"]["trained_tokens"] for name, folder in manifest["data"]["validation"].items()}
-    overall = sum(log[f"eval_{name}_loss"] * n for name, n in weights.items()) / sum(weights.values())
-    assert log["eval_loss"] == pytest.approx(overall)
-    assert manifest["best_eval_loss"] == pytest.approx(log["eval_loss"])
+    for log in evals:
+        assert {"eval_chat_loss", "eval_alpaca_loss"} <= set(log)
+        overall = sum(log[f"eval_{name}_loss"] * n for name, n in weights.items()) / sum(weights.values())
+        assert log["eval_loss"] == pytest.approx(overall)
+    assert manifest["best_eval_loss"] == pytest.approx(min(log[metric] for log in evals))
+    if report_to == "none":
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next((tmp_path / "run").rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    summary = json.loads(next(tmp_path.rglob("wandb-summary.json")).read_text())
+    for key in ("eval_chat_loss", "eval_alpaca_loss", "eval_loss"):
+        tag = "eval/" + key.removeprefix("eval_")
+        assert [e.value for e in events.Scalars(tag)] == pytest.approx([log[key] for log in evals]), tag
+        assert summary[tag] == pytest.approx(evals[-1][key]), tag
 
 
 def test_a_recipe_beside_data_train_is_refused(recipe, tiny_model_dir):

@@ -311,15 +311,19 @@ def test_validate_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_p
 
 
 def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_path):
-    """`sftpack mix --ray`: MinHash signatures in Ray Data map tasks on both nodes; the same folder."""
+    """`sftpack mix --ray`: n-gram lookups, signatures, band-key grouping and pair checks on both
+    nodes; the same folder, on sources whose near-duplicate choices depend on order."""
     import yaml
 
+    from conftest import near_duplicate_sources
+
     repo = Path(__file__).resolve().parent.parent
+    chains, bench = near_duplicate_sources(tmp_path / "chains")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({
-        "sources": [{"name": p.stem, "path": str(p)} for p in sorted(real_data.glob("*.jsonl"))],
+        "sources": [{"name": p.stem, "path": str(p)} for p in sorted(real_data.glob("*.jsonl")) + chains],
         "eval": {"count": 5}, "dedup": {"near": {"threshold": 0.8}},
-        "decontaminate": {"benchmarks": [str(repo / "data" / "benchmarks" / "tiny-bench.jsonl")]}}))
+        "decontaminate": {"benchmarks": [str(repo / "data" / "benchmarks" / "tiny-bench.jsonl"), str(bench)]}}))
     folders = []
     for engine, ns in ((None, None), (HEAD, cluster)):
         cmd = [SFTPACK, "mix", "--recipe", str(recipe), "--out-dir", str(tmp_path / (engine and "ray" or "local"))]
@@ -332,6 +336,9 @@ def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_path):
     got, want = (json.loads((f / "manifest.json").read_text()) for f in (ray, local))
     assert got["engine"]["name"] == "ray" and got["engine"]["nodes"] == 2
     assert got["outputs"] == want["outputs"] and got["sources"] == want["sources"]
-    assert want["totals"]["removed"].get("near_duplicate")  # the signatures decided something
+    removed = [json.loads(line) for line in (local / "removed.jsonl").read_text().splitlines()]
+    near = [r for r in removed if r["reason"] == "near_duplicate"]
+    assert len(near) > 150 and any(r["jaccard"] == 1.0 for r in near) and any(r["jaccard"] < 1 for r in near)
+    assert sum(r["reason"] == "contaminated" for r in removed) > 10
     for name in want["outputs"]:
         assert (ray / name).read_bytes() == (local / name).read_bytes(), name

@@ -8,13 +8,17 @@ the one a duplicate is kept in favour of.
            ──exact identity seen──> exact_duplicate {kept}
            ──MinHash-LSH candidates, exact Jaccard of shingle sets──> near_duplicate {kept, jaccard}
            ──> .spill/<i>.kept.jsonl
+
+Under --ray the n-gram lookups and the near-duplicate graph come from the cluster
+(pipeline/distributed/mix_tasks.py); the steps and their order are the same.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
 
@@ -23,33 +27,40 @@ from sftpack.checks.messages import ROW_CHECKS
 from sftpack.mixing.decontaminate import NgramIndex
 from sftpack.mixing.dedup import NearDuplicates, shingle_hashes
 from sftpack.mixing.filters import Filters
+from sftpack.mixing.near_graph import NearGraph
 from sftpack.mixing.passes import BATCH, SPILL, Removed, record_id, spill_lines
 from sftpack.mixing.recipe import Recipe
 from sftpack.mixing.text import turn_text, words
+
+if TYPE_CHECKING:
+    from sftpack.distributed.mix_tasks import ClusterLines
 
 
 class Cleaner:
     """The removal steps, applied to records in priority order (source order, then row)."""
 
     def __init__(self, recipe: Recipe, removed: Removed, index: NgramIndex, eval_copies: dict[int, tuple[str, str]],
-                 contamination: IO[bytes], ray: bool = False):
+                 contamination: IO[bytes], cluster: "ClusterLines | None" = None):
         self.recipe, self.removed, self.index, self.eval_copies = recipe, removed, index, eval_copies
-        self.ray = ray and recipe.dedup.near is not None  # signatures in Ray Data map tasks (--ray)
         self.contamination = contamination
         self.filters = Filters(recipe.filters, recipe.tokenizer)
         self.exact: dict[int, str] | None = {} if recipe.dedup.exact else None
-        self.near = NearDuplicates(recipe.dedup.near) if recipe.dedup.near is not None else None
+        self.near: NearDuplicates | NearGraph | None = None
+        if recipe.dedup.near is not None:
+            self.near = NearGraph(cluster.edges) if cluster is not None else NearDuplicates(recipe.dedup.near)
+        self.cluster_rows = cluster.rows() if cluster is not None else None  # (match, class rep) a line, in order
+        self.ordinal = 0  # lines seen, held-out ones included (the cluster's line numbering)
 
-    def _contaminated(self, key: int, text_words: list[str]) -> dict[str, Any] | None:
+    def _contaminated(self, key: int, probe: Probe) -> dict[str, Any] | None:
         copy = self.eval_copies.get(key) if self.eval_copies else None
         if copy is not None:  # an eval record too short for an n-gram still matches as an exact copy
             return {"benchmark": copy[0], "item": copy[1], "ngram": None}
-        return self.index.match(text_words)
+        return probe.match if self.cluster_rows is not None else self.index.match(probe.words)
 
-    def _decontaminate(self, line: dict[str, Any], key: int, text_words: list[str]) -> bool:
+    def _decontaminate(self, line: dict[str, Any], key: int, probe: Probe) -> bool:
         """True when the record (conversation hash `key`) is removed; in report mode matches are
         listed and kept."""
-        match = self._contaminated(key, text_words)
+        match = self._contaminated(key, probe)
         if match is None:
             return False
         if self.recipe.decontaminate.mode == "report":
@@ -58,7 +69,12 @@ class Cleaner:
         self.removed.add(line, "contaminated", **match)
         return True
 
-    def _step(self, line: dict[str, Any], reason: str | None, text_words: list[str], near: tuple[Any, Any]) -> bool:
+    def _near(self, line: dict[str, Any], probe: Probe) -> tuple[str, float] | None:
+        if isinstance(self.near, NearGraph):
+            return self.near.check(probe.rep, probe.ordinal, record_id(line))
+        return self.near.check(probe.signature, shingle_hashes(probe.shingles), record_id(line))
+
+    def _step(self, line: dict[str, Any], reason: str | None, probe: Probe) -> bool:
         """True when the record stays."""
         if reason is not None:
             self.removed.add(line, reason)
@@ -68,13 +84,13 @@ class Cleaner:
             self.removed.add(line, f"rejected_{errors[0].rule}", errors=[e.as_dict() for e in errors])
             return False
         key = conversation_hash(line)
-        if self._decontaminate(line, key, text_words):
+        if self._decontaminate(line, key, probe):
             return False
         if self.exact is not None and key in self.exact:
             self.removed.add(line, "exact_duplicate", kept=self.exact[key])
             return False
         if self.near is not None:
-            similar = self.near.check(near[0], shingle_hashes(near[1]), record_id(line))
+            similar = self._near(line, probe)
             if similar is not None:
                 self.removed.add(line, "near_duplicate", kept=similar[0], jaccard=similar[1])
                 return False
@@ -82,43 +98,54 @@ class Cleaner:
             self.exact[key] = record_id(line)
         return True
 
-    def batch(self, raws: list[bytes], out: IO[bytes], tokens_out: list[int], signatures: list | None = None) -> None:
+    def batch(self, raws: list[bytes], out: IO[bytes], tokens_out: list[int], probes: list[Probe]) -> None:
         """Clean one batch of spill lines; survivors to `out`, their token counts to `tokens_out`.
-        `signatures` come from the cluster under --ray; else they are computed here. The shingles
-        are always made here: the exact Jaccard that decides a near duplicate needs them."""
+        Locally each line's words, shingles and signature are made here; under --ray the cluster
+        has already looked up its match and class (`probes`)."""
         lines = [msgspec.json.decode(raw) for raw in raws]
         tokens = self.filters.tokens(lines)
         reasons = self.filters.reasons(lines, tokens)
-        all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
-        sets = self.near.shingle_sets(lines, all_words) if self.near is not None else [None] * len(lines)
-        if signatures is None:
+        if self.cluster_rows is None:
+            all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
+            sets = self.near.shingle_sets(lines, all_words) if self.near is not None else [None] * len(lines)
             signatures = self.near.signatures_of(sets) if self.near is not None else [None] * len(lines)
+            for probe, *made in zip(probes, all_words, sets, signatures):
+                probe.words, probe.shingles, probe.signature = made
         for i, (raw, line) in enumerate(zip(raws, lines)):
-            if self._step(line, reasons[i], all_words[i], (signatures[i], sets[i])):
+            if self._step(line, reasons[i], probes[i]):
                 out.write(raw)
                 tokens_out.append(tokens[i] if tokens is not None else 0)
 
-    def source(self, tmp: Path, index: int, held: set[int], tokens_out: list[int], lines: int) -> int:
-        """Clean one source's spill of `lines` lines (skipping held-out positions); returns how many stay."""
-        spill = tmp / SPILL / f"{index}.jsonl"
-        remote = None
-        if self.ray:
-            from sftpack.distributed.minhash import spill_signatures
-
-            remote = spill_signatures(spill, self.recipe.dedup.near, lines)
+    def source(self, tmp: Path, index: int, held: set[int], tokens_out: list[int]) -> int:
+        """Clean one source's spill (skipping held-out positions); returns how many stay."""
         pending: list[bytes] = []
-        signatures: list | None = [] if remote is not None else None
+        probes: list[Probe] = []
         with open(tmp / SPILL / f"{index}.kept.jsonl", "wb") as out:
-            for position, raw in spill_lines(spill):
-                signature = next(remote) if remote is not None else None
+            for position, raw in spill_lines(tmp / SPILL / f"{index}.jsonl"):
+                probe = Probe(self.ordinal)
+                self.ordinal += 1
+                if self.cluster_rows is not None:
+                    probe.match, probe.rep = next(self.cluster_rows)
                 if position in held:
                     continue
                 pending.append(raw)
-                if signatures is not None:
-                    signatures.append(signature)
+                probes.append(probe)
                 if len(pending) >= BATCH:
-                    self.batch(pending, out, tokens_out, signatures)
-                    pending, signatures = [], [] if remote is not None else None
+                    self.batch(pending, out, tokens_out, probes)
+                    pending, probes = [], []
             if pending:
-                self.batch(pending, out, tokens_out, signatures)
+                self.batch(pending, out, tokens_out, probes)
         return len(tokens_out)
+
+
+@dataclass
+class Probe:
+    """What the checks need of one line beyond the record: made locally (words, shingles,
+    signature) or by the cluster (match, rep: pipeline/distributed/mix_tasks.py)."""
+
+    ordinal: int
+    words: list[str] = field(default_factory=list)
+    shingles: list[str] | None = None
+    signature: Any = None
+    match: dict[str, Any] | None = None
+    rep: int = -1

@@ -86,8 +86,9 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
     Args:
         recipe: a Recipe, a recipe YAML path or a mapping (pipeline/mixing/recipe.py).
         out_dir: parent of the mixture folder.
-        ray: compute MinHash signatures on this Ray cluster (local, auto, HOST:PORT); the same
-            files. Every node must see out_dir at the same path. Not part of the fingerprint.
+        ray: run the lookups, signatures and near-duplicate pairs on this Ray cluster (local, auto,
+            HOST:PORT); the same files. Every node must see out_dir at the same path. Not part of
+            the fingerprint.
 
     Returns:
         The manifest, with `path` (the folder) and `reused` added.
@@ -132,9 +133,15 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> d
         held = hold_out(tmp, recipe, valid, counts, index, eval_copies)
         for bench in decon.benchmarks:
             index.add_benchmark(bench)
-        cleaner = Cleaner(recipe, removed, index, eval_copies, matches, ray)
+        cluster = None
+        if ray:  # the lookups, signatures and candidate pairs on the nodes; the order-bound choices here
+            from sftpack.distributed.mix_tasks import ClusterLines
+
+            spills = [tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))]
+            cluster = ClusterLines(spills, index, recipe.dedup.near)
+        cleaner = Cleaner(recipe, removed, index, eval_copies, matches, cluster)
         for i, spec in enumerate(recipe.sources):
-            counts[spec.name].available = cleaner.source(tmp, i, held[i], counts[spec.name].kept_tokens, valid[i])
+            counts[spec.name].available = cleaner.source(tmp, i, held[i], counts[spec.name].kept_tokens)
         _sample(tmp, recipe, counts, removed)
     if not (tmp / "contamination.jsonl").stat().st_size:
         (tmp / "contamination.jsonl").unlink()

@@ -1,0 +1,220 @@
+"""Mix's per-record work on a Ray cluster (`sftpack mix --ray ADDRESS`): decontamination lookups,
+MinHash signatures and band keys in Ray Data map tasks, near-duplicate candidates by grouping on
+band keys, and their exact Jaccard, all on the nodes. The driver keeps only what depends on order.
+
+    .spill/<i>.jsonl (under --out-dir: shared storage) ──line offsets (driver)──> blocks of lines
+    block ──map task: the benchmark n-gram index's first match, class, band keys──> keyed (materialized)
+    keyed ──one row per band key of a class──co-located by key──> buckets (sorted class reps)
+          ──co-located by bucket, each once──map task: reads its lines, estimates and exact Jaccards──> edges
+          ──> driver (NearGraph)
+    keyed ──in line order──> driver: per line its match and class rep, for the cleaning pass
+
+Everything a task returns depends only on the lines, the recipe and the fixed MinHash seed, and the
+driver applies it in the local run's order (pipeline/mixing/near_graph.py says why the decisions are
+the same), so the output files are the same bytes as the local run's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.recipe import NearDedup
+
+BLOCK_LINES = 2000  # lines per map task
+_SCAN_BYTES = 16 << 20
+_SHARED: dict[str, Any] = {}  # per worker process: each object the tasks share arrives once
+
+
+def _shared(ref: list) -> Any:
+    """The object behind `[ray.put(obj)]` (in a list, so Ray passes the reference, not the object),
+    fetched once per worker process."""
+    import ray
+
+    key = ref[0].hex()
+    if key not in _SHARED:
+        if len(_SHARED) >= 4:  # a long-lived worker serves many runs: keep the latest run's objects
+            _SHARED.clear()
+        _SHARED[key] = ray.get(ref[0])
+    return _SHARED[key]
+
+
+def line_starts(path: Path) -> np.ndarray:
+    """Byte offset of every line of a file, read in bounded chunks."""
+    starts, offset = [np.zeros(1, dtype=np.int64)], 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_SCAN_BYTES):
+            starts.append(np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10).astype(np.int64) + offset + 1)
+            offset += len(chunk)
+    found = np.concatenate(starts)
+    return found[found < offset]  # no line starts at the end of the file
+
+
+class Spills:
+    """The spill files as one sequence of lines in priority order (source, then row): line ordinal ->
+    (file, byte range). Small enough to send to every task (8 bytes a line)."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = [str(p.resolve()) for p in paths]
+        self.sizes = [p.stat().st_size for p in paths]
+        self.starts = [line_starts(p) for p in paths]
+        self.firsts = np.cumsum([0] + [len(s) for s in self.starts])
+
+    def blocks(self) -> list[dict[str, Any]]:
+        return [{"first": int(self.firsts[f] + i), "count": int(min(BLOCK_LINES, len(s) - i))}
+                for f, s in enumerate(self.starts) for i in range(0, len(s), BLOCK_LINES)]
+
+    def read(self, first: int, count: int) -> list[bytes]:
+        """`count` lines from ordinal `first` (all in one file)."""
+        from sftpack.distributed.cluster import check_input
+
+        f = int(np.searchsorted(self.firsts, first, side="right") - 1)
+        check_input(self.paths[f], self.sizes[f])
+        start = int(self.starts[f][first - self.firsts[f]])
+        last = first - self.firsts[f] + count
+        end = int(self.starts[f][last]) if last < len(self.starts[f]) else self.sizes[f]
+        with open(self.paths[f], "rb") as handle:
+            handle.seek(start)
+            return handle.read(end - start).rstrip(b"\n").split(b"\n")  # JSON lines hold no raw newline
+
+
+class _Keyer:
+    """Map task over blocks: each line's first benchmark match, class and band keys."""
+
+    def __init__(self, spills: list, index: list, near: NearDedup | None):
+        self.spills, self.index, self.near = spills, index, near  # [ObjectRef]s: see _shared
+
+    def __call__(self, block: dict[str, Any]) -> list[dict[str, Any]]:
+        import msgspec
+
+        from sftpack.mixing.near_graph import line_keys
+        from sftpack.mixing.text import turn_text, words
+
+        records = [msgspec.json.decode(raw) for raw in _shared(self.spills).read(block["first"], block["count"])]
+        index: NgramIndex = _shared(self.index)
+        matches = [index.match(words(turn_text(r))) for r in records]
+        classes, keys = line_keys(records, self.near) if self.near is not None else ([b""] * len(records), [[]] * len(records))
+        return [{"ordinal": block["first"] + i, "match": json.dumps(m, ensure_ascii=False) if m else "",
+                 "klass": classes[i], "bands": keys[i]} for i, m in enumerate(matches)]
+
+
+def _band_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per band key of each class's first line in the batch: a class's lines share every
+    band key, and its first line of all is the first in some batch."""
+    first: dict[bytes, int] = {}
+    for i, (ordinal, klass) in enumerate(zip(batch["ordinal"].tolist(), batch["klass"].tolist())):
+        if klass not in first or ordinal < batch["ordinal"][first[klass]]:
+            first[klass] = i
+    keep = sorted(first.values())
+    counts = [len(batch["bands"][i]) for i in keep]
+    return {"band": np.concatenate([np.asarray(batch["bands"][i], dtype=object) for i in keep]) if keep
+            else np.array([], dtype=object),
+            "ordinal": np.repeat(batch["ordinal"][keep], counts), "klass": np.repeat(batch["klass"][keep], counts)}
+
+
+def _bucket(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The buckets of a block's band keys (each key's rows all in this block) that hold two classes
+    or more, as sorted reps, each once (near copies share most band keys, so most buckets repeat)."""
+    import hashlib
+
+    from sftpack.mixing.near_graph import bucket_members
+
+    _, inverse, counts = np.unique(block["band"], return_inverse=True, return_counts=True)
+    shared = np.flatnonzero(counts[inverse] > 1)
+    shared = shared[np.argsort(inverse[shared], kind="stable")]
+    buckets: dict[bytes, np.ndarray] = {}
+    for rows in np.split(shared, np.flatnonzero(np.diff(inverse[shared])) + 1) if len(shared) else ():
+        members = np.array(bucket_members(block["ordinal"][rows], block["klass"][rows]), dtype=np.int64)
+        if len(members) > 1:
+            buckets.setdefault(hashlib.blake2b(members.tobytes(), digest_size=16).digest(), members)
+    members_column = np.empty(len(buckets), dtype=object)
+    members_column[:] = list(buckets.values())
+    return {"bucket": np.array(list(buckets), dtype=object), "members": members_column}
+
+
+def _co_located(dataset: Any, keys: list[str], partitions: int) -> Any:
+    """`dataset` with all rows of equal `keys` in one block, as Ray's own map_groups arranges them."""
+    from ray.data.context import DataContext, ShuffleStrategy
+
+    if DataContext.get_current().shuffle_strategy in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
+        return dataset.repartition(partitions, keys=keys)
+    return dataset.sort(keys)
+
+
+class _Verifier:
+    """Map task over buckets (equal ones in one block): reads their lines, keeps the pairs the local
+    search would take."""
+
+    def __init__(self, spills: list, near: NearDedup):
+        self.spills, self.near = spills, near  # [ObjectRef]: see _shared
+
+    def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import msgspec
+
+        from sftpack.mixing.near_graph import similar_pairs
+
+        spills: Spills = _shared(self.spills)
+        buckets = dict(zip(block["bucket"].tolist(), block["members"]))
+        records: dict[int, dict[str, Any]] = {}
+        edges: dict[tuple[int, int], float] = {}
+        for members in buckets.values():
+            members = [int(m) for m in members]
+            for ordinal in members:
+                if ordinal not in records:
+                    records[ordinal] = msgspec.json.decode(spills.read(ordinal, 1)[0])
+            for i, j, similarity in similar_pairs([records[m] for m in members], self.near):
+                edges[members[i], members[j]] = similarity
+        return {"a": np.array([a for a, _ in edges], dtype=np.int64), "b": np.array([b for _, b in edges], dtype=np.int64),
+                "jaccard": np.array(list(edges.values()), dtype=np.float64)}
+
+
+def _materialized(dataset: Any) -> Iterator[Any]:
+    yield dataset.materialize()  # as a generator, so run_dataset turns a task's error into an SftpackError
+
+
+class ClusterLines:
+    """The cluster's results for a mix: `edges` of the near-duplicate graph, and `rows()`, each line's
+    (decontamination match, class rep) in priority order."""
+
+    def __init__(self, spill_paths: list[Path], index: NgramIndex, near: NearDedup | None):
+        """Runs the map tasks and the grouping; `rows` then streams the per-line results.
+
+        Raises:
+            SftpackError: the cluster failed (a worker's error, with its message).
+        """
+        import ray
+        import ray.data
+
+        from sftpack.distributed.cluster import cluster_cpus, run_dataset
+
+        ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows() in line order
+        spills = Spills(spill_paths)
+        blocks, shared_spills = spills.blocks(), [ray.put(spills)]
+        keyed = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks))).flat_map(
+            _Keyer(shared_spills, [ray.put(index)], near))
+        self.keyed = next(run_dataset(_materialized(keyed)))
+        self.edges: dict[int, list[tuple[float, int]]] = {}
+        if near is None:
+            return
+        partitions = 4 * cluster_cpus()
+        bands = _co_located(self.keyed.map_batches(_band_rows, batch_format="numpy"), ["band"], partitions)
+        buckets = _co_located(bands.map_batches(_bucket, batch_format="numpy", batch_size=None), ["bucket"], partitions)
+        verified = buckets.map_batches(_Verifier(shared_spills, near), batch_format="numpy", batch_size=None)
+        found = {(int(e["a"]), int(e["b"])): float(e["jaccard"]) for e in run_dataset(verified.iter_rows())}
+        for (a, b), similarity in found.items():  # a pair in several buckets is found by each
+            self.edges.setdefault(a, []).append((similarity, b))
+            self.edges.setdefault(b, []).append((similarity, a))
+
+    def rows(self) -> Iterator[tuple[dict[str, Any] | None, int]]:
+        """(match or None, class rep) of every line, in priority order; the rep is the class's first line."""
+        from sftpack.distributed.cluster import run_dataset
+
+        reps: dict[bytes, int] = {}
+        for row in run_dataset(self.keyed.iter_rows()):
+            ordinal = int(row["ordinal"])
+            rep = reps.setdefault(row["klass"], ordinal)
+            yield (json.loads(row["match"]) if row["match"] else None), rep
