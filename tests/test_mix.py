@@ -304,50 +304,47 @@ def test_the_recipe_schema_and_dataclasses_agree():
     assert set(schema) == {f.name for f in dataclasses.fields(r.Recipe)} - {"origin"}
 
 
-def test_grouping_on_band_keys_decides_what_the_local_search_decides(tmp_path):
+def test_deduplicating_per_component_decides_what_one_pass_decides(tmp_path):
     """The --ray route's steps (pipeline/mixing/near_graph.py), run here in one process: classes and
-    band keys, a bucket per band key, the similar pairs of each bucket, then NearGraph in priority
-    order, name the same kept record with the same Jaccard for every record as the local greedy
-    search does."""
+    band keys, buckets per band key, their components, then mixing.dedup.deduplicate per component,
+    remove the same records, naming the same kept record and Jaccard, as one pass over all of them."""
     from collections import defaultdict
 
     import numpy as np
 
     from conftest import near_duplicate_sources
-    from sftpack.mixing.dedup import NearDuplicates, exact_jaccards, shingle_hashes
-    from sftpack.mixing.near_graph import NearGraph, bucket_members, line_keys, similar_pairs
-    from sftpack.mixing.recipe import NearDedup
-    from sftpack.mixing.text import turn_text, words
+    from sftpack.mixing.dedup import deduplicate, exact_jaccards, shingle_hashes
+    from sftpack.mixing.near_graph import Components, bucket_members, line_keys
+    from sftpack.mixing.recipe import DedupConfig, NearDedup
+    from sftpack.mixing.text import shingles, turn_text, words
 
     paths, _ = near_duplicate_sources(tmp_path)
-    records = [record for path in paths for record in read_jsonl(path)]
-    cfg = NearDedup(threshold=0.8, ngram=3)
-    local = NearDuplicates(cfg)
-    sets = local.shingle_sets(records, [words(turn_text(r)) for r in records])
-    want = [local.check(signature, shingle_hashes(found), str(i))
-            for i, (signature, found) in enumerate(zip(local.signatures_of(sets), sets))]
+    records = [record | {"source": path.stem, "input": path.name, "row": row}  # what record_id names
+               for path in paths for row, record in enumerate(read_jsonl(path), 1)]
+    cfg = DedupConfig(exact=True, near=NearDedup(threshold=0.8, ngram=3))
+    want = deduplicate(records, cfg)
 
-    classes, keys = line_keys(records, cfg)
+    classes, keys = line_keys(records, cfg.near)
     buckets = defaultdict(list)
     for i, record_keys in enumerate(keys):
         for key in record_keys:
             buckets[key].append(i)
-    edges = defaultdict(list)
-    found = {}
-    distinct = {tuple(bucket_members(np.array(lines), np.array([classes[i] for i in lines], dtype=object)))
-                for lines in buckets.values()}
-    for members in distinct:
-        for i, j, similarity in similar_pairs([records[m] for m in members], cfg):
-            found[members[i], members[j]] = similarity
-    for (a, b), similarity in found.items():
-        edges[a].append((similarity, b))
-        edges[b].append((similarity, a))
-    graph, reps = NearGraph(dict(edges)), {}
-    got = [graph.check(reps.setdefault(classes[i], i), i, str(i)) for i in range(len(records))]
+    components = Components(len(records))
+    for lines in buckets.values():
+        components.union(np.array(bucket_members(np.array(lines), np.array([classes[i] for i in lines], dtype=object))))
+    first = {}
+    reps = np.array([first.setdefault(klass, i) for i, klass in enumerate(classes)])
+    got = [None] * len(records)
+    groups = components.groups(np.arange(len(records)), reps)
+    for group in groups:
+        for ordinal, removal in zip(group, deduplicate([records[o] for o in group], cfg)):
+            got[ordinal] = removal
     assert got == want
-    removed = [i for i, w in enumerate(want) if w is not None]
-    assert len(removed) > 150 and sum(want[i][1] == 1.0 for i in removed) > 10  # identical shingle sets too
-    hashes = [shingle_hashes(found) for found in sets]
+    assert 20 < len(groups) < len(records) // 2  # split into components, most holding several records
+    removed = [i for i, w in enumerate(want) if w is not None and w[0] == "near_duplicate"]
+    assert len(removed) > 150 and sum(want[i][1]["jaccard"] == 1.0 for i in removed) > 10  # same words, other case
+    assert sum(w is not None and w[0] == "exact_duplicate" for w in want) > 10
+    hashes = [shingle_hashes(shingles(words(turn_text(r)), 3)) for r in records]
     order_matters = [i for i, w in enumerate(want) if w is None and any(
         exact_jaccards(hashes[i], [hashes[j]])[0] >= 0.8 for j in removed if j < i)]
     assert len(order_matters) > 5  # kept although near an earlier record: that one was removed itself

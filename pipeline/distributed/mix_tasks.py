@@ -1,17 +1,19 @@
 """Mix's per-record work on a Ray cluster (`sftpack mix --ray ADDRESS`): decontamination lookups,
-MinHash signatures and band keys in Ray Data map tasks, near-duplicate candidates by grouping on
-band keys, and their exact Jaccard, all on the nodes. The driver keeps only what depends on order.
+MinHash signatures and band keys in Ray Data map tasks, grouping on band keys, and deduplication
+per component of the candidate graph, on the nodes. The driver screens and writes in order.
 
     .spill/<i>.jsonl (under --out-dir: shared storage) ──line offsets (driver)──> blocks of lines
     block ──map task: the benchmark n-gram index's first match, class, band keys──> keyed (materialized)
     keyed ──one row per band key of a class──co-located by key──> buckets (sorted class reps)
-          ──co-located by bucket, each once──map task: reads its lines, estimates and exact Jaccards──> edges
-          ──> driver (NearGraph)
-    keyed ──in line order──> driver: per line its match and class rep, for the cleaning pass
+          ──driver: union-find──> components of the LSH's candidate graph
+    keyed ──in line order──> driver: each line's match and class rep; screening (filters, rules,
+          decontamination) in order ──> the lines that reach deduplication, by component
+    component of two or more ──map task: reads its lines, mixing.dedup.deduplicate──> removals ──> driver
 
 Everything a task returns depends only on the lines, the recipe and the fixed MinHash seed, and the
 driver applies it in the local run's order (pipeline/mixing/near_graph.py says why the decisions are
-the same), so the output files are the same bytes as the local run's.
+the same), so the output files are the same bytes as the local run's. The driver holds each line's
+offset and component (16 bytes a line), its class key per distinct text, and the removals.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sftpack.mixing.decontaminate import NgramIndex
-from sftpack.mixing.recipe import NearDedup
+from sftpack.mixing.recipe import DedupConfig, NearDedup
 
 BLOCK_LINES = 2000  # lines per map task
 _SCAN_BYTES = 16 << 20
@@ -119,21 +121,19 @@ def _band_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def _bucket(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The buckets of a block's band keys (each key's rows all in this block) that hold two classes
     or more, as sorted reps, each once (near copies share most band keys, so most buckets repeat)."""
-    import hashlib
-
     from sftpack.mixing.near_graph import bucket_members
 
     _, inverse, counts = np.unique(block["band"], return_inverse=True, return_counts=True)
     shared = np.flatnonzero(counts[inverse] > 1)
     shared = shared[np.argsort(inverse[shared], kind="stable")]
-    buckets: dict[bytes, np.ndarray] = {}
+    buckets: dict[tuple[int, ...], None] = {}
     for rows in np.split(shared, np.flatnonzero(np.diff(inverse[shared])) + 1) if len(shared) else ():
-        members = np.array(bucket_members(block["ordinal"][rows], block["klass"][rows]), dtype=np.int64)
+        members = tuple(bucket_members(block["ordinal"][rows], block["klass"][rows]))
         if len(members) > 1:
-            buckets.setdefault(hashlib.blake2b(members.tobytes(), digest_size=16).digest(), members)
-    members_column = np.empty(len(buckets), dtype=object)
-    members_column[:] = list(buckets.values())
-    return {"bucket": np.array(list(buckets), dtype=object), "members": members_column}
+            buckets[members] = None
+    column = np.empty(len(buckets), dtype=object)
+    column[:] = [np.array(m, dtype=np.int64) for m in buckets]
+    return {"members": column}
 
 
 def _co_located(dataset: Any, keys: list[str], partitions: int) -> Any:
@@ -145,31 +145,22 @@ def _co_located(dataset: Any, keys: list[str], partitions: int) -> Any:
     return dataset.sort(keys)
 
 
-class _Verifier:
-    """Map task over buckets (equal ones in one block): reads their lines, keeps the pairs the local
-    search would take."""
+class _Deduplicator:
+    """Map task over components: reads a component's lines, deduplicates them with the local code."""
 
-    def __init__(self, spills: list, near: NearDedup):
-        self.spills, self.near = spills, near  # [ObjectRef]: see _shared
+    def __init__(self, spills: list, dedup: DedupConfig):
+        self.spills, self.dedup = spills, dedup  # [ObjectRef]: see _shared
 
-    def __call__(self, block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, item: dict[str, Any]) -> list[dict[str, Any]]:
         import msgspec
 
-        from sftpack.mixing.near_graph import similar_pairs
+        from sftpack.mixing.dedup import deduplicate
 
         spills: Spills = _shared(self.spills)
-        buckets = dict(zip(block["bucket"].tolist(), block["members"]))
-        records: dict[int, dict[str, Any]] = {}
-        edges: dict[tuple[int, int], float] = {}
-        for members in buckets.values():
-            members = [int(m) for m in members]
-            for ordinal in members:
-                if ordinal not in records:
-                    records[ordinal] = msgspec.json.decode(spills.read(ordinal, 1)[0])
-            for i, j, similarity in similar_pairs([records[m] for m in members], self.near):
-                edges[members[i], members[j]] = similarity
-        return {"a": np.array([a for a, _ in edges], dtype=np.int64), "b": np.array([b for _, b in edges], dtype=np.int64),
-                "jaccard": np.array(list(edges.values()), dtype=np.float64)}
+        ordinals = [int(o) for o in item["ordinals"]]
+        lines = [msgspec.json.decode(spills.read(o, 1)[0]) for o in ordinals]
+        return [{"ordinal": o, "reason": removal[0], "details": json.dumps(removal[1], ensure_ascii=False)}
+                for o, removal in zip(ordinals, deduplicate(lines, self.dedup)) if removal is not None]
 
 
 def _materialized(dataset: Any) -> Iterator[Any]:
@@ -177,11 +168,11 @@ def _materialized(dataset: Any) -> Iterator[Any]:
 
 
 class ClusterLines:
-    """The cluster's results for a mix: `edges` of the near-duplicate graph, and `rows()`, each line's
-    (decontamination match, class rep) in priority order."""
+    """The cluster's side of a mix: `rows()`, each line's (benchmark match, class rep) in priority
+    order, and `deduplicate`, per component of the LSH's candidate graph."""
 
     def __init__(self, spill_paths: list[Path], index: NgramIndex, near: NearDedup | None):
-        """Runs the map tasks and the grouping; `rows` then streams the per-line results.
+        """Runs the map tasks and groups the band keys into components.
 
         Raises:
             SftpackError: the cluster failed (a worker's error, with its message).
@@ -190,24 +181,21 @@ class ClusterLines:
         import ray.data
 
         from sftpack.distributed.cluster import cluster_cpus, run_dataset
+        from sftpack.mixing.near_graph import Components
 
         ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows() in line order
         spills = Spills(spill_paths)
-        blocks, shared_spills = spills.blocks(), [ray.put(spills)]
+        blocks, self.spills = spills.blocks(), [ray.put(spills)]
         keyed = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks))).flat_map(
-            _Keyer(shared_spills, [ray.put(index)], near))
+            _Keyer(self.spills, [ray.put(index)], near))
         self.keyed = next(run_dataset(_materialized(keyed)))
-        self.edges: dict[int, list[tuple[float, int]]] = {}
+        self.components = Components(int(spills.firsts[-1]))
+        self.partitions = 4 * cluster_cpus()
         if near is None:
             return
-        partitions = 4 * cluster_cpus()
-        bands = _co_located(self.keyed.map_batches(_band_rows, batch_format="numpy"), ["band"], partitions)
-        buckets = _co_located(bands.map_batches(_bucket, batch_format="numpy", batch_size=None), ["bucket"], partitions)
-        verified = buckets.map_batches(_Verifier(shared_spills, near), batch_format="numpy", batch_size=None)
-        found = {(int(e["a"]), int(e["b"])): float(e["jaccard"]) for e in run_dataset(verified.iter_rows())}
-        for (a, b), similarity in found.items():  # a pair in several buckets is found by each
-            self.edges.setdefault(a, []).append((similarity, b))
-            self.edges.setdefault(b, []).append((similarity, a))
+        bands = _co_located(self.keyed.map_batches(_band_rows, batch_format="numpy"), ["band"], self.partitions)
+        for bucket in run_dataset(bands.map_batches(_bucket, batch_format="numpy", batch_size=None).iter_rows()):
+            self.components.union(np.asarray(bucket["members"], dtype=np.int64))
 
     def rows(self) -> Iterator[tuple[dict[str, Any] | None, int]]:
         """(match or None, class rep) of every line, in priority order; the rep is the class's first line."""
@@ -215,6 +203,23 @@ class ClusterLines:
 
         reps: dict[bytes, int] = {}
         for row in run_dataset(self.keyed.iter_rows()):
-            ordinal = int(row["ordinal"])
-            rep = reps.setdefault(row["klass"], ordinal)
+            rep = reps.setdefault(row["klass"], int(row["ordinal"]))
             yield (json.loads(row["match"]) if row["match"] else None), rep
+
+    def deduplicate(self, ordinals: np.ndarray, reps: np.ndarray, dedup: DedupConfig) -> dict[int, tuple[str, dict]]:
+        """The removals among the lines that reach deduplication (`ordinals`, ascending, of class
+        `reps`), decided per component on the nodes.
+
+        Raises:
+            SftpackError: the cluster failed (a worker's error, with its message).
+        """
+        import ray.data
+
+        from sftpack.distributed.cluster import run_dataset
+
+        groups = self.components.groups(ordinals, reps)
+        if not groups:
+            return {}
+        items = ray.data.from_items([{"ordinals": g} for g in groups], override_num_blocks=min(len(groups), self.partitions))
+        rows = run_dataset(items.flat_map(_Deduplicator(self.spills, dedup)).iter_rows())
+        return {int(r["ordinal"]): (r["reason"], json.loads(r["details"])) for r in rows}

@@ -2,150 +2,157 @@
 decontamination and deduplication, in that order, so that a record removed for any reason is never
 the one a duplicate is kept in favour of.
 
-    record ──filters──> filter_<name>
-           ──conversation rules (checks.messages)──> rejected_<rule>
-           ──an eval record's exact copy, or a benchmark n-gram──> contaminated (mode: remove)
-           ──exact identity seen──> exact_duplicate {kept}
-           ──MinHash-LSH candidates, exact Jaccard of shingle sets──> near_duplicate {kept, jaccard}
+    record ──filters──> filter_<name>                                            ┐ screen
+           ──conversation rules (checks.messages)──> rejected_<rule>             │
+           ──an eval record's exact copy, or a benchmark n-gram──> contaminated  ┘ (mode: remove)
+           ──exact identity seen──> exact_duplicate {kept}                       ┐ Duplicates
+           ──MinHash-LSH candidates, exact Jaccard of shingle sets──> near_duplicate {kept, jaccard} ┘
            ──> .spill/<i>.kept.jsonl
 
-Under --ray the n-gram lookups and the near-duplicate graph come from the cluster
-(pipeline/distributed/mix_tasks.py); the steps and their order are the same.
+Locally one pass does it all. Under --ray with near dedup (pipeline/distributed/mix_tasks.py) the
+cluster looks up each line's benchmark match and groups lines into components of the LSH's
+candidate graph; a first pass screens here in order, Duplicates runs per component on the nodes
+(pipeline/mixing/near_graph.py says why that decides the same), and a last pass writes every
+decision in order: the same files.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from array import array
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Callable, Iterator
 
 import msgspec
+import numpy as np
 
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS
 from sftpack.mixing.decontaminate import NgramIndex
-from sftpack.mixing.dedup import NearDuplicates, shingle_hashes
+from sftpack.mixing.dedup import Duplicates, Removal
 from sftpack.mixing.filters import Filters
-from sftpack.mixing.near_graph import NearGraph
-from sftpack.mixing.passes import BATCH, SPILL, Removed, record_id, spill_lines
+from sftpack.mixing.passes import BATCH, SPILL, Removed, SourceCounts, record_id, spill_lines
 from sftpack.mixing.recipe import Recipe
 from sftpack.mixing.text import turn_text, words
-
-if TYPE_CHECKING:
-    from sftpack.distributed.mix_tasks import ClusterLines
-
 
 class Cleaner:
     """The removal steps, applied to records in priority order (source order, then row)."""
 
     def __init__(self, recipe: Recipe, removed: Removed, index: NgramIndex, eval_copies: dict[int, tuple[str, str]],
-                 contamination: IO[bytes], cluster: "ClusterLines | None" = None):
+                 contamination: IO[bytes], cluster: Any = None):
+        """`cluster`: a distributed.mix_tasks.ClusterLines under --ray."""
         self.recipe, self.removed, self.index, self.eval_copies = recipe, removed, index, eval_copies
         self.contamination = contamination
         self.filters = Filters(recipe.filters, recipe.tokenizer)
-        self.exact: dict[int, str] | None = {} if recipe.dedup.exact else None
-        self.near: NearDuplicates | NearGraph | None = None
-        if recipe.dedup.near is not None:
-            self.near = NearGraph(cluster.edges) if cluster is not None else NearDuplicates(recipe.dedup.near)
-        self.cluster_rows = cluster.rows() if cluster is not None else None  # (match, class rep) a line, in order
-        self.ordinal = 0  # lines seen, held-out ones included (the cluster's line numbering)
+        self.duplicates = Duplicates(recipe.dedup)
+        self.cluster = cluster
 
-    def _contaminated(self, key: int, probe: Probe) -> dict[str, Any] | None:
-        copy = self.eval_copies.get(key) if self.eval_copies else None
-        if copy is not None:  # an eval record too short for an n-gram still matches as an exact copy
-            return {"benchmark": copy[0], "item": copy[1], "ngram": None}
-        return probe.match if self.cluster_rows is not None else self.index.match(probe.words)
-
-    def _decontaminate(self, line: dict[str, Any], key: int, probe: Probe) -> bool:
-        """True when the record (conversation hash `key`) is removed; in report mode matches are
-        listed and kept."""
-        match = self._contaminated(key, probe)
-        if match is None:
-            return False
-        if self.recipe.decontaminate.mode == "report":
-            self.contamination.write((json.dumps({"id": record_id(line)} | match, ensure_ascii=False) + "\n").encode())
-            return False
-        self.removed.add(line, "contaminated", **match)
-        return True
-
-    def _near(self, line: dict[str, Any], probe: Probe) -> tuple[str, float] | None:
-        if isinstance(self.near, NearGraph):
-            return self.near.check(probe.rep, probe.ordinal, record_id(line))
-        return self.near.check(probe.signature, shingle_hashes(probe.shingles), record_id(line))
-
-    def _step(self, line: dict[str, Any], reason: str | None, probe: Probe) -> bool:
-        """True when the record stays."""
+    def _screen(self, line: dict[str, Any], reason: str | None, lookup: Callable[[], Any]) -> tuple[Removal | None, int]:
+        """Filters, conversation rules, decontamination: (removal or None, conversation hash; 0
+        when not reached). `lookup` gives the record's benchmark match; in report mode a match is
+        listed and the record stays."""
         if reason is not None:
-            self.removed.add(line, reason)
-            return False
+            return (reason, {}), 0
         errors = [e for check in ROW_CHECKS for e in check(line)]
         if errors:
-            self.removed.add(line, f"rejected_{errors[0].rule}", errors=[e.as_dict() for e in errors])
-            return False
+            return (f"rejected_{errors[0].rule}", {"errors": [e.as_dict() for e in errors]}), 0
         key = conversation_hash(line)
-        if self._decontaminate(line, key, probe):
-            return False
-        if self.exact is not None and key in self.exact:
-            self.removed.add(line, "exact_duplicate", kept=self.exact[key])
-            return False
-        if self.near is not None:
-            similar = self._near(line, probe)
-            if similar is not None:
-                self.removed.add(line, "near_duplicate", kept=similar[0], jaccard=similar[1])
-                return False
-        if self.exact is not None:
-            self.exact[key] = record_id(line)
-        return True
+        copy = self.eval_copies.get(key) if self.eval_copies else None
+        # an eval record too short for an n-gram still matches as an exact copy
+        match = {"benchmark": copy[0], "item": copy[1], "ngram": None} if copy is not None else lookup()
+        if match is None:
+            return None, key
+        if self.recipe.decontaminate.mode == "report":
+            self.contamination.write((json.dumps({"id": record_id(line)} | match, ensure_ascii=False) + "\n").encode())
+            return None, key
+        return ("contaminated", match), key
 
-    def batch(self, raws: list[bytes], out: IO[bytes], tokens_out: list[int], probes: list[Probe]) -> None:
-        """Clean one batch of spill lines; survivors to `out`, their token counts to `tokens_out`.
-        Locally each line's words, shingles and signature are made here; under --ray the cluster
-        has already looked up its match and class (`probes`)."""
+    def run(self, tmp: Path, held: list[set[int]], lines: list[int], counts: dict[str, SourceCounts]) -> None:
+        """Clean every source's spill (`lines` lines each) into .spill/<i>.kept.jsonl, skipping the
+        held-out positions; sets each source's kept token counts and `available`."""
+        offsets = np.cumsum([0] + lines[:-1]).tolist()
+        if self.cluster is not None and self.duplicates.near is not None:
+            self._run_on_cluster(tmp, held, offsets, counts)
+            return
+        matches = self.cluster.rows() if self.cluster is not None else None
+        for i, spec in enumerate(self.recipe.sources):
+            tally = counts[spec.name]
+            with open(tmp / SPILL / f"{i}.kept.jsonl", "wb") as out:
+                for raws, _, cluster_rows in _batches(tmp, i, held[i], offsets[i], matches):
+                    self._batch(raws, cluster_rows if matches is not None else None, out, tally.kept_tokens)
+            tally.available = len(tally.kept_tokens)
+
+    def _batch(self, raws: list[bytes], cluster_rows: list | None, out: IO[bytes], tokens_out: list[int]) -> None:
+        """One batch in one pass: survivors to `out`, their token counts to `tokens_out`."""
         lines = [msgspec.json.decode(raw) for raw in raws]
         tokens = self.filters.tokens(lines)
         reasons = self.filters.reasons(lines, tokens)
-        if self.cluster_rows is None:
-            all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
-            sets = self.near.shingle_sets(lines, all_words) if self.near is not None else [None] * len(lines)
-            signatures = self.near.signatures_of(sets) if self.near is not None else [None] * len(lines)
-            for probe, *made in zip(probes, all_words, sets, signatures):
-                probe.words, probe.shingles, probe.signature = made
+        all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
+        prepared = self.duplicates.prepare(lines, all_words)
         for i, (raw, line) in enumerate(zip(raws, lines)):
-            if self._step(line, reasons[i], probes[i]):
-                out.write(raw)
-                tokens_out.append(tokens[i] if tokens is not None else 0)
+            lookup = (lambda found=cluster_rows[i][0]: found) if cluster_rows else (lambda w=all_words[i]: self.index.match(w))
+            removal, key = self._screen(line, reasons[i], lookup)
+            if removal is None:
+                removal = self.duplicates.check(line, key, prepared[i])
+            if removal is not None:
+                self.removed.add(line, removal[0], **removal[1])
+                continue
+            out.write(raw)
+            tokens_out.append(tokens[i] if tokens is not None else 0)
 
-    def source(self, tmp: Path, index: int, held: set[int], tokens_out: list[int]) -> int:
-        """Clean one source's spill (skipping held-out positions); returns how many stay."""
-        pending: list[bytes] = []
-        probes: list[Probe] = []
-        with open(tmp / SPILL / f"{index}.kept.jsonl", "wb") as out:
-            for position, raw in spill_lines(tmp / SPILL / f"{index}.jsonl"):
-                probe = Probe(self.ordinal)
-                self.ordinal += 1
-                if self.cluster_rows is not None:
-                    probe.match, probe.rep = next(self.cluster_rows)
-                if position in held:
-                    continue
-                pending.append(raw)
-                probes.append(probe)
-                if len(pending) >= BATCH:
-                    self.batch(pending, out, tokens_out, probes)
-                    pending, probes = [], []
-            if pending:
-                self.batch(pending, out, tokens_out, probes)
-        return len(tokens_out)
+    def _run_on_cluster(self, tmp: Path, held: list[set[int]], offsets: list[int], counts: dict[str, SourceCounts]) -> None:
+        """Screen in order, deduplicate per component on the nodes, then write every decision in order."""
+        decided: dict[int, Removal] = {}
+        tokens, eligible, reps = array("q"), array("q"), array("q")
+        rows = self.cluster.rows()
+        for i in range(len(self.recipe.sources)):
+            for raws, ordinals, cluster_rows in _batches(tmp, i, held[i], offsets[i], rows):
+                lines = [msgspec.json.decode(raw) for raw in raws]
+                counted = self.filters.tokens(lines)
+                reasons = self.filters.reasons(lines, counted)
+                for k, (line, ordinal, (match, rep)) in enumerate(zip(lines, ordinals, cluster_rows)):
+                    tokens.append(counted[k] if counted is not None else 0)
+                    removal, _ = self._screen(line, reasons[k], lambda found=match: found)
+                    if removal is not None:
+                        decided[ordinal] = removal
+                    else:
+                        eligible.append(ordinal)
+                        reps.append(rep)
+        decided |= self.cluster.deduplicate(np.frombuffer(eligible, dtype=np.int64), np.frombuffer(reps, dtype=np.int64),
+                                            self.recipe.dedup)
+        counted_tokens = iter(tokens)
+        for i, spec in enumerate(self.recipe.sources):
+            tally = counts[spec.name]
+            with open(tmp / SPILL / f"{i}.kept.jsonl", "wb") as out:
+                for raws, ordinals, _ in _batches(tmp, i, held[i], offsets[i], None):
+                    for raw, ordinal in zip(raws, ordinals):
+                        count = next(counted_tokens)
+                        removal = decided.get(ordinal)
+                        if removal is not None:
+                            self.removed.add(msgspec.json.decode(raw), removal[0], **removal[1])
+                        else:
+                            out.write(raw)
+                            tally.kept_tokens.append(count)
+            tally.available = len(tally.kept_tokens)
 
 
-@dataclass
-class Probe:
-    """What the checks need of one line beyond the record: made locally (words, shingles,
-    signature) or by the cluster (match, rep: pipeline/distributed/mix_tasks.py)."""
-
-    ordinal: int
-    words: list[str] = field(default_factory=list)
-    shingles: list[str] | None = None
-    signature: Any = None
-    match: dict[str, Any] | None = None
-    rep: int = -1
+def _batches(tmp: Path, index: int, held: set[int], offset: int,
+             rows: Iterator | None) -> Iterator[tuple[list[bytes], list[int], list]]:
+    """One source's spill lines that are not held out, in batches: (raw lines, their ordinals among
+    all sources' lines, their cluster rows). `rows` (the cluster's, one a line held-out ones
+    included) are consumed in step; without them the third list holds Nones."""
+    raws: list[bytes] = []
+    ordinals: list[int] = []
+    extra: list = []
+    for position, raw in spill_lines(tmp / SPILL / f"{index}.jsonl"):
+        row = next(rows) if rows is not None else None
+        if position in held:
+            continue
+        raws.append(raw)
+        ordinals.append(offset + position)
+        extra.append(row)
+        if len(raws) >= BATCH:
+            yield raws, ordinals, extra
+            raws, ordinals, extra = [], [], []
+    if raws:
+        yield raws, ordinals, extra

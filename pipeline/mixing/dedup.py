@@ -3,7 +3,7 @@
 arrive in priority order (source order, then row), so the first of each cluster is the one kept,
 and a removed record names it.
 
-    record ──conversation_hash──> seen? exact_duplicate of the first (pipeline/mixing/clean.py)
+    record ──conversation_hash──> seen? exact_duplicate of the first (Duplicates, below)
            ──words──shingles──RMinHash──> LSH candidates among kept records
                 ──estimated Jaccard >= threshold - CANDIDATE_MARGIN──> candidates
                 ──exact Jaccard of the shingle hash sets >= threshold──> near_duplicate of the closest
@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from sftpack.mixing.recipe import NearDedup
+from sftpack.checks.conversation_key import conversation_hash
+from sftpack.mixing.passes import record_id
+from sftpack.mixing.recipe import DedupConfig, NearDedup
 from sftpack.mixing.text import shingles, turn_text, words
 
 MINHASH_SEED = 1  # fixed: signatures of the same text are the same in every run and on every node
@@ -40,6 +42,11 @@ def lsh_bands(threshold: float, num_perm: int) -> int:
         if 1 - (1 - threshold ** rows) ** bands >= RECALL_AT_THRESHOLD:
             return bands
     return num_perm
+
+
+def candidate_threshold(cfg: NearDedup) -> float:
+    """The LSH's threshold: candidates reach CANDIDATE_MARGIN below the recipe's."""
+    return max(cfg.threshold - CANDIDATE_MARGIN, 0.05)
 
 
 def shingle_hashes(shingle_list: list[str]) -> np.ndarray:
@@ -67,23 +74,19 @@ class NearDuplicates:
 
         self.cfg = cfg
         self._minhash = RMinHash
-        self.candidate_threshold = max(cfg.threshold - CANDIDATE_MARGIN, 0.05)
+        self.candidate_threshold = candidate_threshold(cfg)
         self.lsh = RMinHashLSH(threshold=self.candidate_threshold, num_perm=cfg.num_perm,
                                num_bands=lsh_bands(self.candidate_threshold, cfg.num_perm))
         self.kept: list[Any] = []  # signatures
         self.kept_shingles: list[np.ndarray] = []
         self.kept_ids: list[str] = []
 
-    def shingle_sets(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[list[str]]:
-        """Each record's shingles; `all_words` are its words over every turn, reused when the
+    def shingle_sets(self, records: list[dict[str, Any]], all_words: list[list[str]] | None = None) -> list[list[str]]:
+        """Each record's shingles; `all_words`, its words over every turn, are reused when the
         comparison is `on: all`."""
-        if self.cfg.on != "all":
+        if self.cfg.on != "all" or all_words is None:
             all_words = [words(turn_text(r, self.cfg.on)) for r in records]
         return [shingles(tokens, self.cfg.ngram) for tokens in all_words]
-
-    def signatures(self, records: list[dict[str, Any]], all_words: list[list[str]]) -> list[Any]:
-        """MinHash signatures of a batch (one call into rensa); see `shingle_sets`."""
-        return self.signatures_of(self.shingle_sets(records, all_words))
 
     def signatures_of(self, sets: list[list[str]]) -> list[Any]:
         """MinHash signatures of shingle lists (one call into rensa)."""
@@ -110,3 +113,41 @@ class NearDuplicates:
         self.kept_shingles.append(hashes)
         self.kept_ids.append(record_id)
         return None
+
+
+Removal = tuple[str, dict[str, Any]]  # (reason, details for removed.jsonl)
+
+
+class Duplicates:
+    """Exact, then near duplicates, for records arriving in priority order; a record's identity is
+    remembered only once it is kept."""
+
+    def __init__(self, cfg: DedupConfig):
+        self.exact: dict[int, str] | None = {} if cfg.exact else None
+        self.near = NearDuplicates(cfg.near) if cfg.near is not None else None
+
+    def prepare(self, lines: list[dict[str, Any]], all_words: list[list[str]] | None = None) -> list[tuple[Any, Any]]:
+        """(signature, shingles) of each record for `check` (one rensa call for the batch)."""
+        if self.near is None:
+            return [(None, None)] * len(lines)
+        sets = self.near.shingle_sets(lines, all_words)
+        return list(zip(self.near.signatures_of(sets), sets))
+
+    def check(self, line: dict[str, Any], key: int, prepared: tuple[Any, Any]) -> Removal | None:
+        """The removal of a record (conversation hash `key`), or None and it is kept."""
+        if self.exact is not None and key in self.exact:
+            return "exact_duplicate", {"kept": self.exact[key]}
+        if self.near is not None:
+            similar = self.near.check(prepared[0], shingle_hashes(prepared[1]), record_id(line))
+            if similar is not None:
+                return "near_duplicate", {"kept": similar[0], "jaccard": similar[1]}
+        if self.exact is not None:
+            self.exact[key] = record_id(line)
+        return None
+
+
+def deduplicate(lines: list[dict[str, Any]], cfg: DedupConfig) -> list[Removal | None]:
+    """Duplicates' decisions for records in priority order (one component under --ray)."""
+    duplicates = Duplicates(cfg)
+    prepared = duplicates.prepare(lines)
+    return [duplicates.check(line, conversation_hash(line), made) for line, made in zip(lines, prepared)]

@@ -1,20 +1,18 @@
-"""Near duplicates found by grouping on band keys (`sftpack mix --ray`): the same decisions as the
-local greedy search in pipeline/mixing/dedup.py, from a graph computed on the cluster.
+"""Near duplicates under `sftpack mix --ray`: the records are split into the components of the
+LSH's candidate graph on the cluster, and each component is deduplicated by the local code.
 
-    every line ──shingle hashes──> class (lines with the same shingle set: Jaccard 1 to each other)
+    every line ──shingle hashes──> class (lines with the same shingle set)
                ──RMinHash digest, cut in the LSH's bands──> band keys
-    band key ──its classes, each named by its first line (rep)──> a bucket (the same one from many keys: kept once)
-    bucket ──every two reps: estimate >= threshold - CANDIDATE_MARGIN, exact Jaccard >= threshold──> edge (a, b, jaccard)
-    driver, in priority order ──NearGraph.check──> near_duplicate of the kept record the local run names
+    band key ──its classes, each named by its first line (rep)──> a bucket ──union──> components
+    the records that reach deduplication, per component of two or more, in priority order
+               ──mixing.dedup.Duplicates (exact, then NearDuplicates: rensa LSH, exact Jaccard)──> decisions
 
-Why the same: the local search compares a record with the kept records that share an LSH band with
-it and keeps the one of highest exact Jaccard at or above the threshold (the earliest on ties),
-after the same estimate filter. Lines of one class have one signature and one shingle set, so an
-edge between two classes holds for every pair of their lines; a class keeps at most one record (a
-second one has Jaccard 1 with it), and of a neighbour class only its kept record can be named.
-The bands are rensa's (consecutive slices of the digest); rensa hashes a slice where this compares
-its bytes, so the two differ only if rensa's 64-bit band hashes collide for a pair that passes both
-Jaccard tests without sharing a band.
+Why the same as the local run: a record's exact duplicates have its text, so its class; the records
+the local LSH proposes for it share a band with it, so a bucket; both are in its component. Each
+component thus sees, in the local order, every record that can decide one of its own, and the local
+code decides. The bands are rensa's (consecutive slices of the digest); rensa hashes a slice where
+this compares its bytes, so the two differ only if rensa's 64-bit band hashes collide for a pair
+that passes both Jaccard tests without sharing a band.
 """
 
 from __future__ import annotations
@@ -24,13 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from sftpack.mixing.dedup import CANDIDATE_MARGIN, MINHASH_SEED, exact_jaccards, lsh_bands, shingle_hashes
+from sftpack.mixing.dedup import MINHASH_SEED, candidate_threshold, lsh_bands, shingle_hashes
 from sftpack.mixing.recipe import NearDedup
 from sftpack.mixing.text import shingles, turn_text, words
-
-
-def candidate_threshold(cfg: NearDedup) -> float:
-    return max(cfg.threshold - CANDIDATE_MARGIN, 0.05)  # as NearDuplicates
 
 
 def line_keys(records: list[dict[str, Any]], cfg: NearDedup) -> tuple[list[bytes], list[list[str]]]:
@@ -57,52 +51,28 @@ def bucket_members(ordinals: np.ndarray, classes: np.ndarray) -> list[int]:
     return sorted(first.values())
 
 
-def similar_pairs(records: list[dict[str, Any]], cfg: NearDedup) -> list[tuple[int, int, float]]:
-    """(i, j, exact Jaccard) for every two records i < j of one bucket that the local search would
-    take: MinHash estimate at or above the candidate threshold, exact Jaccard at or above the
-    threshold. One vectorised step per record (not per pair): a bucket of many near copies stays
-    cheap. The numbers are NearDuplicates': rensa's estimate is the share of equal digest values,
-    and the exact Jaccard is dedup.exact_jaccards of the same shingle hashes."""
-    from rensa import RMinHash
+class Components:
+    """Union-find over the lines' ordinals (vectorised: one numpy step per bucket, not per line)."""
 
-    sets = [shingles(words(turn_text(r, cfg.on)), cfg.ngram) for r in records]
-    digests = np.array([m.digest() for m in RMinHash.from_token_sets(sets, num_perm=cfg.num_perm, seed=MINHASH_SEED)],
-                       dtype=np.uint32)
-    hashes = [shingle_hashes(s) for s in sets]
-    low = candidate_threshold(cfg)
-    found = []
-    for i in range(len(records) - 1):
-        later = np.flatnonzero(np.count_nonzero(digests[i + 1:] == digests[i], axis=1) / cfg.num_perm >= low) + i + 1
-        if len(later):
-            similarity = exact_jaccards(hashes[i], [hashes[k] for k in later])
-            found += [(i, int(k), float(v)) for k, v in zip(later, similarity) if v >= cfg.threshold]
-    return found
+    def __init__(self, lines: int):
+        self.parent = np.arange(lines, dtype=np.int64)
 
+    def roots(self, ordinals: np.ndarray) -> np.ndarray:
+        current = np.asarray(ordinals, dtype=np.int64)
+        while True:
+            parent = self.parent[current]
+            if np.array_equal(parent, current):
+                return current
+            self.parent[current] = self.parent[parent]  # path halving
+            current = self.parent[current]
 
-class NearGraph:
-    """The driver's side: decides, in priority order, what NearDuplicates.check decides, from the
-    classes' edges (rep -> [(jaccard, neighbour rep)])."""
+    def union(self, members: np.ndarray) -> None:
+        roots = np.unique(self.roots(members))
+        self.parent[roots] = roots[0]
 
-    def __init__(self, edges: dict[int, list[tuple[float, int]]]):
-        self.edges = edges
-        self.kept: dict[int, tuple[int, str]] = {}  # class rep -> (ordinal, id) of its kept record
-
-    def check(self, rep: int, ordinal: int, record_id: str) -> tuple[str, float] | None:
-        """(kept id, exact Jaccard) of the record it duplicates, or None and the record is kept.
-
-        Args:
-            rep: the first line of the record's class.
-            ordinal: the record's line in priority order.
-            record_id: its id, named by later duplicates when it is kept.
-        """
-        if rep in self.kept:
-            return self.kept[rep][1], 1.0
-        best: tuple[float, int, str] | None = None
-        for similarity, other in self.edges.get(rep, ()):
-            kept = self.kept.get(other)
-            if kept is not None and (best is None or (similarity, -kept[0]) > (best[0], -best[1])):
-                best = (similarity, kept[0], kept[1])
-        if best is not None:
-            return best[2], round(best[0], 4)
-        self.kept[rep] = (ordinal, record_id)
-        return None
+    def groups(self, ordinals: np.ndarray, reps: np.ndarray) -> list[np.ndarray]:
+        """`ordinals` (ascending) split by the component of their class `reps`; only groups of two or more."""
+        roots = self.roots(reps)
+        order = np.argsort(roots, kind="stable")
+        cuts = np.flatnonzero(np.diff(roots[order])) + 1
+        return [ordinals[g] for g in np.split(order, cuts) if len(g) > 1]

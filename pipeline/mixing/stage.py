@@ -134,14 +134,12 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> d
         for bench in decon.benchmarks:
             index.add_benchmark(bench)
         cluster = None
-        if ray:  # the lookups, signatures and candidate pairs on the nodes; the order-bound choices here
+        if ray:  # lookups, band keys and per-component deduplication on the nodes
             from sftpack.distributed.mix_tasks import ClusterLines
 
             spills = [tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))]
             cluster = ClusterLines(spills, index, recipe.dedup.near)
-        cleaner = Cleaner(recipe, removed, index, eval_copies, matches, cluster)
-        for i, spec in enumerate(recipe.sources):
-            counts[spec.name].available = cleaner.source(tmp, i, held[i], counts[spec.name].kept_tokens)
+        Cleaner(recipe, removed, index, eval_copies, matches, cluster).run(tmp, held, valid, counts)
         _sample(tmp, recipe, counts, removed)
     if not (tmp / "contamination.jsonl").stat().st_size:
         (tmp / "contamination.jsonl").unlink()
