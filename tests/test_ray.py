@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -310,23 +311,29 @@ def test_validate_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_p
     assert json.loads((local / "mixed.validate.json").read_text())["warnings"]["duplicate"]["count"] == 2
 
 
-def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_path):
-    """`sftpack mix --ray`: n-gram lookups, signatures, band-key grouping and pair checks on both
-    nodes; the same folder, on sources whose near-duplicate choices depend on order."""
+@pytest.mark.parametrize("dedup", ["near", "exact"])
+def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, model_dir, tmp_path, dedup):
+    """`sftpack mix --ray`: n-gram lookups, band keys, their grouping and each component's
+    deduplication on both nodes; the same folder, on sources whose near-duplicate choices depend on
+    order, with token filters (near), and with exact dedup only and contamination reported (exact)."""
     import yaml
 
     from conftest import near_duplicate_sources
 
     repo = Path(__file__).resolve().parent.parent
     chains, bench = near_duplicate_sources(tmp_path / "chains")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({
-        "sources": [{"name": p.stem, "path": str(p)} for p in sorted(real_data.glob("*.jsonl")) + chains],
-        "eval": {"count": 5}, "dedup": {"near": {"threshold": 0.8}},
-        "decontaminate": {"benchmarks": [str(repo / "data" / "benchmarks" / "tiny-bench.jsonl"), str(bench)]}}))
+    recipe = {"sources": [{"name": p.stem, "path": str(p)} for p in sorted(real_data.glob("*.jsonl")) + chains],
+              "eval": {"count": 5},
+              "decontaminate": {"benchmarks": [str(repo / "data" / "benchmarks" / "tiny-bench.jsonl"), str(bench)]}}
+    if dedup == "near":
+        recipe |= {"dedup": {"near": {"threshold": 0.8}}, "tokenizer": str(model_dir), "filters": {"max_tokens": 400}}
+    else:
+        recipe["decontaminate"]["mode"] = "report"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
     folders = []
     for engine, ns in ((None, None), (HEAD, cluster)):
-        cmd = [SFTPACK, "mix", "--recipe", str(recipe), "--out-dir", str(tmp_path / (engine and "ray" or "local"))]
+        cmd = [SFTPACK, "mix", "--recipe", str(path), "--out-dir", str(tmp_path / (engine and "ray" or "local"))]
         cmd += ["--ray", engine] if engine else []
         done = subprocess.run(ns.command(cmd) if ns else cmd, capture_output=True, text=True, env=ENV, timeout=400)
         assert done.returncode == 0, done.stderr[-4000:]
@@ -336,9 +343,14 @@ def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_path):
     got, want = (json.loads((f / "manifest.json").read_text()) for f in (ray, local))
     assert got["engine"]["name"] == "ray" and got["engine"]["nodes"] == 2
     assert got["outputs"] == want["outputs"] and got["sources"] == want["sources"]
-    removed = [json.loads(line) for line in (local / "removed.jsonl").read_text().splitlines()]
-    near = [r for r in removed if r["reason"] == "near_duplicate"]
-    assert len(near) > 150 and any(r["jaccard"] == 1.0 for r in near) and any(r["jaccard"] < 1 for r in near)
-    assert sum(r["reason"] == "contaminated" for r in removed) > 10
     for name in want["outputs"]:
         assert (ray / name).read_bytes() == (local / name).read_bytes(), name
+    removed = Counter(json.loads(line)["reason"] for line in (local / "removed.jsonl").read_text().splitlines())
+    assert removed["exact_duplicate"] > 10
+    if dedup == "near":
+        near = [json.loads(line) for line in (local / "removed.jsonl").read_text().splitlines()
+                if '"near_duplicate"' in line]
+        assert len(near) > 150 and any(r["jaccard"] == 1.0 for r in near) and any(r["jaccard"] < 1 for r in near)
+        assert removed["contaminated"] > 10 and removed["filter_max_tokens"] > 10 and want["totals"]["tokens"] > 0
+    else:
+        assert len((local / "contamination.jsonl").read_text().splitlines()) > 10 and not removed["contaminated"]
