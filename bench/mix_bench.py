@@ -14,7 +14,9 @@
    glaive conversations removed against the same (unrelated) items.
 3. Throughput. Whole `sftpack mix` processes (near dedup + decontamination) on bench/work/x10.jsonl
    and x100.jsonl (the real files repeated, as pack's bench), and on 100k distinct-text
-   conversations (each repeat's first prompt suffixed): conversations/s and peak RSS.
+   conversations (each repeat's first prompt suffixed): conversations/s and peak RSS; then
+   `sftpack pack` on x10 and x100 for comparison. `--ray`: local and `--ray local` side by side
+   (bench/MIX_RAY.md).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REAL_FILES, ROOT, SFTPACK, WORK, machine, make_inputs, real_lines, run_measured  # noqa: E402
+from common import MODEL, REAL_FILES, ROOT, SFTPACK, WORK, machine, make_inputs, real_lines, run_measured  # noqa: E402
 
 from sftpack.checks.conversation_key import conversation_key  # noqa: E402
 from sftpack.mixing.text import shingles, turn_text, words  # noqa: E402
@@ -199,6 +201,19 @@ def throughput(inputs: list[Path], engines: tuple[str | None, ...] = (None,)) ->
     return rows
 
 
+def pack_rows(inputs: list[Path]) -> list[str]:
+    """pack on the same inputs (default options, one process), for comparison."""
+    rows = ["| input | command | conversations | wall s | conversations/s | peak RSS MiB |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for path in inputs:
+        run = run_measured([SFTPACK, "pack", str(path), "--tokenizer", str(MODEL), "--max-length", "1024",
+                            "--out-dir", str(WORK / "mix-speed" / f"pack-{path.stem}"), "--num-proc", "1"])
+        n = sum(1 for _ in open(path, encoding="utf-8"))
+        rows.append(f"| {path.name} | sftpack pack --max-length 1024 --num-proc 1 | {n:,} | {run.wall_s:.1f} | "
+                    f"{n / run.wall_s:,.0f} | {run.peak_rss_mib:.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def ray_section() -> str:
     """`--ray local` next to the local run (bench/MIX_RAY.md)."""
     rows = throughput([make_inputs("x10", 10), distinct_inputs(100_000)], (None, "local"))
@@ -232,7 +247,8 @@ def main() -> int:
         return 0
     sections = [("Near-duplicate quality", near_quality(rng, args.num_perm)), ("Decontamination", decontamination(rng)),
                 ("Throughput (whole `sftpack mix` processes, near dedup + decontamination)",
-                 throughput([make_inputs("x10", 10), make_inputs("x100", 100), distinct_inputs(100_000)]))]
+                 throughput([make_inputs("x10", 10), make_inputs("x100", 100), distinct_inputs(100_000)])),
+                ("pack on the same inputs, for comparison", pack_rows([make_inputs("x10", 10), make_inputs("x100", 100)]))]
     facts = machine()
     text = ["# sftpack mix: measured", "", "`.venv/bin/python bench/mix_bench.py` (bench/mix_bench.py says how each "
             f"input is made). Machine: {facts}. Load average at the end: {os.getloadavg()[0]:.1f} (the CPU is shared).", ""]
