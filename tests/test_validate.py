@@ -216,6 +216,27 @@ def test_template_that_raises_is_a_reject_with_its_message(tmp_path, no_system_t
     assert template_lines == {11, 13, SYSTEM_LINE}
 
 
+def test_a_template_looping_over_tools_renders_records_without_tools_as_pack_does(tmp_path, model_dir):
+    """hermes_tool_use loops over `tools` unguarded: apply_chat_template(tools=None) raises on any
+    record, while pack renders a tool-less record with tools=[] (the template's own form). validate
+    renders as pack does, so it keeps what pack packs."""
+    from conftest import REAL_TEMPLATES, read_real
+
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, tokenizer / name)
+    shutil.copy(REAL_TEMPLATES / "hermes_tool_use.jinja", tokenizer / "chat_template.jinja")
+    data = tmp_path / "plain.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_real("alpaca_en_demo")[:5]), encoding="utf-8")
+    result = run([data], tmp_path / "out", ValidateConfig(tokenizer=str(tokenizer)))
+    assert (result["totals"]["kept"], result["totals"]["rejected"]) == (5, 0)
+    import sftpack
+
+    packed = sftpack.pack([data], tmp_path / "packed", tokenizer=str(tokenizer), max_length=512)
+    assert packed.manifest["totals"]["examples_read"] == 5
+
+
 def test_real_datasets_all_valid_and_unchanged(tmp_path, real_data, model_dir):
     inputs = sorted(real_data.glob("*.jsonl"))
     assert [p.name for p in inputs] == ["alpaca_en_demo.jsonl", "fastchat_dummy_conversation.jsonl",

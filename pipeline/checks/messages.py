@@ -344,21 +344,16 @@ def control_token_check(tokenizer: Any) -> Check:
 
 
 def template_check(tokenizer: Any) -> Check:
-    """A check rejecting conversations the tokenizer's chat template cannot render.
+    """A check rejecting conversations the tokenizer's chat template cannot render (rule
+    `template_error`, message = the template's exception text; the record's kwargs used). Renders as
+    pack does (ChatRenderer: a template that loops over `tools` gets [] for a record without them)."""
+    from sftpack.templates.chat_template import ChatRenderer
 
-    Renders with `tokenizer.apply_chat_template(messages, tools=tools, tokenize=False)`, the
-    same call the pack stage's templates are tested against.
+    renderer = ChatRenderer(tokenizer, stop_tokens=[tokenizer.eos_token] if tokenizer.eos_token else None)
 
-    Args:
-        tokenizer: a transformers tokenizer with a chat template.
-
-    Returns:
-        The check (rule `template_error`, message = the template's exception text; record kwargs used).
-    """
     def check_template(record: Record) -> Iterable[RowError]:
         try:
-            tokenizer.apply_chat_template(record["messages"], tools=record.get("tools") or None, tokenize=False,
-                                          **(record.get("chat_template_kwargs") or {}))
+            renderer.render(record["messages"], record.get("tools") or None, kwargs=record.get("chat_template_kwargs"))
         except Exception as err:  # noqa: BLE001 - a template is user code; whatever it raises is the reject
             yield RowError("/messages", "template_error",
                            f"chat template failed: {_shorten(str(err) or type(err).__name__)}")
