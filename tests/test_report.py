@@ -235,6 +235,28 @@ def test_report_counts_split_conversations_like_pack(model_dir, tmp_path):
     assert report([packed["path"]], tmp_path / "p.html", ReportConfig())["mask_audit"] == audit
 
 
+def test_a_packed_folder_ranks_masking_findings_by_the_examples_they_touch(model_dir, tmp_path):
+    """pack counts turns and the examples they are in; the packed folder's report says both and
+    ranks by examples, as the report of the raw lines does (a share of examples, never over 1)."""
+    from conftest import read_real
+    from sftpack.packing.stage import PackConfig, audit_warnings
+    from sftpack.packing.stage import run as pack
+
+    data = tmp_path / "glaive.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_real("glaive_toolcall_en_demo")[:80]), encoding="utf-8")
+    packed = pack([data], tmp_path / "p", PackConfig(tokenizer=str(model_dir), max_length=2048))
+    raw = run([data], tmp_path / "raw.html", ReportConfig(tokenizer=str(model_dir), max_length=2048))
+    audit = packed["totals"]["audit"]
+    turns, examples = audit["tool_calls_not_rendered"], audit["tool_calls_not_rendered_examples"]
+    assert turns == raw["mask_audit"]["tool_calls_not_rendered"] and examples < turns  # several calls a conversation
+    want = {f["kind"]: f for f in raw["findings"]}["tool_calls_not_rendered"]
+    got = {f["kind"]: f for f in run([packed["path"]], tmp_path / "p.html", ReportConfig())["findings"]}
+    tools = got["tool_calls_not_rendered"]
+    assert (tools["count"], tools["share"]) == (want["count"], want["share"]) == (examples, round(examples / 80, 4))
+    assert tools["message"] == f"{want['message']} (pack's count; rows not recorded)"
+    assert any(w.startswith(f"{examples} examples: {turns} assistant turns call tools") for w in audit_warnings(audit))
+
+
 # ---------------------------------------------------------------- issue 24: sources and repeats per input
 
 def _chat_line(prompt: str, **meta) -> str:

@@ -46,7 +46,10 @@ STATS_SCHEMA = pa.schema(
     ]
 )
 
-AUDIT_TOTALS = AUDIT_KEYS + ("sequences_without_stop", "examples_without_trained_tokens")
+PER_EXAMPLE = tuple(k for k in AUDIT_KEYS if k not in ("split_conversations", "split_extra_tokens"))
+"""Audit keys that count turns or spans; `<key>_examples` counts the examples they are in."""
+AUDIT_TOTALS = AUDIT_KEYS + ("sequences_without_stop", "examples_without_trained_tokens") + \
+    tuple(f"{key}_examples" for key in PER_EXAMPLE)
 """manifest totals.audit: what masking counted (pipeline/templates/masking.py AUDIT_KEYS) and the "will it
 stop" audit: kept sequences (not truncated) whose last trained token is no stop marker, and
 examples with no trained token (dropped)."""
@@ -168,6 +171,8 @@ def encode_lines(batch: Batch) -> dict[str, Any]:
             kept += [(name, ids, labels) for name, (ids, labels) in zip(names, sequences)]
             for key, value in example.audit.items():
                 audit[key] = audit.get(key, 0) + value
+                if value and key in PER_EXAMPLE:
+                    audit[f"{key}_examples"] = audit.get(f"{key}_examples", 0) + 1
             if not entry["truncated"]:
                 without = sum(not _ends_with_stop(labels, _WORKER["stop_ids"]) for _, labels in sequences)
                 if without:

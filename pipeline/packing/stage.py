@@ -288,7 +288,12 @@ def audit_warnings(audit: dict[str, int]) -> list[str]:
         "spans_with_role_header": "trained spans hold a user or system role header: the template's turns cannot be "
                                   "told apart; check the template",
     }
-    return [f"{audit[key]} {text}" for key, text in fixes.items() if audit.get(key)]
+    found = []
+    for key, text in fixes.items():
+        if audit.get(key):
+            examples = audit.get(f"{key}_examples")
+            found.append((f"{examples} examples: " if examples is not None else "") + f"{audit[key]} {text}")
+    return found
 
 
 HINT_SHARE = 0.01

@@ -15,7 +15,7 @@ import polars as pl
 from sftpack.errors import SftpackError
 from sftpack.packing.bins import l2_lower_bound, lower_bound_rows, pack_bins
 from sftpack.store.packed_folder import PackedFolder
-from sftpack.reporting.kinds import MASK_KINDS, finding as _finding
+from sftpack.reporting.kinds import MASK_KINDS, finding as _finding, mask_message
 from sftpack.reporting.scan import PERCENTILES, ReportConfig, _Scan
 from sftpack.templates.masking import IGNORE_INDEX
 
@@ -202,10 +202,7 @@ def _mask_findings(frame: pl.DataFrame, scan: _Scan | None, cfg: ReportConfig, t
     for kind in MASK_KINDS:
         examples = scan.audit_examples[kind] if scan is not None else 0
         if examples:
-            counted = f"{scan.audit_counts[kind]:,} {'spans' if kind == 'spans_with_role_header' else 'turns'} " \
-                f"in {examples:,} conversations"
-            if kind == "split_conversations":
-                counted = f"{examples:,} conversations, {scan.audit_counts['split_extra_tokens']:,} prompt tokens repeated"
+            counted = mask_message(kind, scan.audit_counts[kind], examples, scan.audit_counts["split_extra_tokens"])
             out.append(_finding(kind, examples, total, counted, scan.audit_rows[kind]))
     return out
 

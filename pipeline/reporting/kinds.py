@@ -80,6 +80,15 @@ MASK_KINDS = ("tool_calls_not_rendered", "reasoning_not_rendered", "turns_withou
 """Findings counted by masking's audit, per conversation."""
 
 
+def mask_message(kind: str, count: int, examples: int | None, split_extra_tokens: int = 0) -> str:
+    """A masking finding's count in words; `examples` None when unknown (packed folders made before
+    pack counted them)."""
+    if kind == "split_conversations":
+        return f"{count:,} conversations, {split_extra_tokens:,} prompt tokens repeated"
+    unit = "spans" if kind == "spans_with_role_header" else "turns"
+    return f"{count:,} {unit}" + (f" in {examples:,} conversations" if examples is not None else "")
+
+
 def finding(kind: str, count: int, total: int, message: str, rows: list[str], advice: str | None = None
             ) -> dict[str, Any]:
     """One finding as report.json holds it.

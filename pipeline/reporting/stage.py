@@ -39,7 +39,7 @@ from sftpack.packing.bins import pack_bins
 from sftpack.io.readers import DATA_SUFFIXES, InputSource, ReadOptions
 from sftpack.reporting.findings import describe_jsonl, describe_packed, kept_lengths
 from sftpack.reporting.html import render_html
-from sftpack.reporting.kinds import MASK_KINDS, finding, verdict
+from sftpack.reporting.kinds import MASK_KINDS, finding, mask_message, verdict
 from sftpack.reporting.plots import make_plots
 from sftpack.reporting.samples import packed_views, sample_views, samples_json
 from sftpack.reporting.scan import ReportConfig, _Encoder, scan_jsonl
@@ -128,8 +128,14 @@ def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
     plots = make_plots(frame, report.get("sources"), max_length, row_tokens, frame is not None)
     audit = (manifest.get("totals") or {}).get("audit")  # pack's own counts (older folders lack them)
     total = (report.get("counts") or {}).get("examples") or 0
-    found = [finding(kind, audit[kind], total, f"{audit[kind]:,} (pack's count; rows not recorded)", [])
-             for kind in MASK_KINDS if (audit or {}).get(kind)]
+    found = []
+    for kind in MASK_KINDS:
+        if (audit or {}).get(kind):
+            # pack counts the examples since this round; an older folder's share is at most count/total
+            examples = audit.get(f"{kind}_examples", audit.get("split_conversations") if kind == "split_conversations" else None)
+            message = mask_message(kind, audit[kind], examples, audit.get("split_extra_tokens", 0))
+            found.append(finding(kind, min(examples or audit[kind], total), total,
+                                 f"{message} (pack's count; rows not recorded)", []))
     report["findings"] = sorted(report["findings"] + found, key=lambda f: (-f["impact"], f["kind"]))
     return report, provenance, plots, packed_views(packed, frame, cfg.tokenizer), audit, cfg
 
