@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sftpack import api
+from sftpack.mixing.stage import summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,14 +16,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    manifest = api.mix(args.recipe, args.out_dir, ray=args.ray)
-    verb = "reused (checksums verified)" if manifest["reused"] else f"mixed in {manifest['seconds']:.1f}s"
-    t = manifest["totals"]
-    print(f"{verb}: {t['in']} read -> {t['out']} training examples ({t['sampled']} distinct, {t['repeated']} repeats), "
-          f"{t['held_out']} held out for eval")
-    for name, s in manifest["sources"].items():
-        removed = ", ".join(f"{k}={v}" for k, v in s["removed"].items()) or "none"
-        tokens = f", {s['tokens']:,} tokens" if "tokens" in s else ""
-        print(f"  {name}: in {s['in']}, eval {s['held_out']}, out {s['out']}{tokens}; removed: {removed}")
-    print(manifest["path"])
+    print("\n".join(summary(api.mix(args.recipe, args.out_dir, ray=args.ray))))
     return 0

@@ -122,6 +122,19 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
     return manifest | {"path": str(folder), "reused": False}
 
 
+def summary(manifest: dict[str, Any]) -> list[str]:
+    """What `sftpack mix` prints: totals, one line per source, the folder's path last."""
+    verb = "reused (checksums verified)" if manifest["reused"] else f"mixed in {manifest['seconds']:.1f}s"
+    t = manifest["totals"]
+    lines = [f"{verb}: {t['in']} read -> {t['out']} training examples ({t['sampled']} distinct, {t['repeated']} "
+             f"repeats), {t['held_out']} held out for eval"]
+    for name, s in manifest["sources"].items():
+        removed = ", ".join(f"{k}={v}" for k, v in s["removed"].items()) or "none"
+        tokens = f", {s['tokens']:,} tokens" if "tokens" in s else ""
+        lines.append(f"  {name}: in {s['in']}, eval {s['held_out']}, out {s['out']}{tokens}; removed: {removed}")
+    return lines + [manifest["path"]]
+
+
 def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> dict[str, SourceCounts]:
     """Passes 1-4 (pipeline/mixing/passes.py) into `tmp`; returns the counts per source."""
     counts = {s.name: SourceCounts(tokens=0 if recipe.tokenizer else None) for s in recipe.sources}

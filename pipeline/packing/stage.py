@@ -259,6 +259,34 @@ def _totals(folder: Path, lengths: np.ndarray, rows: int, shards: list[dict[str,
     }
 
 
+def summary(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What `sftpack pack` prints of a packed folder (built or reused): (lines for stdout, warnings),
+    the folder's path last."""
+    t = manifest["totals"]
+    verb = "reused (checksums verified)" if manifest["reused"] else f"packed in {manifest['seconds']:.1f}s"
+    over = f" over {manifest['options']['max_length']}"  # too_long=28 over 1024: the limit they were over
+    dropped = ", ".join(f"{k}={v}{over if k == 'too_long' else ''}" for k, v in t["dropped"].items()) or "none"
+    audit = t.get("audit", {})
+    lines = [f"{verb}: {t['examples_packed']}/{t['examples_read']} examples -> {t['rows']} rows "
+             f"(lower bound {t['lower_bound_rows']}), {t['tokens']:,} tokens, {t['trained_tokens']:,} trained "
+             f"({t['trained_share']:.1%}), packing efficiency {t['packing_efficiency']:.2%}, truncated "
+             f"{t['truncated']}, assistant text not trained {audit.get('assistant_text_not_trained', 0)}, dropped: {dropped}"]
+    if audit.get("split_conversations"):
+        lines.append(f"split: {audit['split_conversations']} conversations into {t['sequences_packed']} sequences in "
+                     f"all, {audit['split_extra_tokens']:,} extra tokens (--turns auto: every turn trained as the model "
+                     "writes it)")
+    if audit.get("turns_marked_untrained"):
+        lines.append(f"untrained: {audit['turns_marked_untrained']} assistant turns marked \"train\": false")
+    warnings = pack_warnings(manifest) + drop_hints(manifest)
+    rejected = sum(v for k, v in t["dropped"].items() if k.startswith("rejected_"))
+    if rejected:  # pack never trains on what validate rejects (--allow-rejects got here); say where to look
+        first = next((d for d in manifest["first_drops"] if d["reason"].startswith("rejected_")), None)
+        where = f" (first: {first['input']}:{first['line']} [{first['rule']}] {first['message']})" if first else ""
+        warnings.append(f"{rejected} examples failed validate's checks and were left out{where}; "
+                        "`sftpack validate` lists them all")
+    return lines + [manifest["path"]], warnings
+
+
 def pack_warnings(manifest: dict[str, Any]) -> list[str]:
     """What a user must hear about a packed folder (built or reused): inferred stop markers, then
     the audit counts that need attention, one sentence each with its fix."""
