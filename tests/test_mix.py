@@ -220,11 +220,21 @@ def test_filters_are_counted_by_name(model_dir, tmp_path):
 
 def test_an_unchanged_recipe_is_reused_and_a_changed_one_rebuilds(alpaca, tmp_path):
     source = write_jsonl(tmp_path / "s.jsonl", read_real("alpaca_en_demo")[:40])
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    benchmarks = tmp_path / "bench"  # a Parquet folder: its .parquet files are the benchmark
+    benchmarks.mkdir()
+    pq.write_table(pa.table({"question": QUESTIONS}), benchmarks / "items.parquet")
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"sources": [{"name": "s", "path": str(source), "epochs": 1.5}]}))
+    recipe.write_text(yaml.safe_dump({"sources": [{"name": "s", "path": str(source), "epochs": 1.5}],
+                                      "decontaminate": {"benchmarks": [str(benchmarks)]}}))
     first = sftpack.mix(recipe, tmp_path / "out")
+    (benchmarks / "README.md").write_text("not read: the benchmark is items.parquet\n")
     again = sftpack.mix(recipe, tmp_path / "out")
     assert not first["reused"] and again["reused"] and again["path"] == first["path"]
+    pq.write_table(pa.table({"question": QUESTIONS[:2]}), benchmarks / "items.parquet")
+    assert sftpack.mix(recipe, tmp_path / "out")["path"] != first["path"]
     source.write_text(source.read_text() + json.dumps(chat("New question?", "New answer.")) + "\n")
     changed = sftpack.mix(recipe, tmp_path / "out")
     assert not changed["reused"] and changed["path"] != first["path"]

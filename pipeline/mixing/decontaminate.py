@@ -21,6 +21,16 @@ from sftpack.mixing.recipe import Benchmark
 from sftpack.mixing.text import item_text, ngrams, words
 
 
+def benchmark_files(bench: Benchmark) -> tuple[list[Path], Path | None]:
+    """The data files a benchmark path (file, folder or glob) names, and the folder they are under."""
+    from sftpack.io.containers import locate_glob, locate_path
+
+    if Path(bench.path).exists():
+        _, files, root = locate_path(bench.path, bench.split)
+        return files, root
+    return locate_glob(bench.path)
+
+
 def benchmark_items(bench: Benchmark) -> Iterator[tuple[str, str]]:
     """(item id, text) of every item of a benchmark file, folder or glob, in any container.
 
@@ -29,12 +39,9 @@ def benchmark_items(bench: Benchmark) -> Iterator[tuple[str, str]]:
     Raises:
         SftpackError: the path cannot be read, or no record has a field the text can come from.
     """
-    from sftpack.io.containers import file_items, locate_glob, locate_path
+    from sftpack.io.containers import file_items
 
-    if Path(bench.path).exists():
-        _, files, root = locate_path(bench.path, bench.split)
-    else:
-        files, root = locate_glob(bench.path)
+    files, root = benchmark_files(bench)
     found = 0
     for path in files:
         label = str(path.relative_to(root)) if root is not None and path != root else path.name

@@ -16,7 +16,6 @@ unchanged recipe is reused (after checking the files' sha256) and a changed one 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import platform
 import shutil
 import sys
@@ -29,7 +28,7 @@ from sftpack.errors import SftpackError
 from sftpack.io.readers import InputSource
 from sftpack.mixing import sampling
 from sftpack.mixing.clean import Cleaner
-from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.decontaminate import NgramIndex, benchmark_files
 from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_lines
 from sftpack.mixing.recipe import Recipe, load_recipe
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
@@ -55,11 +54,8 @@ def _fingerprint(recipe: Recipe, opened: list[InputSource]) -> tuple[str, list[d
     settings["tokenizer"] = tokenizer_files_identity(recipe.tokenizer) if recipe.tokenizer else None
     for source, identity in zip(settings["sources"], identities):
         source["path"] = {k: identity.get(k) for k in ("sha256", "container", "layout", "split")}
-    for bench in settings["decontaminate"]["benchmarks"]:
-        path = Path(bench["path"])
-        files = sorted(path.rglob("*")) if path.is_dir() else [path] if path.exists() else \
-            sorted(Path(p) for p in glob.glob(bench["path"], recursive=True))
-        bench["path"] = [sha256_file(f) for f in files if f.is_file()]
+    for bench, spec in zip(settings["decontaminate"]["benchmarks"], recipe.decontaminate.benchmarks):
+        bench["path"] = [sha256_file(f) for f in benchmark_files(spec)[0]]  # the files read: a README beside them is not
     payload = {"format": MIX_FORMAT_VERSION, "recipe": settings, "rensa": version("rensa")}
     return fingerprint(payload), identities
 
