@@ -194,7 +194,7 @@ def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None) -> dict[str
         recipe: a recipe YAML path, a mapping or a `sftpack.mixing.recipe.Recipe` (README "Mixtures").
         out_dir: parent of the mixture folder (train.jsonl, eval/<source>.jsonl, removed.jsonl,
             manifest.json); an unchanged recipe reuses it.
-        ray: run the lookups, signatures and near-duplicate pairs on a Ray cluster (local, auto,
+        ray: run the lookups, band keys and per-component deduplication on a Ray cluster (local, auto,
             HOST:PORT); the same files.
 
     Returns:

@@ -11,8 +11,8 @@ from sftpack.mixing.stage import summary
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", required=True, help="recipe YAML (README \"Mixtures\"; schemas/recipe.schema.json)")
     parser.add_argument("--out-dir", required=True, help="parent of the <fingerprint>/ folder")
-    parser.add_argument("--ray", metavar="ADDRESS", help="decontamination lookups, MinHash signatures and near-duplicate "
-                        "pairs on a Ray cluster: local, auto, HOST:PORT or ray://HOST:PORT (the same files; --out-dir shared)")
+    parser.add_argument("--ray", metavar="ADDRESS", help="decontamination lookups, band keys and per-component "
+                        "deduplication on a Ray cluster: local, auto, HOST:PORT or ray://HOST:PORT (the same files; --out-dir shared)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -153,7 +153,8 @@ def near_duplicate_sources(folder: Path) -> tuple[list[Path], Path]:
     Real alpaca answers each get a chain of three edits (2, 4 or 8 inserted words a link, split over
     both sources): a link is near the one before it, and later links may be far from the first, so
     a record can be kept after a removed record it is near to. Every fifth answer also comes upper-cased
-    (the same words, another conversation) and every seventh as an exact copy.
+    (the same words, another conversation) and every seventh as an exact copy; four tool calls come
+    again with their keys in reverse order (one conversation, text far apart).
     """
     import json
     import random
@@ -184,6 +185,15 @@ def near_duplicate_sources(folder: Path) -> tuple[list[Path], Path]:
             second.append(upper)
         if k % 7 == 0:
             second.append(record)
+    for k in range(4):  # the same tool call with its argument keys in reverse order: one conversation, other text
+        arguments = {f"field{j}": f"value{k}x{j}" for j in range(12)}
+        calls = [{"type": "function", "function": {"name": "plan_trip", "arguments": arguments}}]
+        turns = [{"role": "user", "content": f"Plan trip {k}"}, {"role": "assistant", "content": "", "tool_calls": calls},
+                 {"role": "tool", "content": "ok"}, {"role": "assistant", "content": f"Done {k}"}]
+        first.append({"messages": turns})
+        reversed_calls = [{"function": {"arguments": dict(reversed(arguments.items())), "name": "plan_trip"},
+                           "type": "function"}]
+        second.append({"messages": turns[:1] + [turns[1] | {"tool_calls": reversed_calls}] + turns[2:]})
     rng.shuffle(second)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

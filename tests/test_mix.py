@@ -323,6 +323,7 @@ def test_deduplicating_per_component_decides_what_one_pass_decides(tmp_path):
     import numpy as np
 
     from conftest import near_duplicate_sources
+    from sftpack.checks.conversation_key import conversation_hash
     from sftpack.mixing.dedup import deduplicate, exact_jaccards, shingle_hashes
     from sftpack.mixing.near_graph import Components, bucket_members, line_keys
     from sftpack.mixing.recipe import DedupConfig, NearDedup
@@ -337,7 +338,7 @@ def test_deduplicating_per_component_decides_what_one_pass_decides(tmp_path):
     classes, keys = line_keys(records, cfg.near)
     buckets = defaultdict(list)
     for i, record_keys in enumerate(keys):
-        for key in record_keys:
+        for key in record_keys + [conversation_hash(records[i])]:  # exact copies may differ in text
             buckets[key].append(i)
     components = Components(len(records))
     for lines in buckets.values():
@@ -354,6 +355,10 @@ def test_deduplicating_per_component_decides_what_one_pass_decides(tmp_path):
     removed = [i for i, w in enumerate(want) if w is not None and w[0] == "near_duplicate"]
     assert len(removed) > 150 and sum(want[i][1]["jaccard"] == 1.0 for i in removed) > 10  # same words, other case
     assert sum(w is not None and w[0] == "exact_duplicate" for w in want) > 10
+    trips = [i for i, r in enumerate(records) if r["messages"][0]["content"].startswith("Plan trip")]
+    copies = [i for i in trips if records[i]["source"] == "second"]
+    assert len(copies) == 4 and all(want[i][0] == "exact_duplicate" for i in copies)
+    assert len({classes[i] for i in trips}) == 8  # the copies' text differs: only the exact key joins them
     hashes = [shingle_hashes(shingles(words(turn_text(r)), 3)) for r in records]
     order_matters = [i for i, w in enumerate(want) if w is None and any(
         exact_jaccards(hashes[i], [hashes[j]])[0] >= 0.8 for j in removed if j < i)]

@@ -13,7 +13,7 @@ per component of the candidate graph, on the nodes. The driver screens and write
 Everything a task returns depends only on the lines, the recipe and the fixed MinHash seed, and the
 driver applies it in the local run's order (pipeline/mixing/near_graph.py says why the decisions are
 the same), so the output files are the same bytes as the local run's. The driver holds each line's
-offset and component (16 bytes a line), its class key per distinct text, and the removals.
+offset, component and token count, its class key per distinct text, and every removal's details.
 """
 
 from __future__ import annotations
@@ -70,6 +70,20 @@ class Spills:
         return [{"first": int(self.firsts[f] + i), "count": int(min(BLOCK_LINES, len(s) - i))}
                 for f, s in enumerate(self.starts) for i in range(0, len(s), BLOCK_LINES)]
 
+    def lines(self, ordinals: list[int]) -> list[bytes]:
+        """The lines of ascending `ordinals`, each file opened once."""
+        from sftpack.distributed.cluster import check_input
+
+        found: list[bytes] = []
+        files = np.searchsorted(self.firsts, ordinals, side="right") - 1
+        for f in np.unique(files).tolist():
+            check_input(self.paths[f], self.sizes[f])
+            with open(self.paths[f], "rb") as handle:
+                for ordinal in np.asarray(ordinals)[files == f].tolist():
+                    handle.seek(int(self.starts[f][ordinal - self.firsts[f]]))
+                    found.append(handle.readline().rstrip(b"\n"))
+        return found
+
     def read(self, first: int, count: int) -> list[bytes]:
         """`count` lines from ordinal `first` (all in one file)."""
         from sftpack.distributed.cluster import check_input
@@ -87,35 +101,42 @@ class Spills:
 class _Keyer:
     """Map task over blocks: each line's first benchmark match, class and band keys."""
 
-    def __init__(self, spills: list, index: list, near: NearDedup | None):
-        self.spills, self.index, self.near = spills, index, near  # [ObjectRef]s: see _shared
+    def __init__(self, spills: list, index: list, dedup: DedupConfig):
+        self.spills, self.index, self.dedup = spills, index, dedup  # [ObjectRef]s: see _shared
 
     def __call__(self, block: dict[str, Any]) -> list[dict[str, Any]]:
         import msgspec
 
+        from sftpack.checks.conversation_key import conversation_hash
         from sftpack.mixing.near_graph import line_keys
         from sftpack.mixing.text import turn_text, words
 
         records = [msgspec.json.decode(raw) for raw in _shared(self.spills).read(block["first"], block["count"])]
         index: NgramIndex = _shared(self.index)
         matches = [index.match(words(turn_text(r))) for r in records]
-        classes, keys = line_keys(records, self.near) if self.near is not None else ([b""] * len(records), [[]] * len(records))
+        near = self.dedup.near
+        classes, keys = line_keys(records, near) if near is not None else ([b""] * len(records), [[]] * len(records))
+        # exact duplicates may differ in text (tool-call keys in another order): their own key joins them
+        exact = [b"x" + conversation_hash(r).to_bytes(8, "little", signed=True) if self.dedup.exact and near else b""
+                 for r in records]
         return [{"ordinal": block["first"] + i, "match": json.dumps(m, ensure_ascii=False) if m else "",
-                 "klass": classes[i], "bands": keys[i]} for i, m in enumerate(matches)]
+                 "klass": classes[i], "bands": keys[i], "exact": exact[i]} for i, m in enumerate(matches)]
 
 
 def _band_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """One row per band key of each class's first line in the batch: a class's lines share every
-    band key, and its first line of all is the first in some batch."""
+    """One row per band key of each class's first line in the batch (a class's lines share every
+    band key, and its first line of all is the first in some batch), and one per line's exact key."""
     first: dict[bytes, int] = {}
     for i, (ordinal, klass) in enumerate(zip(batch["ordinal"].tolist(), batch["klass"].tolist())):
         if klass not in first or ordinal < batch["ordinal"][first[klass]]:
             first[klass] = i
     keep = sorted(first.values())
     counts = [len(batch["bands"][i]) for i in keep]
-    return {"band": np.concatenate([np.asarray(batch["bands"][i], dtype=object) for i in keep]) if keep
-            else np.array([], dtype=object),
-            "ordinal": np.repeat(batch["ordinal"][keep], counts), "klass": np.repeat(batch["klass"][keep], counts)}
+    exact = np.flatnonzero([len(key) > 0 for key in batch["exact"]])
+    band = np.empty(sum(counts) + len(exact), dtype=object)
+    band[:] = [key for i in keep for key in batch["bands"][i]] + [batch["exact"][i] for i in exact]
+    return {"band": band, "ordinal": np.concatenate([np.repeat(batch["ordinal"][keep], counts), batch["ordinal"][exact]]),
+            "klass": np.concatenate([np.repeat(batch["klass"][keep], counts), batch["klass"][exact]])}
 
 
 def _bucket(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -158,7 +179,7 @@ class _Deduplicator:
 
         spills: Spills = _shared(self.spills)
         ordinals = [int(o) for o in item["ordinals"]]
-        lines = [msgspec.json.decode(spills.read(o, 1)[0]) for o in ordinals]
+        lines = [msgspec.json.decode(raw) for raw in spills.lines(ordinals)]
         return [{"ordinal": o, "reason": removal[0], "details": json.dumps(removal[1], ensure_ascii=False)}
                 for o, removal in zip(ordinals, deduplicate(lines, self.dedup)) if removal is not None]
 
@@ -171,7 +192,7 @@ class ClusterLines:
     """The cluster's side of a mix: `rows()`, each line's (benchmark match, class rep) in priority
     order, and `deduplicate`, per component of the LSH's candidate graph."""
 
-    def __init__(self, spill_paths: list[Path], index: NgramIndex, near: NearDedup | None):
+    def __init__(self, spill_paths: list[Path], index: NgramIndex, dedup: DedupConfig):
         """Runs the map tasks and groups the band keys into components.
 
         Raises:
@@ -183,15 +204,19 @@ class ClusterLines:
         from sftpack.distributed.cluster import cluster_cpus, run_dataset
         from sftpack.mixing.near_graph import Components
 
-        ray.data.DataContext.get_current().execution_options.preserve_order = True  # rows() in line order
         spills = Spills(spill_paths)
         blocks, self.spills = spills.blocks(), [ray.put(spills)]
-        keyed = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks))).flat_map(
-            _Keyer(self.spills, [ray.put(index)], near))
+        options = ray.data.DataContext.get_current().execution_options
+        ordered, options.preserve_order = options.preserve_order, True  # rows() in line order; a dataset keeps
+        try:                                                             # the options it was made with
+            keyed = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks))).flat_map(
+                _Keyer(self.spills, [ray.put(index)], dedup))
+        finally:
+            options.preserve_order = ordered
         self.keyed = next(run_dataset(_materialized(keyed)))
         self.components = Components(int(spills.firsts[-1]))
         self.partitions = 4 * cluster_cpus()
-        if near is None:
+        if dedup.near is None:
             return
         bands = _co_located(self.keyed.map_batches(_band_rows, batch_format="numpy"), ["band"], self.partitions)
         for bucket in run_dataset(bands.map_batches(_bucket, batch_format="numpy", batch_size=None).iter_rows()):
@@ -202,7 +227,7 @@ class ClusterLines:
         from sftpack.distributed.cluster import run_dataset
 
         reps: dict[bytes, int] = {}
-        for row in run_dataset(self.keyed.iter_rows()):
+        for row in run_dataset(self.keyed.select_columns(["ordinal", "match", "klass"]).iter_rows()):
             rep = reps.setdefault(row["klass"], int(row["ordinal"]))
             yield (json.loads(row["match"]) if row["match"] else None), rep
 

@@ -3,12 +3,14 @@ LSH's candidate graph on the cluster, and each component is deduplicated by the 
 
     every line ──shingle hashes──> class (lines with the same shingle set)
                ──RMinHash digest, cut in the LSH's bands──> band keys
+               ──conversation hash (with exact dedup)──> one more key
     band key ──its classes, each named by its first line (rep)──> a bucket ──union──> components
     the records that reach deduplication, per component of two or more, in priority order
                ──mixing.dedup.Duplicates (exact, then NearDuplicates: rensa LSH, exact Jaccard)──> decisions
 
-Why the same as the local run: a record's exact duplicates have its text, so its class; the records
-the local LSH proposes for it share a band with it, so a bucket; both are in its component. Each
+Why the same as the local run: a record's exact duplicates share its conversation-hash key (not
+always its class: tool-call arguments may list their keys in another order), and the records the
+local LSH proposes for it share a band with it, so a bucket; both are in its component. Each
 component thus sees, in the local order, every record that can decide one of its own, and the local
 code decides. The bands are rensa's (consecutive slices of the digest); rensa hashes a slice where
 this compares its bytes, so the two differ only if rensa's 64-bit band hashes collide for a pair
@@ -27,7 +29,7 @@ from sftpack.mixing.recipe import NearDedup
 from sftpack.mixing.text import shingles, turn_text, words
 
 
-def line_keys(records: list[dict[str, Any]], cfg: NearDedup) -> tuple[list[bytes], list[list[str]]]:
+def line_keys(records: list[dict[str, Any]], cfg: NearDedup) -> tuple[list[bytes], list[list[bytes]]]:
     """Per record: its class (16 bytes naming its shingle set) and its band keys."""
     from rensa import RMinHash
 
@@ -37,7 +39,7 @@ def line_keys(records: list[dict[str, Any]], cfg: NearDedup) -> tuple[list[bytes
     rows = cfg.num_perm // bands
     digests = np.array([m.digest() for m in RMinHash.from_token_sets(sets, num_perm=cfg.num_perm, seed=MINHASH_SEED)],
                        dtype=np.uint32).reshape(len(records), bands, rows)
-    keys = [[f"{b}:{digest[b].tobytes().hex()}" for b in range(bands)] for digest in digests]
+    keys = [[b.to_bytes(2, "little") + digest[b].tobytes() for b in range(bands)] for digest in digests]
     return classes, keys
 
 

@@ -82,7 +82,7 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
     Args:
         recipe: a Recipe, a recipe YAML path or a mapping (pipeline/mixing/recipe.py).
         out_dir: parent of the mixture folder.
-        ray: run the lookups, signatures and near-duplicate pairs on this Ray cluster (local, auto,
+        ray: run the lookups, band keys and per-component deduplication on this Ray cluster (local, auto,
             HOST:PORT); the same files. Every node must see out_dir at the same path. Not part of
             the fingerprint.
 
@@ -147,7 +147,7 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> d
             from sftpack.distributed.mix_tasks import ClusterLines
 
             spills = [tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))]
-            cluster = ClusterLines(spills, index, recipe.dedup.near)
+            cluster = ClusterLines(spills, index, recipe.dedup)
         Cleaner(recipe, removed, index, eval_copies, matches, cluster).run(tmp, held, valid, counts)
         _sample(tmp, recipe, counts, removed)
     if not (tmp / "contamination.jsonl").stat().st_size:
