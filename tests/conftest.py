@@ -204,3 +204,34 @@ def near_duplicate_sources(folder: Path) -> tuple[list[Path], Path]:
     bench.write_text("".join(json.dumps({"question": " ".join(r["messages"][-1]["content"].split()[:20])}) + "\n"
                              for r in records[3:40:6]), encoding="utf-8")
     return paths, bench
+
+
+def wandb_history(run_dir: Path) -> dict[str, list]:
+    """Every logged key's values, in order, from the offline W&B run file beside a run: wandb's own Record
+    protobufs in its record log (LevelDB-log framing: 32 KiB blocks, 7-byte record headers)."""
+    import json
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    raw = path.read_bytes()
+    assert raw[:4] == b":W&B"
+    history: dict[str, list] = {}
+    pos, parts, block = 7, [], 32768
+    while pos + 7 <= len(raw):
+        left = block - pos % block
+        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
+        if left < 7 or (kind == 0 and length == 0):  # block trailer: skip to the next block
+            pos += left
+            continue
+        parts.append(raw[pos + 7:pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST fragment
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(parts))
+            parts = []
+            if record.WhichOneof("record_type") == "history":
+                for item in record.history.item:
+                    history.setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
+    return history

@@ -11,7 +11,7 @@ import yaml
 from transformers import TrainerCallback
 
 from sftpack import api as sftpack  # sftpack.report and sftpack.train are shadowed once their subpackages are imported
-from conftest import read_real
+from conftest import read_real, wandb_history
 from sftpack.config.run_config import build_config
 from sftpack.errors import SftpackError
 
@@ -56,7 +56,6 @@ def test_train_with_a_recipe_logs_eval_loss_per_source(recipe, tiny_model_dir, o
     """Every eval/<source> split is evaluated and logged as eval_<source>_loss beside their
     token-weighted eval_loss, in the Trainer's log, TensorBoard's event file and W&B's run (offline);
     the best checkpoint follows eval_loss unless metric_for_best_model names one source."""
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     report_to = ["tensorboard", "wandb"] if metric == "eval_loss" else "none"
     raw = {"model": {"name_or_path": str(tiny_model_dir)},
            "data": {"recipe": str(recipe), "max_length": 256, "out_dir": str(out)},
@@ -80,40 +79,9 @@ def test_train_with_a_recipe_logs_eval_loss_per_source(recipe, tiny_model_dir, o
 
     events = EventAccumulator(str(next((tmp_path / "run").rglob("events.out.tfevents.*")).parent))
     events.Reload()
-    logged = [step for step in wandb_history(next(tmp_path.rglob("run-*.wandb"))) if "eval/loss" in step]
+    history = wandb_history(tmp_path / "run")  # beside this run, whatever ran before in this process
     for key in ("eval_chat_loss", "eval_alpaca_loss", "eval_loss"):
         tag = "eval/" + key.removeprefix("eval_")
         assert [e.value for e in events.Scalars(tag)] == pytest.approx([log[key] for log in evals]), tag
-        assert [step[tag] for step in logged] == pytest.approx([log[key] for log in evals]), tag
+        assert history[tag] == pytest.approx([log[key] for log in evals]), tag
 
-
-def wandb_history(path: Path) -> list[dict]:
-    """The history rows of an offline W&B run file: wandb's own Record protobufs in its record log
-    (LevelDB's log format: 32 KiB blocks of chunks, each with crc32, length and kind, after a 7-byte header)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data, block, position, pending, rows = path.read_bytes(), 32768, 7, b"", []
-    while position + 7 <= len(data):
-        left = block - position % block
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7]) if left >= 7 else (0, 0, 0)
-        if left < 7 or (length, kind) == (0, 0):  # the rest of a block is padding
-            position += left
-            continue
-        pending += data[position + 7:position + 7 + length]
-        position += 7 + length
-        if kind in (1, 4):  # a whole record, or its last chunk
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            pending = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in record.history.item})
-    return rows
-
-
-def test_a_recipe_beside_data_train_is_refused(recipe, tiny_model_dir):
-    with pytest.raises(SftpackError, match="data.recipe and data.train both given"):
-        build_config({"model": {"name_or_path": str(tiny_model_dir)},
-                      "data": {"recipe": str(recipe), "train": "x.jsonl"}, "train": {}})

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, TrainerCallback, TrainerControl, TrainerState
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+from conftest import wandb_history
 
 from sftpack.config.run_config import ModelConfig, MonitorConfig, build_config
 from sftpack.errors import SftpackError
@@ -156,33 +157,6 @@ def _tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def _wandb_history(run_dir: Path) -> dict[str, list]:
-    """Read the offline run file (LevelDB-log framing: 32 KiB blocks, 7-byte record headers)."""
-    from wandb.proto import wandb_internal_pb2
-
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    raw = path.read_bytes()
-    assert raw[:4] == b":W&B"
-    history: dict[str, list] = {}
-    pos, parts, block = 7, [], 32768
-    while pos + 7 <= len(raw):
-        left = block - pos % block
-        _crc, length, kind = struct.unpack("<IHB", raw[pos:pos + 7])
-        if left < 7 or (kind == 0 and length == 0):  # block trailer: skip to the next block
-            pos += left
-            continue
-        parts.append(raw[pos + 7:pos + 7 + length])
-        pos += 7 + length
-        if kind in (1, 4):  # FULL or LAST fragment
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(b"".join(parts))
-            parts = []
-            if record.WhichOneof("record_type") == "history":
-                for item in record.history.item:
-                    history.setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
-    return history
-
-
 @pytest.fixture(scope="module")
 def monitored_run(tiny_model_dir, packed_chat, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "monitored"
@@ -193,20 +167,21 @@ def monitored_run(tiny_model_dir, packed_chat, tmp_path_factory):
     try:
         assert not os.environ.get("WANDB_API_KEY")
         manifest = run(cfg)
-        mode = os.environ.get("WANDB_MODE")
+        env_after = {k: os.environ.get(k) for k in env_before}
     finally:
         for key, value in env_before.items():
             os.environ.pop(key, None)
             if value is not None:
                 os.environ[key] = value
-    return out, manifest, mode
+    return out, manifest, env_after
 
 
 def test_metrics_reach_tensorboard_and_wandb(monitored_run):
-    out, manifest, mode = monitored_run
-    assert mode == "offline"
+    out, manifest, env_after = monitored_run
+    assert list(out.glob("wandb/offline-run-*"))  # offline by itself, beside the run
+    assert env_after == {"WANDB_MODE": None, "WANDB_DIR": None, "WANDB_NAME": None}  # for that run only
     scalars = _tensorboard_scalars(out)
-    history = _wandb_history(out)
+    history = wandb_history(out)
     for key in TRACKED:
         assert key in scalars, f"{key} missing in TensorBoard"
         assert key in history, f"{key} missing in W&B"

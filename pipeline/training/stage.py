@@ -46,7 +46,7 @@ from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
 from sftpack.training.generation import answer_prompts
 from sftpack.store.packed_folder import PackedFolder
-from sftpack.training.trainer import Session, build_trainer
+from sftpack.training.trainer import Session, build_trainer, tracker_settings
 
 logger = logging.getLogger("sftpack.train")
 
@@ -99,6 +99,11 @@ def run(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = ()) -> dict[str, 
     Raises:
         SftpackError: config, model or data problems, or a resume without a checkpoint.
     """
+    with tracker_settings(dict(cfg.train)):
+        return _run(cfg, callbacks)
+
+
+def _run(cfg: RunConfig, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]:
     started = time.time()
     session = build_trainer(cfg, callbacks)
     trainer = session.trainer

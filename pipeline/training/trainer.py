@@ -11,9 +11,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from transformers import DefaultFlowCallback, EarlyStoppingCallback, TrainerCallback
@@ -142,19 +144,37 @@ def _insert_monitors(trainer, monitors: Sequence[TrainerCallback]) -> None:
         callbacks.insert(position + offset, monitor)
 
 
-def configure_trackers(train: dict[str, Any]) -> None:
-    """W&B offline when no API key is set; W&B files go beside the run unless WANDB_DIR is set."""
+@contextmanager
+def tracker_settings(train: dict[str, Any]) -> Iterator[None]:
+    """W&B offline when no API key is set, its files beside the run unless WANDB_DIR is set, for this
+    run only: afterwards the environment is as it was and W&B's process-wide settings are dropped,
+    so the next run in this process (sftpack.train called twice) writes to its own folder."""
     report_to = train.get("report_to") or []
     report_to = [report_to] if isinstance(report_to, str) else list(report_to)
-    if "wandb" in report_to or "all" in report_to:
-        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"
-            logger.info("WANDB_API_KEY unset: W&B runs offline; upload later with `wandb sync %s/wandb/offline-run-*`",
-                        train.get("output_dir"))
-        os.environ.setdefault("WANDB_DIR", str(train.get("output_dir", ".")))
-        Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
-        if train.get("run_name"):
-            os.environ.setdefault("WANDB_NAME", str(train["run_name"]))
+    if "wandb" not in report_to and "all" not in report_to:
+        yield
+        return
+    env = {}
+    if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
+        env["WANDB_MODE"] = "offline"
+        logger.info("WANDB_API_KEY unset: W&B runs offline; upload later with `wandb sync %s/wandb/offline-run-*`",
+                    train.get("output_dir"))
+    if not os.environ.get("WANDB_DIR"):
+        env["WANDB_DIR"] = str(train.get("output_dir", "."))
+    if train.get("run_name") and not os.environ.get("WANDB_NAME"):
+        env["WANDB_NAME"] = str(train["run_name"])
+    os.environ.update(env)
+    Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    finally:
+        wandb = sys.modules.get("wandb")
+        if wandb is not None:
+            if getattr(wandb, "run", None) is not None:
+                wandb.finish()
+            wandb.teardown()
+        for key in env:
+            os.environ.pop(key, None)
 
 
 @dataclass
@@ -198,7 +218,6 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     logger.info("device %s: %s, %s attention (%s)", runtime.device, runtime.dtype,
                 runtime.attn_implementation, runtime.reason)
     args, resume = sft_config(cfg, runtime)
-    configure_trackers(dict(cfg.train))
     with args.main_process_first(desc="validate and pack"):  # one process packs, the others reuse
         train_dir, val_dir = prepare_data(cfg)
     model, tokenizer = load_model(cfg.model, runtime)
