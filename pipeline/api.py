@@ -70,7 +70,8 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
         inputs: files, folders, globs or dataset names, in any container and layout.
         out_dir: the output folder.
         config: a run config (path, mapping or RunConfig): model.name_or_path is the default
-            tokenizer, data.format the default format, data.ray the default ray.
+            tokenizer, data.format the default format, data.ray the default ray, data.chat_template
+            and data.chat_template_kwargs the default template and its arguments.
         tokenizer: tokenizer folder: adds the chat-template and control-token checks.
         format, split, columns: how inputs are read.
         ray: check on a Ray cluster (local, auto, HOST:PORT); the same outputs.
@@ -89,6 +90,9 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
     if run_config is not None:
         tokenizer = tokenizer or run_config.model.name_or_path
         ray = ray or run_config.data.ray
+        data = run_config.data  # the template pack will use is the one checked
+        options = {"chat_template": data.chat_template, "chat_template_kwargs": dict(data.chat_template_kwargs) or None} \
+            | _given(options)
     cfg = validate_stage.ValidateConfig(tokenizer=tokenizer, **_given(options))
     read = read_options(run_config, format, split, columns)
     if ray:

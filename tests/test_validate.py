@@ -140,8 +140,9 @@ def test_accounting_counters_and_warnings(mixed_out):
     assert warnings["long_turn"]["count"] == 0
     assert manifest["input"]["sha256"] == hashlib.sha256(MIXED.read_bytes()).hexdigest()
     assert manifest["outputs"]["kept"]["sha256"] == hashlib.sha256((mixed_out / "mixed.jsonl").read_bytes()).hexdigest()
-    assert manifest["options"] == {"tokenizer": None, "max_turn_chars": 32_000, "max_errors_per_line": 20,
-                                   "examples": 5, "allow_rejects": False}
+    assert manifest["options"] == {"tokenizer": None, "chat_template": None, "chat_template_kwargs": None,
+                                   "max_turn_chars": 32_000, "max_errors_per_line": 20, "examples": 5,
+                                   "allow_rejects": False}
     assert manifest["version"] and manifest["tokenizer"] is None
 
 
@@ -235,6 +236,26 @@ def test_a_template_looping_over_tools_renders_records_without_tools_as_pack_doe
 
     packed = sftpack.pack([data], tmp_path / "packed", tokenizer=str(tokenizer), max_length=512)
     assert packed.manifest["totals"]["examples_read"] == 5
+
+
+def test_the_template_check_renders_with_pack_s_template_and_arguments(tmp_path, model_dir):
+    """--chat-template and --template-arg (or data.chat_template[_kwargs] in --config) make validate
+    check with the template pack will render with, and its manifest names that template."""
+    from conftest import read_real
+
+    data = tmp_path / "plain.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_real("alpaca_en_demo")[:3]), encoding="utf-8")
+    needs = REPO / "tests" / "fixtures" / "templates" / "needs_variable.jinja"  # raises without `today`
+    base = ["validate", str(data), "--tokenizer", str(model_dir), "--chat-template", str(needs)]
+    assert cli(base + ["--out-dir", str(tmp_path / "a")]) == 1
+    assert {r["errors"][0]["rule"] for r in _rejects(tmp_path / "a", "plain").values()} == {"template_error"}
+    assert cli(base + ["--out-dir", str(tmp_path / "b"), "--template-arg", "today=1 May 2026"]) == 0
+    manifest = json.loads((tmp_path / "b" / "plain.validate.json").read_text())
+    assert manifest["tokenizer_identity"]["chat_template_sha256"] == hashlib.sha256(needs.read_bytes()).hexdigest()
+    config = tmp_path / "run.yaml"
+    config.write_text(json.dumps({"model": {"name_or_path": str(model_dir)},
+                                  "data": {"chat_template": str(needs), "chat_template_kwargs": {"today": "2 May"}}}))
+    assert cli(["validate", str(data), "--config", str(config), "--out-dir", str(tmp_path / "c")]) == 0
 
 
 def test_real_datasets_all_valid_and_unchanged(tmp_path, real_data, model_dir):

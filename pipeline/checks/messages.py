@@ -343,13 +343,10 @@ def control_token_check(tokenizer: Any) -> Check:
     return check_control_tokens
 
 
-def template_check(tokenizer: Any) -> Check:
+def template_check(renderer: Any) -> Check:
     """A check rejecting conversations the tokenizer's chat template cannot render (rule
     `template_error`, message = the template's exception text; the record's kwargs used). Renders as
-    pack does (ChatRenderer: a template that loops over `tools` gets [] for a record without them)."""
-    from sftpack.templates.chat_template import ChatRenderer
-
-    renderer = ChatRenderer(tokenizer, stop_tokens=[tokenizer.eos_token] if tokenizer.eos_token else None)
+    pack does (`renderer`, a ChatRenderer: a template that loops over `tools` gets [] for a record without them)."""
 
     def check_template(record: Record) -> Iterable[RowError]:
         try:
@@ -361,9 +358,10 @@ def template_check(tokenizer: Any) -> Check:
     return check_template
 
 
-def tokenizer_checks(tokenizer: Any) -> list[Check]:
-    """The tokenizer-dependent checks, in the order they run (after ROW_CHECKS)."""
-    return [control_token_check(tokenizer), template_check(tokenizer)]
+def tokenizer_checks(tokenizer: Any, renderer: Any) -> list[Check]:
+    """The tokenizer-dependent checks, in the order they run (after ROW_CHECKS); `renderer` is the
+    ChatRenderer pack will use (templates.tokenizer.load_renderer)."""
+    return [control_token_check(tokenizer), template_check(renderer)]
 
 
 # ---------------------------------------------------------------- one line, all layers
@@ -375,7 +373,7 @@ def classify_line(raw: bytes, checks: list[Check] | None = None,
     Args:
         raw: the line's bytes (line ending optional). Blank lines are the caller's business.
         checks: conversation checks to run on a schema-valid record; ROW_CHECKS by default,
-            `ROW_CHECKS + tokenizer_checks(tok)` to include the template.
+            `ROW_CHECKS + tokenizer_checks(tok, renderer)` to include the template.
         max_errors: keep at most this many errors (the rest are summarised in one more).
 
     Returns:

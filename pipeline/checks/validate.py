@@ -54,6 +54,10 @@ BATCH_ROWS = 1000
 class ValidateConfig:
     tokenizer: str | None = None
     """Tokenizer (model) folder: adds the chat-template and control-token checks. None skips them."""
+    chat_template: str | None = None
+    """Jinja template file the template check renders with instead of the tokenizer's (pack's --chat-template)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Template arguments for every render (pack's --template-arg); a record's own win."""
     max_turn_chars: int = 32_000
     """A message whose content is longer than this many characters gets a `long_turn` warning."""
     max_errors_per_line: int = 20
@@ -102,11 +106,13 @@ def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[In
     return sources
 
 
-def load_tokenizer(path: str) -> Any:
-    """The tokenizer for the template checks (exit 2 when missing or without a chat template)."""
-    from sftpack.templates.tokenizer import load_renderer
+def load_renderer(cfg: ValidateConfig) -> tuple[Any, Any]:
+    """(tokenizer, ChatRenderer) for the tokenizer checks, rendering as pack will with the same
+    template and arguments (exit 2 when missing or without a chat template)."""
+    from sftpack.templates.tokenizer import load_renderer as load
 
-    return load_renderer(path, where="--tokenizer, or model.name_or_path in --config")[0]
+    return load(cfg.tokenizer, cfg.chat_template, template_kwargs=cfg.chat_template_kwargs,
+                where="--tokenizer, or model.name_or_path in --config")
 
 
 class _Warnings:
@@ -307,9 +313,9 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig,
     sources = _open_inputs([str(p) for p in inputs], out, read or ReadOptions())
     checks, tokenizer_info = list(ROW_CHECKS), None
     if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        checks += tokenizer_checks(tokenizer)
-        tokenizer_info = tokenizer_identity(tokenizer, tokenizer.chat_template)
+        tokenizer, renderer = load_renderer(cfg)
+        checks += tokenizer_checks(tokenizer, renderer)
+        tokenizer_info = tokenizer_identity(tokenizer, renderer.template)
     remove_stale(out)
     files = [validate_file(source, out, checks, cfg, tokenizer_info) for source in sources]
     totals = {k: sum(m["counts"][k] for m in files) for k in ("read", "kept", "rejected", "blank")}

@@ -54,11 +54,11 @@ class Checker:
 
     def __init__(self):
         from sftpack.checks.messages import ROW_CHECKS, tokenizer_checks
-        from sftpack.checks.validate import load_tokenizer
+        from sftpack.checks.validate import load_renderer
 
         cfg, staging, token, self.readings, self.verbatim = self.job
         check_shared(staging, token)
-        self.checks = list(ROW_CHECKS) + (tokenizer_checks(load_tokenizer(cfg.tokenizer)) if cfg.tokenizer else [])
+        self.checks = list(ROW_CHECKS) + (tokenizer_checks(*load_renderer(cfg)) if cfg.tokenizer else [])
         self.cfg, self.staging, self.token = cfg, Path(staging), token
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
     """
     from sftpack.store.fingerprint import tokenizer_identity
     from sftpack.io.readers import ReadOptions
-    from sftpack.checks.validate import MANIFEST_SUFFIX, REJECTS_SUFFIX, _manifest, _open_inputs, load_tokenizer
+    from sftpack.checks.validate import MANIFEST_SUFFIX, REJECTS_SUFFIX, _manifest, _open_inputs, load_renderer
 
     started = time.perf_counter()
     out = Path(out_dir).resolve()
@@ -168,9 +168,10 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: Any, read: Any, addr
     sources = _open_inputs([str(p) for p in inputs], out, read or ReadOptions())
     tokenizer_info, worker_cfg = None, cfg
     if cfg.tokenizer:
-        tokenizer = load_tokenizer(cfg.tokenizer)
-        tokenizer_info = tokenizer_identity(tokenizer, tokenizer.chat_template)
-        worker_cfg = dataclasses.replace(cfg, tokenizer=str(Path(cfg.tokenizer).resolve()))
+        tokenizer, renderer = load_renderer(cfg)
+        tokenizer_info = tokenizer_identity(tokenizer, renderer.template)
+        worker_cfg = dataclasses.replace(cfg, tokenizer=str(Path(cfg.tokenizer).resolve()),  # paths the nodes see
+                                         chat_template=cfg.chat_template and str(Path(cfg.chat_template).resolve()))
     remove_stale(out)
     connect(address)
     staging = Path(tempfile.mkdtemp(prefix=f"{INCOMPLETE_PREFIX}{os.getpid()}-validate.", dir=out))
