@@ -85,3 +85,8 @@ def test_train_with_a_recipe_logs_eval_loss_per_source(recipe, tiny_model_dir, o
         assert [e.value for e in events.Scalars(tag)] == pytest.approx([log[key] for log in evals]), tag
         assert history[tag] == pytest.approx([log[key] for log in evals]), tag
 
+
+def test_a_recipe_beside_data_train_is_refused(recipe, tiny_model_dir):
+    with pytest.raises(SftpackError, match="data.recipe and data.train both given"):
+        build_config({"model": {"name_or_path": str(tiny_model_dir)},
+                      "data": {"recipe": str(recipe), "train": "x.jsonl"}, "train": {}})

@@ -219,3 +219,24 @@ def test_config_keys_reach_pack_and_bad_ones_are_named():
         build_config(bad)
     with pytest.raises(SftpackError, match="chat_template_kwargs"):
         PackConfig(tokenizer="m", chat_template_kwargs={"tools": []})
+
+
+def test_train_validates_raw_data_with_the_template_arguments_it_packs_with(tmp_path, model_dir):
+    """data.chat_template_kwargs reach train's validate step too: with a tokenizer whose template
+    needs a variable, that step rejected every line while pack rendered them."""
+    from sftpack.config.run_config import build_config
+    from sftpack.training.data import prepare_data
+
+    tokenizer = tmp_path / "tokenizer"
+    tokenizer.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(model_dir / name, tokenizer / name)
+    shutil.copy(FIXTURES / "templates" / "needs_variable.jinja", tokenizer / "chat_template.jinja")
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps({"messages": PLAIN}) + "\n" for _ in range(3)), encoding="utf-8")
+    cfg = build_config({"model": {"name_or_path": str(tokenizer)},
+                        "data": {"train": str(data), "out_dir": str(tmp_path / "out"),
+                                 "chat_template_kwargs": {"today": "1 May 2026"}},
+                        "train": {"output_dir": str(tmp_path / "run")}})
+    train_dir, _ = prepare_data(cfg)
+    assert json.loads((train_dir / "manifest.json").read_text())["totals"]["examples_packed"] == 3

@@ -234,8 +234,25 @@ def test_a_template_looping_over_tools_renders_records_without_tools_as_pack_doe
     assert (result["totals"]["kept"], result["totals"]["rejected"]) == (5, 0)
     import sftpack
 
-    packed = sftpack.pack([data], tmp_path / "packed", tokenizer=str(tokenizer), max_length=512)
-    assert packed.manifest["totals"]["examples_read"] == 5
+    packed = sftpack.pack([data], tmp_path / "packed", tokenizer=str(tokenizer), max_length=2048)
+    assert packed.manifest["totals"]["examples_packed"] == 5
+
+
+def test_tool_calls_under_a_template_that_concatenates_arguments_are_kept_as_pack_keeps_them(tmp_path, model_dir):
+    """DeepSeek V3.1's template adds `arguments` to a string: objects raise, so pack renders them as
+    JSON strings; validate renders the same way and keeps what pack packs."""
+    from conftest import REAL_TEMPLATES, read_real
+
+    data = tmp_path / "tools.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in read_real("glaive_toolcall_en_demo")[:20]), encoding="utf-8")
+    template = REAL_TEMPLATES / "deepseek_v3_1.jinja"
+    result = run([data], tmp_path / "out", ValidateConfig(tokenizer=str(model_dir), chat_template=str(template)))
+    assert (result["totals"]["kept"], result["totals"]["rejected"]) == (20, 0)
+    import sftpack
+
+    packed = sftpack.pack([data], tmp_path / "packed", tokenizer=str(model_dir), chat_template=str(template),
+                          max_length=4096)
+    assert packed.manifest["totals"]["examples_packed"] == 20
 
 
 def test_the_template_check_renders_with_pack_s_template_and_arguments(tmp_path, model_dir):

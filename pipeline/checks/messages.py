@@ -348,9 +348,12 @@ def template_check(renderer: Any) -> Check:
     `template_error`, message = the template's exception text; the record's kwargs used). Renders as
     pack does (`renderer`, a ChatRenderer: a template that loops over `tools` gets [] for a record without them)."""
 
+    from sftpack.templates.chat_template import with_string_arguments
+
     def check_template(record: Record) -> Iterable[RowError]:
+        messages, tools, kwargs = record["messages"], record.get("tools") or None, record.get("chat_template_kwargs")
         try:
-            renderer.render(record["messages"], record.get("tools") or None, kwargs=record.get("chat_template_kwargs"))
+            with_string_arguments(renderer, messages, lambda: renderer.render(messages, tools, kwargs=kwargs))
         except Exception as err:  # noqa: BLE001 - a template is user code; whatever it raises is the reject
             yield RowError("/messages", "template_error",
                            f"chat template failed: {_shorten(str(err) or type(err).__name__)}")

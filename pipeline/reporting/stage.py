@@ -134,7 +134,8 @@ def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
             # pack counts the examples since this round; an older folder's share is at most count/total
             examples = audit.get(f"{kind}_examples", audit.get("split_conversations") if kind == "split_conversations" else None)
             message = mask_message(kind, audit[kind], examples, audit.get("split_extra_tokens", 0))
-            found.append(finding(kind, min(examples or audit[kind], total), total,
+            count = examples or audit[kind]
+            found.append(finding(kind, min(count, total) if total else count, total,
                                  f"{message} (pack's count; rows not recorded)", []))
     report["findings"] = sorted(report["findings"] + found, key=lambda f: (-f["impact"], f["kind"]))
     return report, provenance, plots, packed_views(packed, frame, cfg.tokenizer), audit, cfg

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import jinja2
 from transformers.utils.chat_template_utils import (
@@ -41,8 +41,26 @@ PROBE_MESSAGE = {"role": "user", "content": "Continue."}
 """Appended after a final assistant turn to see what the template writes after it."""
 _SENTINEL = "\u2063sftpack\u2063"
 _THINK_BLOCK = re.compile(r"\s*<think>(.*?)</think>\s*", re.S)
+T = TypeVar("T")
 RENDER_ERRORS = (jinja2.TemplateError, TypeError, ValueError, KeyError, IndexError, AttributeError)
 """What a template raises on data it does not accept (raise_exception, undefined keys, str + dict)."""
+
+
+def with_string_arguments(renderer: "ChatRenderer", messages: list[dict], attempt: Callable[[], T]) -> T:
+    """`attempt()`; when it raises a render error on a conversation with tool calls, once more with
+    tool-call arguments as JSON strings (templates that concatenate `arguments`, DeepSeek V3.1, raise
+    on objects). The renderer keeps the form that worked."""
+    try:
+        return attempt()
+    except RENDER_ERRORS:
+        if renderer.arguments_as_string or not any(m.get("tool_calls") for m in messages):
+            raise
+        renderer.arguments_as_string = True
+        try:
+            return attempt()
+        except RENDER_ERRORS:
+            renderer.arguments_as_string = False
+            raise
 
 
 def split_reasoning(message: dict) -> tuple[str | None, str]:

@@ -82,20 +82,9 @@ def conversation_sequences(renderer: ChatRenderer, messages: list[dict], tools: 
             conversation ending at it (nor an opened think block); names the turn and the text.
         jinja2.TemplateError, TypeError, ...: the template raised on this conversation.
     """
-    from sftpack.templates.chat_template import RENDER_ERRORS
+    from sftpack.templates.chat_template import with_string_arguments
 
-    try:
-        return _sequences(renderer, messages, tools, options, name, kwargs)
-    except RENDER_ERRORS:
-        # Templates that concatenate `arguments` (DeepSeek V3.1) raise on objects: try strings once.
-        if renderer.arguments_as_string or not any(m.get("tool_calls") for m in messages):
-            raise
-        renderer.arguments_as_string = True
-        try:
-            return _sequences(renderer, messages, tools, options, name, kwargs)
-        except RENDER_ERRORS:
-            renderer.arguments_as_string = False
-            raise
+    return with_string_arguments(renderer, messages, lambda: _sequences(renderer, messages, tools, options, name, kwargs))
 
 
 def _sequences(renderer: ChatRenderer, messages: list[dict], tools: list[dict] | None, options: MaskOptions,

@@ -111,7 +111,9 @@ def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
     out = Path(cfg.data.out_dir)
     try:
         checked = validate.run([spec], out / "validated", validate.ValidateConfig(
-            tokenizer=cfg.model.name_or_path, allow_rejects=cfg.data.allow_rejects), ReadOptions(cfg.data.format))
+            tokenizer=cfg.model.name_or_path, chat_template=cfg.data.chat_template,
+            chat_template_kwargs=dict(cfg.data.chat_template_kwargs) or None, allow_rejects=cfg.data.allow_rejects),
+            ReadOptions(cfg.data.format))
     except SftpackError as err:
         raise SftpackError(f"{key}: {err}{_demo_data_hint(spec)}", exit_code=err.exit_code) from None
     result = checked["files"][0]

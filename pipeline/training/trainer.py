@@ -163,18 +163,22 @@ def tracker_settings(train: dict[str, Any]) -> Iterator[None]:
         env["WANDB_DIR"] = str(train.get("output_dir", "."))
     if train.get("run_name") and not os.environ.get("WANDB_NAME"):
         env["WANDB_NAME"] = str(train["run_name"])
+    before = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
     Path(os.environ["WANDB_DIR"]).mkdir(parents=True, exist_ok=True)
     try:
         yield
     finally:
         wandb = sys.modules.get("wandb")
-        if wandb is not None:
-            if getattr(wandb, "run", None) is not None:
-                wandb.finish()
+        if wandb is not None and getattr(wandb, "run", None) is not None:
+            wandb.finish()
+        if wandb is not None and "WANDB_DIR" in env:  # W&B keeps the folder it first saw: drop its settings
             wandb.teardown()
-        for key in env:
-            os.environ.pop(key, None)
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value  # "" set by the user stays ""
 
 
 @dataclass
