@@ -211,7 +211,7 @@ def test_counts_match_the_generated_file_without_tokenizer(lines):
     assert result["tokens"] is None
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # each a whole report run
 @given(lines=datasets(), max_length=st.sampled_from([8, 40, 512]), train_on=st.sampled_from(["all", "last"]),
        truncation=st.sampled_from(["drop", "truncate"]))
 def test_counts_and_tokens_with_the_tokenizer(model_dir, lines, max_length, train_on, truncation):
