@@ -113,9 +113,11 @@ class _Keyer:
 
         records = [msgspec.json.decode(raw) for raw in _shared(self.spills).read(block["first"], block["count"])]
         index: NgramIndex = _shared(self.index)
-        matches = [index.match(words(turn_text(r))) for r in records]
+        all_words = [words(turn_text(r)) for r in records]  # once, for the lookups and (on: all) the shingles
+        matches = [index.match(tokens) for tokens in all_words]
         near = self.dedup.near
-        classes, keys = line_keys(records, near) if near is not None else ([b""] * len(records), [[]] * len(records))
+        classes, keys = line_keys(records, near, all_words) if near is not None else \
+            ([b""] * len(records), [[]] * len(records))
         # exact duplicates may differ in text (tool-call keys in another order): their own key joins them
         exact = [b"x" + conversation_hash(r).to_bytes(8, "little", signed=True) if self.dedup.exact and near else b""
                  for r in records]

@@ -49,6 +49,22 @@ def candidate_threshold(cfg: NearDedup) -> float:
     return max(cfg.threshold - CANDIDATE_MARGIN, 0.05)
 
 
+def shingle_sets(records: list[dict[str, Any]], cfg: NearDedup,
+                 all_words: list[list[str]] | None = None) -> list[list[str]]:
+    """Each record's shingles; `all_words`, its words over every turn, are reused when the
+    comparison is `on: all`."""
+    if cfg.on != "all" or all_words is None:
+        all_words = [words(turn_text(r, cfg.on)) for r in records]
+    return [shingles(tokens, cfg.ngram) for tokens in all_words]
+
+
+def signatures(sets: list[list[str]], cfg: NearDedup) -> list[Any]:
+    """MinHash signatures of shingle lists (one call into rensa; the same in every run and on every node)."""
+    from rensa import RMinHash
+
+    return RMinHash.from_token_sets(sets, num_perm=cfg.num_perm, seed=MINHASH_SEED)
+
+
 def shingle_hashes(shingle_list: list[str]) -> np.ndarray:
     """The distinct shingles as sorted 64-bit hashes (rensa's token hash: the same in every run)."""
     from rensa import RMinHash
@@ -70,27 +86,15 @@ class NearDuplicates:
     Jaccard at or above the threshold, among the LSH's candidates."""
 
     def __init__(self, cfg: NearDedup):
-        from rensa import RMinHash, RMinHashLSH
+        from rensa import RMinHashLSH
 
         self.cfg = cfg
-        self._minhash = RMinHash
         self.candidate_threshold = candidate_threshold(cfg)
         self.lsh = RMinHashLSH(threshold=self.candidate_threshold, num_perm=cfg.num_perm,
                                num_bands=lsh_bands(self.candidate_threshold, cfg.num_perm))
         self.kept: list[Any] = []  # signatures
         self.kept_shingles: list[np.ndarray] = []
         self.kept_ids: list[str] = []
-
-    def shingle_sets(self, records: list[dict[str, Any]], all_words: list[list[str]] | None = None) -> list[list[str]]:
-        """Each record's shingles; `all_words`, its words over every turn, are reused when the
-        comparison is `on: all`."""
-        if self.cfg.on != "all" or all_words is None:
-            all_words = [words(turn_text(r, self.cfg.on)) for r in records]
-        return [shingles(tokens, self.cfg.ngram) for tokens in all_words]
-
-    def signatures_of(self, sets: list[list[str]]) -> list[Any]:
-        """MinHash signatures of shingle lists (one call into rensa)."""
-        return self._minhash.from_token_sets(sets, num_perm=self.cfg.num_perm, seed=MINHASH_SEED)
 
     def check(self, signature: Any, hashes: np.ndarray, record_id: str) -> tuple[str, float] | None:
         """(kept id, exact Jaccard) of the most similar kept record at or above the threshold (the
@@ -130,8 +134,8 @@ class Duplicates:
         """(signature, shingles) of each record for `check` (one rensa call for the batch)."""
         if self.near is None:
             return [(None, None)] * len(lines)
-        sets = self.near.shingle_sets(lines, all_words)
-        return list(zip(self.near.signatures_of(sets), sets))
+        sets = shingle_sets(lines, self.near.cfg, all_words)
+        return list(zip(signatures(sets, self.near.cfg), sets))
 
     def check(self, line: dict[str, Any], key: int, prepared: tuple[Any, Any]) -> Removal | None:
         """The removal of a record (conversation hash `key`), or None and it is kept."""

@@ -24,21 +24,19 @@ from typing import Any
 
 import numpy as np
 
-from sftpack.mixing.dedup import MINHASH_SEED, candidate_threshold, lsh_bands, shingle_hashes
+from sftpack.mixing.dedup import candidate_threshold, lsh_bands, shingle_hashes, shingle_sets, signatures
 from sftpack.mixing.recipe import NearDedup
-from sftpack.mixing.text import shingles, turn_text, words
 
 
-def line_keys(records: list[dict[str, Any]], cfg: NearDedup) -> tuple[list[bytes], list[list[bytes]]]:
-    """Per record: its class (16 bytes naming its shingle set) and its band keys."""
-    from rensa import RMinHash
-
-    sets = [shingles(words(turn_text(r, cfg.on)), cfg.ngram) for r in records]
+def line_keys(records: list[dict[str, Any]], cfg: NearDedup,
+              all_words: list[list[str]] | None = None) -> tuple[list[bytes], list[list[bytes]]]:
+    """Per record: its class (16 bytes naming its shingle set) and its band keys; `all_words` as
+    dedup.shingle_sets takes them."""
+    sets = shingle_sets(records, cfg, all_words)
     classes = [hashlib.blake2b(shingle_hashes(s).tobytes(), digest_size=16).digest() for s in sets]
     bands = lsh_bands(candidate_threshold(cfg), cfg.num_perm)
     rows = cfg.num_perm // bands
-    digests = np.array([m.digest() for m in RMinHash.from_token_sets(sets, num_perm=cfg.num_perm, seed=MINHASH_SEED)],
-                       dtype=np.uint32).reshape(len(records), bands, rows)
+    digests = np.array([m.digest() for m in signatures(sets, cfg)], dtype=np.uint32).reshape(len(records), bands, rows)
     keys = [[b.to_bytes(2, "little") + digest[b].tobytes() for b in range(bands)] for digest in digests]
     return classes, keys
 
