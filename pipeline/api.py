@@ -191,7 +191,7 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     return report_stage.run(list(inputs), out, ReportConfig(**values), read_options(run_config, format, split, columns))
 
 
-def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None) -> dict[str, Any]:
+def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None, allow_rejects: bool | None = None) -> dict[str, Any]:
     """Mix a recipe's sources into one clean, decontaminated, weighted set: `out_dir/<fingerprint>/`.
 
     Args:
@@ -200,16 +200,19 @@ def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None) -> dict[str
             manifest.json); an unchanged recipe reuses it.
         ray: run the lookups, band keys and per-component deduplication on a Ray cluster (local, auto,
             HOST:PORT); the same files.
+        allow_rejects: mix the rest when lines fail the schema or the conversation rules (over the
+            recipe's `allow_rejects`).
 
     Returns:
         The manifest, with `path` and `reused`.
 
     Raises:
-        SftpackError: an invalid recipe (every problem at once, each naming its key), an empty source.
+        SftpackError: an invalid recipe (every problem at once, each naming its key), an empty source;
+            rejected lines without allow_rejects; no training example.
     """
     from sftpack.mixing import stage as mix_stage
 
-    return mix_stage.run(recipe, out_dir, ray)
+    return mix_stage.run(recipe, out_dir, ray, allow_rejects)
 
 
 def plan(*, plot: str | Path | None = None, write_config: str | Path | None = None,

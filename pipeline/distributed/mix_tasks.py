@@ -1,9 +1,10 @@
-"""Mix's per-record work on a Ray cluster (`sftpack mix --ray ADDRESS`): decontamination lookups,
+"""Mix's per-record work on a Ray cluster (`sftpack mix --ray ADDRESS`): decontamination lookups (eval
+near copies, benchmark n-grams),
 MinHash signatures and band keys in Ray Data map tasks, grouping on band keys, and deduplication
 per component of the candidate graph, on the nodes. The driver screens and writes in order.
 
     .spill/<i>.jsonl (under --out-dir: shared storage) ──line offsets (driver)──> blocks of lines
-    block ──map task: the benchmark n-gram index's first match, class, band keys──> keyed (materialized)
+    block ──map task: the contamination lookups' match, class, band keys──> keyed (materialized)
     keyed ──one row per band key of a class──co-located by key──> buckets (sorted class reps)
           ──driver: union-find──> components of the LSH's candidate graph
     keyed ──in line order──> driver: each line's match and class rep; screening (filters, rules,
@@ -24,8 +25,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from sftpack.mixing.decontaminate import NgramIndex
-from sftpack.mixing.recipe import DedupConfig, NearDedup
+from sftpack.mixing.decontaminate import Contamination
+from sftpack.mixing.recipe import DedupConfig
 
 BLOCK_LINES = 2000  # lines per map task
 _SCAN_BYTES = 16 << 20
@@ -99,22 +100,23 @@ class Spills:
 
 
 class _Keyer:
-    """Map task over blocks: each line's first benchmark match, class and band keys."""
+    """Map task over blocks: each line's contamination match, class and band keys."""
 
-    def __init__(self, spills: list, index: list, dedup: DedupConfig):
-        self.spills, self.index, self.dedup = spills, index, dedup  # [ObjectRef]s: see _shared
+    def __init__(self, spills: list, lookups: list, dedup: DedupConfig):
+        self.spills, self.lookups, self.dedup = spills, lookups, dedup  # [ObjectRef]s: see _shared
 
     def __call__(self, block: dict[str, Any]) -> list[dict[str, Any]]:
         import msgspec
 
         from sftpack.checks.conversation_key import conversation_hash
         from sftpack.mixing.near_graph import line_keys
-        from sftpack.mixing.text import turn_text, words
+        from sftpack.mixing.text import conversation_words
 
         records = [msgspec.json.decode(raw) for raw in _shared(self.spills).read(block["first"], block["count"])]
-        index: NgramIndex = _shared(self.index)
-        all_words = [words(turn_text(r)) for r in records]  # once, for the lookups and (on: all) the shingles
-        matches = [index.match(tokens) for tokens in all_words]
+        lookups: Contamination = _shared(self.lookups)
+        dialogues, all_words = zip(*map(conversation_words, records)) if records else ((), ())  # each turn split once
+        all_words = list(all_words)
+        matches = lookups.matches(list(dialogues))
         near = self.dedup.near
         classes, keys = line_keys(records, near, all_words) if near is not None else \
             ([b""] * len(records), [[]] * len(records))
@@ -191,10 +193,10 @@ def _materialized(dataset: Any) -> Iterator[Any]:
 
 
 class ClusterLines:
-    """The cluster's side of a mix: `rows()`, each line's (benchmark match, class rep) in priority
+    """The cluster's side of a mix: `rows()`, each line's (contamination match, class rep) in priority
     order, and `deduplicate`, per component of the LSH's candidate graph."""
 
-    def __init__(self, spill_paths: list[Path], index: NgramIndex, dedup: DedupConfig):
+    def __init__(self, spill_paths: list[Path], lookups: Contamination, dedup: DedupConfig):
         """Runs the map tasks and groups the band keys into components.
 
         Raises:
@@ -212,7 +214,7 @@ class ClusterLines:
         ordered, options.preserve_order = options.preserve_order, True  # rows() in line order; a dataset keeps
         try:                                                             # the options it was made with
             keyed = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks))).flat_map(
-                _Keyer(self.spills, [ray.put(index)], dedup))
+                _Keyer(self.spills, [ray.put(lookups)], dedup))
         finally:
             options.preserve_order = ordered
         self.keyed = next(run_dataset(_materialized(keyed)))

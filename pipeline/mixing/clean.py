@@ -4,13 +4,13 @@ the one a duplicate is kept in favour of.
 
     record ──filters──> filter_<name>                                            ┐ screen
            ──conversation rules (checks.messages)──> rejected_<rule>             │
-           ──an eval record's exact copy, or a benchmark n-gram──> contaminated  ┘ (mode: remove)
+           ──an eval record's copy or near copy, a benchmark n-gram──> contaminated ┘ (mode: remove)
            ──exact identity seen──> exact_duplicate {kept}                       ┐ Duplicates
            ──MinHash-LSH candidates, exact Jaccard of shingle sets──> near_duplicate {kept, jaccard} ┘
            ──> .spill/<i>.kept.jsonl
 
 Locally one pass does it all. Under --ray with near dedup (pipeline/distributed/mix_tasks.py) the
-cluster looks up each line's benchmark match and groups lines into components of the LSH's
+cluster looks up each line's contamination (decontaminate.Contamination) and groups lines into components of the LSH's
 candidate graph; a first pass screens here in order, Duplicates runs per component on the nodes
 (pipeline/mixing/near_graph.py says why that decides the same), and a last pass writes every
 decision in order: the same files.
@@ -21,36 +21,36 @@ from __future__ import annotations
 import json
 from array import array
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Iterator
 
 import msgspec
 import numpy as np
 
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS
-from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.decontaminate import Contamination
 from sftpack.mixing.dedup import Duplicates, Removal
 from sftpack.mixing.filters import Filters
 from sftpack.mixing.passes import BATCH, SPILL, Removed, SourceCounts, record_id, spill_lines
 from sftpack.mixing.recipe import Recipe
-from sftpack.mixing.text import turn_text, words
+from sftpack.mixing.text import conversation_words
 
 class Cleaner:
     """The removal steps, applied to records in priority order (source order, then row)."""
 
-    def __init__(self, recipe: Recipe, removed: Removed, index: NgramIndex, eval_copies: dict[int, tuple[str, str]],
+    def __init__(self, recipe: Recipe, removed: Removed, lookups: Contamination, eval_copies: dict[int, tuple[str, str]],
                  contamination: IO[bytes], cluster: Any = None):
         """`cluster`: a distributed.mix_tasks.ClusterLines under --ray."""
-        self.recipe, self.removed, self.index, self.eval_copies = recipe, removed, index, eval_copies
+        self.recipe, self.removed, self.lookups, self.eval_copies = recipe, removed, lookups, eval_copies
         self.contamination = contamination
         self.filters = Filters(recipe.filters, recipe.tokenizer)
         self.duplicates = Duplicates(recipe.dedup)
         self.cluster = cluster
 
-    def _screen(self, line: dict[str, Any], reason: str | None, lookup: Callable[[], Any]) -> tuple[Removal | None, int]:
+    def _screen(self, line: dict[str, Any], reason: str | None, found: dict[str, Any] | None) -> tuple[Removal | None, int]:
         """Filters, conversation rules, decontamination: (removal or None, conversation hash; 0
-        when not reached). `lookup` gives the record's benchmark match; in report mode a match is
-        listed and the record stays."""
+        when not reached). `found`: the record's near eval copy or benchmark match
+        (decontaminate.Contamination); in report mode a match is listed and the record stays."""
         if reason is not None:
             return (reason, {}), 0
         errors = [e for check in ROW_CHECKS for e in check(line)]
@@ -58,8 +58,8 @@ class Cleaner:
             return (f"rejected_{errors[0].rule}", {"errors": [e.as_dict() for e in errors]}), 0
         key = conversation_hash(line)
         copy = self.eval_copies.get(key) if self.eval_copies else None
-        # an eval record too short for an n-gram still matches as an exact copy
-        match = {"benchmark": copy[0], "item": copy[1], "ngram": None} if copy is not None else lookup()
+        # the same conversation as an eval record (its text may differ: tool-call keys in another order)
+        match = {"benchmark": copy[0], "item": copy[1], "jaccard": 1.0} if copy is not None else found
         if match is None:
             return None, key
         if self.recipe.decontaminate.mode == "report":
@@ -87,11 +87,11 @@ class Cleaner:
         lines = [msgspec.json.decode(raw) for raw in raws]
         tokens = self.filters.tokens(lines)
         reasons = self.filters.reasons(lines, tokens)
-        all_words = [words(turn_text(line)) for line in lines]  # once, for decontamination and near dedup
-        prepared = self.duplicates.prepare(lines, all_words)
+        dialogues, all_words = zip(*map(conversation_words, lines)) if lines else ((), ())  # each turn split once
+        prepared = self.duplicates.prepare(lines, list(all_words))
+        found = [row[0] for row in cluster_rows] if cluster_rows else self.lookups.matches(list(dialogues))
         for i, (raw, line) in enumerate(zip(raws, lines)):
-            lookup = (lambda found=cluster_rows[i][0]: found) if cluster_rows else (lambda w=all_words[i]: self.index.match(w))
-            removal, key = self._screen(line, reasons[i], lookup)
+            removal, key = self._screen(line, reasons[i], found[i])
             if removal is None:
                 removal = self.duplicates.check(line, key, prepared[i])
             if removal is not None:
@@ -112,7 +112,7 @@ class Cleaner:
                 reasons = self.filters.reasons(lines, counted)
                 for k, (line, ordinal, (match, rep)) in enumerate(zip(lines, ordinals, cluster_rows)):
                     tokens.append(counted[k] if counted is not None else 0)
-                    removal, _ = self._screen(line, reasons[k], lambda found=match: found)
+                    removal, _ = self._screen(line, reasons[k], match)
                     if removal is not None:
                         decided[ordinal] = removal
                     else:

@@ -96,14 +96,13 @@ class NearDuplicates:
         self.kept_shingles: list[np.ndarray] = []
         self.kept_ids: list[str] = []
 
-    def check(self, signature: Any, hashes: np.ndarray, record_id: str) -> tuple[str, float] | None:
-        """(kept id, exact Jaccard) of the most similar kept record at or above the threshold (the
-        earliest on ties), or None, and the record is kept.
+    def find(self, signature: Any, hashes: np.ndarray) -> tuple[int, float] | None:
+        """(index among the kept, exact Jaccard) of the most similar kept record at or above the
+        threshold (the earliest on ties), or None.
 
         Args:
             signature: the record's MinHash signature (proposes candidates).
             hashes: its `shingle_hashes` (decide).
-            record_id: its id, named by later duplicates when it is kept.
         """
         # rensa's estimate (fast, one call a candidate) narrows; the exact Jaccard decides
         keys = [k for k in sorted(self.lsh.query(signature)) if self.kept[k].jaccard(signature) >= self.candidate_threshold]
@@ -111,11 +110,23 @@ class NearDuplicates:
             similarity = exact_jaccards(hashes, [self.kept_shingles[k] for k in keys])
             best = int(np.argmax(similarity))  # the earliest of the most similar
             if similarity[best] >= self.cfg.threshold:
-                return self.kept_ids[keys[best]], round(float(similarity[best]), 4)
+                return keys[best], round(float(similarity[best]), 4)
+        return None
+
+    def add(self, signature: Any, hashes: np.ndarray, record_id: str) -> None:
+        """Keep a record: later ones are compared with it."""
         self.lsh.insert(len(self.kept), signature)
         self.kept.append(signature)
         self.kept_shingles.append(hashes)
         self.kept_ids.append(record_id)
+
+    def check(self, signature: Any, hashes: np.ndarray, record_id: str) -> tuple[str, float] | None:
+        """(kept id, exact Jaccard) of the record's near duplicate among the kept (`find`), or None,
+        and the record is kept (`add`)."""
+        found = self.find(signature, hashes)
+        if found is not None:
+            return self.kept_ids[found[0]], found[1]
+        self.add(signature, hashes, record_id)
         return None
 
 

@@ -2,7 +2,7 @@
 
     1 read      each source (readers.open_input) ──schema──> .spill/<i>.jsonl (valid lines, with source,
                 input, row) | removed: rejected_<rule>
-    2 hold out  seeded positions of each spill ──> eval/<source>.jsonl, and into the decontamination index
+    2 hold out  seeded positions of each spill ──> eval/<source>.jsonl, and into the eval index (decontamination)
     3 clean     the rest, in source order then row ──filters, conversation rules, decontamination,
                 exact, near──> .spill/<i>.kept.jsonl | removed: filter_<name>, rejected_<rule>,
                 contaminated, exact_duplicate, near_duplicate
@@ -27,9 +27,9 @@ from sftpack.checks.messages import schema_errors
 from sftpack.errors import SftpackError
 from sftpack.io.readers import InputSource, Row
 from sftpack.mixing import sampling
-from sftpack.mixing.decontaminate import NgramIndex
+from sftpack.mixing.decontaminate import EvalIndex
 from sftpack.mixing.recipe import Recipe
-from sftpack.mixing.text import turn_text
+from sftpack.mixing.text import dialogue_text, words
 
 BATCH = 1000
 SPILL = ".spill"
@@ -132,11 +132,18 @@ def spill_lines(path: Path) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(handle)
 
 
+def spill_dialogues(path: Path) -> Iterator[list[str]]:
+    """Each spilled record's dialogue words (decontaminate.Contamination.mark_boilerplate)."""
+    for _, raw in spill_lines(path):
+        yield words(dialogue_text(msgspec.json.decode(raw)))
+
+
 # ---------------------------------------------------------------- 2 hold out
 
 def hold_out(tmp: Path, recipe: Recipe, valid: list[int], counts: dict[str, SourceCounts],
-             index: NgramIndex, eval_copies: dict[int, tuple[str, str]]) -> list[set[int]]:
-    """Pass 2: write eval/<source>.jsonl; index each eval record for decontamination.
+             evals: EvalIndex, eval_copies: dict[int, tuple[str, str]]) -> list[set[int]]:
+    """Pass 2: write eval/<source>.jsonl; index each eval record for decontamination (its dialogue
+    for the near search, its conversation hash for exact copies).
 
     Returns:
         Per source, the held-out positions among its valid records.
@@ -155,6 +162,6 @@ def hold_out(tmp: Path, recipe: Recipe, valid: list[int], counts: dict[str, Sour
                     out.write(raw)
                     if recipe.decontaminate.eval_splits:
                         line = msgspec.json.decode(raw)
-                        index.add(f"eval/{spec.name}", record_id(line), turn_text(line))
+                        evals.add(f"eval/{spec.name}", record_id(line), words(dialogue_text(line)))
                         eval_copies.setdefault(conversation_hash(line), (f"eval/{spec.name}", record_id(line)))
     return held

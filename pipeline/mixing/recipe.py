@@ -63,6 +63,8 @@ class SourceSpec:
     """Passes over the source: 2.5 is every example twice plus a seeded half."""
     eval: EvalSpec | None = None
     """Held-out split of this source; None: the recipe's `eval`."""
+    repeat: bool = True
+    """False: never more examples than the source has left (take and weight capped at what is there)."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,14 @@ class DecontamConfig:
     """Words per n-gram, after lowercasing and collapsing punctuation and whitespace."""
     max_ngram_df: int = 10
     """An n-gram found in more than this many benchmark items is boilerplate and never matches."""
+    boilerplate_share: float = 0.01
+    """An n-gram found in more than this share of one source's distinct dialogues (and in more than
+    max_ngram_df of them) is boilerplate of the training data (a system prompt, a signature) and never matches."""
     mode: str = "remove"
     """remove: contaminated records are removed; report: only listed (reason `contaminated`, kept)."""
     eval_splits: bool = True
-    """Also check against the recipe's own eval splits."""
+    """Also check against the recipe's own eval splits: a training record that is an eval record, or
+    its near duplicate (dedup.near's settings, on the dialogue), is contaminated."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,9 @@ class Recipe:
     """Tokenizer folder: token-length filters and token counts in the manifest."""
     seed: int = 0
     """Seeds eval hold-out and sampling (per source, so adding a source changes no other's sample)."""
+    allow_rejects: bool = False
+    """Mix the rest when lines fail the schema or the conversation rules (counted per rule); false:
+    stop, naming file:line and rule (one reject policy, as validate and pack's --allow-rejects)."""
     origin: str = "<dict>"
     """Where the recipe came from, for messages."""
 
@@ -173,11 +182,21 @@ def _schema_errors(raw: Mapping[str, Any]) -> list[str]:
 
 
 def _number_error(key: str, value: Any, what: str) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None  # absent, or not a number: the schema says so
+    if not math.isfinite(value) or value <= 0:
         return f"{key}: {value!r} must be a finite number above 0 ({what}); fix it or remove the key"
     return None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _sources(raw: Mapping[str, Any]) -> list[tuple[int, Mapping[str, Any]]]:
+    """The source entries that are mappings, with their index (the schema reports the others)."""
+    sources = raw.get("sources")
+    return [(i, s) for i, s in enumerate(sources) if isinstance(s, Mapping)] if isinstance(sources, list) else []
 
 
 def _source_errors(index: int, source: Mapping[str, Any]) -> list[str]:
@@ -190,49 +209,68 @@ def _source_errors(index: int, source: Mapping[str, Any]) -> list[str]:
         problem = _number_error(f"{key}.{name}", source.get(name), what)
         if problem:
             errors.append(problem)
+    epochs = source.get("epochs")
+    if source.get("repeat") is False and isinstance(epochs, (int, float)) and epochs > 1:
+        errors.append(f"{key} ({source.get('name')}): epochs {epochs} repeats examples and repeat: false forbids it; "
+                      "keep one of them")
     return errors
 
 
 def _cross_errors(raw: Mapping[str, Any]) -> list[str]:
-    """Pairs and values the schema cannot say, each naming the key and the fix."""
-    sources = raw["sources"]
-    errors = [e for i, s in enumerate(sources) for e in _source_errors(i, s)]
-    names = [s["name"] for s in sources]
-    for name in sorted({n for n in names if names.count(n) > 1}):
+    """Pairs and values the schema cannot say, each naming the key and the fix (on whatever parts of
+    the recipe have the right shape, so they come with the schema's problems)."""
+    sources = _sources(raw)
+    errors = [e for i, s in sources for e in _source_errors(i, s)]
+    names = [s.get("name") for _, s in sources]
+    for name in sorted({n for n in names if isinstance(n, str) and names.count(n) > 1}):
         errors.append(f"sources: the name {name!r} is given {names.count(name)} times; names must be unique")
-    near = (raw.get("dedup") or {}).get("near")
-    threshold = (near or {}).get("threshold")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and 0 < threshold <= 1):
+    threshold = _mapping(_mapping(raw.get("dedup")).get("near")).get("threshold")
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and not 0 < threshold <= 1:
         errors.append(f"dedup.near.threshold: {threshold!r} is outside (0, 1]; a Jaccard similarity such as 0.8")
-    if raw.get("total") is not None and not any(s.get("weight") is not None for s in sources):
+    if raw.get("total") is not None and sources and not any(s.get("weight") is not None for _, s in sources):
         errors.append("total: needs at least one source with a weight (take and epochs fix their own counts)")
-    filters = raw.get("filters") or {}
+    filters = _mapping(raw.get("filters"))
     for bound in ("min_tokens", "max_tokens"):
         if filters.get(bound) is not None and not raw.get("tokenizer"):
             errors.append(f"filters.{bound}: needs tokenizer (a tokenizer folder) to count tokens")
     from sftpack.checks.scripts import SCRIPTS
 
-    for script in filters.get("scripts") or ():
-        if script not in SCRIPTS:
+    scripts = filters.get("scripts")
+    for script in scripts if isinstance(scripts, list) else ():
+        if isinstance(script, str) and script not in SCRIPTS:
             errors.append(f"filters.scripts: {script!r} is not one of {', '.join(SCRIPTS)}")
     return errors
 
 
-def _path_errors(recipe: Recipe) -> list[str]:
-    """Inputs that cannot be opened, and a tokenizer folder that is not there."""
+def _path_errors(raw: Mapping[str, Any]) -> list[str]:
+    """Inputs that cannot be opened, benchmarks and a tokenizer folder that are not there (for the
+    entries whose shape lets them be looked for)."""
+    from sftpack.io.layouts import FORMATS
     from sftpack.io.readers import open_input
 
     errors = []
-    for index, source in enumerate(recipe.sources):
+    for index, source in _sources(raw):
+        path = source.get("path")
+        if not isinstance(path, str) or not path:
+            continue
         try:
-            open_input(source.path, source.format, source.split, source.columns)
+            columns = _columns(source.get("columns"))
+        except (TypeError, ValueError, SftpackError):
+            columns = ColumnMap()  # the schema names the bad column key
+        layout = source.get("format") if source.get("format") in FORMATS else "auto"
+        split = source.get("split") if isinstance(source.get("split"), str) else None
+        try:
+            open_input(path, layout, split, columns)
         except SftpackError as err:
-            errors.append(f"sources.{index}.path ({source.name}): {err}")
-    for index, bench in enumerate(recipe.decontaminate.benchmarks):
-        if not Path(bench.path).exists() and not any(ch in bench.path for ch in "*?["):
-            errors.append(f"decontaminate.benchmarks.{index}: {bench.path}: benchmark file not found")
-    if recipe.tokenizer and not Path(recipe.tokenizer).is_dir():
-        errors.append(f"tokenizer: {recipe.tokenizer}: tokenizer folder not found")
+            errors.append(f"sources.{index}.path ({source.get('name')}): {err}")
+    benchmarks = _mapping(raw.get("decontaminate")).get("benchmarks")
+    for index, bench in enumerate(benchmarks if isinstance(benchmarks, list) else ()):
+        path = bench if isinstance(bench, str) else _mapping(bench).get("path")
+        if isinstance(path, str) and path and not Path(path).exists() and not any(ch in path for ch in "*?["):
+            errors.append(f"decontaminate.benchmarks.{index}: {path}: benchmark file not found")
+    tokenizer = raw.get("tokenizer")
+    if isinstance(tokenizer, str) and tokenizer and not Path(tokenizer).is_dir():
+        errors.append(f"tokenizer: {tokenizer}: tokenizer folder not found")
     return errors
 
 
@@ -259,7 +297,7 @@ def _typed(raw: Mapping[str, Any], origin: str) -> Recipe:
     filters = dict(raw.get("filters") or {})
     if filters.get("scripts") is not None:
         filters["scripts"] = tuple(filters["scripts"])
-    top = {key: raw[key] for key in ("total", "tokenizer", "seed") if key in raw}
+    top = {key: raw[key] for key in ("total", "tokenizer", "seed", "allow_rejects") if key in raw}
     return Recipe(sources=sources, eval=_eval(raw.get("eval")) or EvalSpec(),
                   dedup=DedupConfig(near=None if near is None else NearDedup(**near), **dedup),
                   decontaminate=DecontamConfig(benchmarks=benchmarks, **decon), filters=FilterConfig(**filters),
@@ -282,17 +320,10 @@ def build_recipe(raw: Any, origin: str = "<dict>", check_paths: bool = True) -> 
     """
     if not isinstance(raw, Mapping):
         raise SftpackError(f"{origin}: a recipe is a mapping with at least `sources:` (a list of name, path)")
-    errors = _schema_errors(raw)
-    if not errors:
-        errors = _cross_errors(raw)
-    recipe = None
-    if not errors:
-        recipe = _typed(raw, origin)
-        if check_paths:
-            errors = _path_errors(recipe)
+    errors = _schema_errors(raw) + _cross_errors(raw) + (_path_errors(raw) if check_paths else [])
     if errors:
         raise SftpackError(f"{origin}: invalid recipe:\n  " + "\n  ".join(errors), exit_code=2)
-    return recipe
+    return _typed(raw, origin)
 
 
 def load_recipe(recipe: "str | Path | Recipe | Mapping[str, Any]") -> Recipe:

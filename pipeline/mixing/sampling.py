@@ -8,7 +8,7 @@
 
 Shares become whole numbers by largest remainder (ties to the earlier source). A source giving N
 of its M available examples gives each one N // M times, plus a seeded sample of N mod M of them
-once more. Every source draws from its own generator (seed, purpose, source name), so adding a
+once more; with `repeat: false`, take and weight are capped at M. Every source draws from its own generator (seed, purpose, source name), so adding a
 source or changing another's share changes no other source's sample.
 """
 
@@ -31,7 +31,9 @@ def eval_positions(recipe: Recipe, name: str, valid: int, size: int) -> set[int]
     return set(rng(recipe.seed, "eval", name).sample(range(valid), size))
 
 
-def _largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
+def largest_remainder(total: int, weights: dict[str, float]) -> dict[str, int]:
+    """`total` split in whole numbers as near `weights`' shares as can be: each its floor, then one
+    more to the largest remainders (ties to the earlier name)."""
     norm = sum(weights.values())
     exact = {name: total * w / norm for name, w in weights.items()}
     counts = {name: math.floor(x) for name, x in exact.items()}
@@ -78,7 +80,10 @@ def target_counts(recipe: Recipe, available: dict[str, int]) -> dict[str, int]:
         if empty and left:
             raise SftpackError(f"{recipe.origin}: weighted source(s) {', '.join(empty)} have no example left after "
                                "hold-out and removals; remove their weight or the source", exit_code=2)
-        counts |= _largest_remainder(left, weights)
+        counts |= largest_remainder(left, weights)
+    for source in recipe.sources:
+        if not source.repeat:
+            counts[source.name] = min(counts[source.name], available[source.name])
     return {source.name: counts[source.name] for source in recipe.sources}
 
 

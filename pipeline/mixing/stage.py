@@ -16,10 +16,12 @@ unchanged recipe is reused (after checking the files' sha256) and a changed one 
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import shutil
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,15 @@ from sftpack.errors import SftpackError
 from sftpack.io.readers import InputSource
 from sftpack.mixing import sampling
 from sftpack.mixing.clean import Cleaner
-from sftpack.mixing.decontaminate import NgramIndex, benchmark_files
-from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_lines
+from sftpack.mixing.decontaminate import Contamination, EvalIndex, NgramIndex, benchmark_files
+from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_dialogues, spill_lines
+from sftpack.mixing.recipe import NearDedup
 from sftpack.mixing.recipe import Recipe, load_recipe
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
 from sftpack.store.manifest import MANIFEST, read_manifest
 
-MIX_FORMAT_VERSION = 2  # 2: near duplicates decided on the exact Jaccard (a folder made by 1 is not reused)
+MIX_FORMAT_VERSION = 3  # 2: near duplicates decided on the exact Jaccard; 3: decontamination on the dialogue, eval splits by near duplicates
 
 
 def _open(recipe: Recipe) -> list[InputSource]:
@@ -51,6 +54,7 @@ def _fingerprint(recipe: Recipe, opened: list[InputSource]) -> tuple[str, list[d
     identities = [source.identity() for source in opened]
     settings = dataclasses.asdict(recipe)
     settings.pop("origin")
+    settings.pop("allow_rejects")  # the folder is the same either way
     settings["tokenizer"] = tokenizer_files_identity(recipe.tokenizer) if recipe.tokenizer else None
     for source, identity in zip(settings["sources"], identities):
         source["path"] = {k: identity.get(k) for k in ("sha256", "container", "layout", "split")}
@@ -76,7 +80,8 @@ def _reuse(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | None = None) -> dict[str, Any]:
+def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | None = None,
+        allow_rejects: bool | None = None) -> dict[str, Any]:
     """Mix the recipe's sources into `out_dir/<fingerprint>/`, or reuse that folder.
 
     Args:
@@ -85,22 +90,27 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
         ray: run the lookups, band keys and per-component deduplication on this Ray cluster (local, auto,
             HOST:PORT); the same files. Every node must see out_dir at the same path. Not part of
             the fingerprint.
+        allow_rejects: over the recipe's `allow_rejects` when given (--allow-rejects). Not part of
+            the fingerprint: the folder is written either way, as pack's.
 
     Returns:
         The manifest, with `path` (the folder) and `reused` added.
 
     Raises:
         SftpackError: an invalid recipe (every problem at once), an empty source, eval larger than a
-            source, a total that take and epochs already exceed, an unwritable out_dir.
+            source, a total that take and epochs already exceed, an unwritable out_dir (exit 2);
+            rejected lines without allow_rejects, a mixture with no training example (exit 1).
     """
     started = time.time()
     recipe = load_recipe(recipe)
+    if allow_rejects is not None:
+        recipe = dataclasses.replace(recipe, allow_rejects=allow_rejects)
     opened = _open(recipe)
     fp, identities = _fingerprint(recipe, opened)
     folder = output_parent(out_dir) / fp
     existing = _reuse(folder)
     if existing is not None:
-        return existing | {"path": str(folder), "reused": True}
+        return reject_policy(existing | {"path": str(folder), "reused": True}, recipe)
     engine = {"name": "local"}
     if ray:
         from sftpack.distributed.cluster import connect, leave
@@ -115,11 +125,48 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
     finally:
         if ray:
             leave()  # no late node message after the folder path, printed last
-    return manifest | {"path": str(folder), "reused": False}
+    return reject_policy(manifest | {"path": str(folder), "reused": False}, recipe)
 
 
-def summary(manifest: dict[str, Any]) -> list[str]:
-    """What `sftpack mix` prints: totals, one line per source, the folder's path last."""
+def _rejected(manifest: dict[str, Any]) -> Counter:
+    return Counter({k: v for s in manifest["sources"].values() for k, v in s["removed"].items() if k.startswith("rejected_")})
+
+
+def reject_policy(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """The manifest, unless lines were rejected (schema, conversation rules) and the recipe does not
+    allow rejects: one reject policy, as validate's and pack's.
+
+    Raises:
+        SftpackError: (exit 1) the count per rule and the first rejected lines as file:line [rule].
+    """
+    rejected = _rejected(manifest)
+    if not rejected or recipe.allow_rejects:
+        return manifest
+    paths = {spec.name: spec.path for spec in recipe.sources}
+    first = []
+    with open(Path(manifest["path"]) / "removed.jsonl", "rb") as handle:
+        for raw in handle:
+            if b'"reason": "rejected_' not in raw:
+                continue
+            entry = json.loads(raw)
+            if entry["reason"].startswith("rejected_"):
+                error = (entry.get("errors") or [{}])[0]
+                source = paths[entry["source"]]
+                where = source if Path(source).is_file() else f"{source}: {entry['input']}"
+                first.append(f"\n  {where}:{entry['row']} [{error.get('rule', entry['reason'][9:])}] {error.get('message', '')}")
+                if len(first) == 5:
+                    break
+    counts = ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in sorted(rejected.items()))
+    raise SftpackError(
+        f"mix: {sum(rejected.values())} of {manifest['totals']['in']} records failed the schema or the conversation "
+        f"rules ({counts}); the first:{''.join(first)}\n{Path(manifest['path']) / 'removed.jsonl'} lists every one; fix "
+        "them, or pass --allow-rejects (allow_rejects: true in the recipe) to mix the rest", exit_code=1)
+
+
+def summary(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """What `sftpack mix` prints: (totals, one line per source, the folder's path last; warnings:
+    one per source that repeats examples because it asks for more than it has left, and the
+    rejects --allow-rejects let through)."""
     verb = "reused (checksums verified)" if manifest["reused"] else f"mixed in {manifest['seconds']:.1f}s"
     t = manifest["totals"]
     lines = [f"{verb}: {t['in']} read -> {t['out']} training examples ({t['sampled']} distinct, {t['repeated']} "
@@ -128,7 +175,19 @@ def summary(manifest: dict[str, Any]) -> list[str]:
         removed = ", ".join(f"{k}={v}" for k, v in s["removed"].items()) or "none"
         tokens = f", {s['tokens']:,} tokens" if "tokens" in s else ""
         lines.append(f"  {name}: in {s['in']}, eval {s['held_out']}, out {s['out']}{tokens}; removed: {removed}")
-    return lines + [manifest["path"]]
+    warnings = []
+    for spec in manifest["recipe"]["sources"]:
+        s = manifest["sources"][spec["name"]]
+        asked = f"take {spec['take']}" if spec.get("take") is not None else (
+            f"weight {spec['weight']}" if spec.get("weight") is not None else None)
+        if asked and s["repeated"]:
+            warnings.append(f"{spec['name']}: {asked} needs {s['out']} examples and {s['available']} are left after "
+                            f"hold-out and removals: {s['repeated']} repeats; `repeat: false` caps it at {s['available']}")
+    rejected = _rejected(manifest)
+    if rejected:
+        warnings.append(f"{sum(rejected.values())} records failed the schema or the conversation rules and were left "
+                        f"out ({', '.join(f'{k}={v}' for k, v in sorted(rejected.items()))}; removed.jsonl lists them)")
+    return lines + [manifest["path"]], warnings
 
 
 def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> dict[str, SourceCounts]:
@@ -136,20 +195,31 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> d
     counts = {s.name: SourceCounts(tokens=0 if recipe.tokenizer else None) for s in recipe.sources}
     decon = recipe.decontaminate
     index, eval_copies = NgramIndex(decon.ngram, decon.max_ngram_df), {}
+    evals = EvalIndex(recipe.dedup.near or NearDedup())
+    spills = [tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))]
     with open(tmp / "removed.jsonl", "wb") as removed_file, open(tmp / "contamination.jsonl", "wb") as matches:
         removed = Removed(removed_file, counts)
         valid = read_sources(tmp, recipe, opened, removed)
-        held = hold_out(tmp, recipe, valid, counts, index, eval_copies)
+        held = hold_out(tmp, recipe, valid, counts, evals, eval_copies)
         for bench in decon.benchmarks:
             index.add_benchmark(bench)
+        lookups = Contamination(index, evals)
+        lookups.mark_boilerplate((spill_dialogues(path) for path in spills), decon.boilerplate_share)
         cluster = None
         if ray:  # lookups, band keys and per-component deduplication on the nodes
             from sftpack.distributed.mix_tasks import ClusterLines
 
-            spills = [tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))]
-            cluster = ClusterLines(spills, index, recipe.dedup)
-        Cleaner(recipe, removed, index, eval_copies, matches, cluster).run(tmp, held, valid, counts)
+            cluster = ClusterLines(spills, lookups, recipe.dedup)
+        Cleaner(recipe, removed, lookups, eval_copies, matches, cluster).run(tmp, held, valid, counts)
         _sample(tmp, recipe, counts, removed)
+    if not sum(c.out for c in counts.values()):
+        reasons = Counter()
+        for c in counts.values():
+            reasons.update(c.removed)
+        raise SftpackError(f"{recipe.origin}: the mixture has no training example ({sum(c.read for c in counts.values())} "
+                           f"read, {sum(c.held_out for c in counts.values())} held out; removed: "
+                           f"{', '.join(f'{k}={v}' for k, v in sorted(reasons.items())) or 'none'}); "
+                           "fix the sources or loosen the filters", exit_code=1)
     if not (tmp / "contamination.jsonl").stat().st_size:
         (tmp / "contamination.jsonl").unlink()
     return counts
@@ -198,7 +268,7 @@ def _manifest(tmp: Path, recipe: Recipe, fp: str, identities: list[dict[str, Any
         "sources": sources,
         "totals": dict(sorted(totals.items())),
         "outputs": _outputs(tmp),
-        "recipe": dataclasses.asdict(recipe),
+        "recipe": {k: v for k, v in dataclasses.asdict(recipe).items() if k != "allow_rejects"},
         "versions": {"python": platform.python_version(), "rensa": version("rensa"), "sftpack": __version__},
         "seconds": round(time.time() - started, 3),
     }

@@ -2,6 +2,10 @@
 punctuation and whitespace, and their word n-grams.
 
     "What's 2+2?"  ──words──>  ["what", "s", "2", "2"]  ──ngrams(n=3)──>  {"what s 2", "s 2 2"}
+
+Deduplication compares the turns `dedup.near.on` names; decontamination compares the dialogue
+(`dialogue_text`: user turns and answers), where a benchmark item or an eval record's content
+would appear, never a system prompt or a tool result, which repeat across rows by design.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from typing import Any, Iterable
 
 _NOT_WORD = re.compile(r"[\W_]+")
 PROMPT_ROLES = ("system", "user", "tool")
+DIALOGUE_ROLES = ("user", "assistant")
 
 
 def words(text: str) -> list[str]:
@@ -25,12 +30,33 @@ def turn_text(record: dict[str, Any], on: str = "all") -> str:
     for message in record["messages"]:
         is_answer = message["role"] == "assistant"
         if on == "all" or (on == "response") == is_answer:
-            parts.append(str(message.get("content") or ""))
-            if message.get("reasoning_content"):
-                parts.append(str(message["reasoning_content"]))
-            for call in message.get("tool_calls") or ():
-                parts.append(str(call))
+            parts += _message_parts(message)
     return "\n".join(parts)
+
+
+def dialogue_text(record: dict[str, Any]) -> str:
+    """The user turns and the answers (as `turn_text` gives them), joined by newlines: what
+    decontamination compares."""
+    return "\n".join(part for m in record["messages"] if m["role"] in DIALOGUE_ROLES for part in _message_parts(m))
+
+
+def conversation_words(record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(words(dialogue_text(record)), words(turn_text(record))), each turn split once."""
+    dialogue: list[str] = []
+    every: list[str] = []
+    for message in record["messages"]:
+        tokens = words("\n".join(_message_parts(message)))
+        every += tokens
+        if message["role"] in DIALOGUE_ROLES:
+            dialogue += tokens
+    return dialogue, every
+
+
+def _message_parts(message: dict[str, Any]) -> list[str]:
+    parts = [str(message.get("content") or "")]
+    if message.get("reasoning_content"):
+        parts.append(str(message["reasoning_content"]))
+    return parts + [str(call) for call in message.get("tool_calls") or ()]
 
 
 def ngrams(tokens: list[str], n: int) -> list[str]:
@@ -47,7 +73,8 @@ def shingles(tokens: list[str], n: int) -> list[str]:
 
 
 def item_text(record: dict[str, Any], field: str | None) -> str | None:
-    """A benchmark item's text: `field` when given, else messages, question, prompt, problem or text.
+    """A benchmark item's text: `field` when given, else messages (user turns and answers), question,
+    prompt, problem or text.
 
     Returns:
         The text, or None when the record has none of those fields.
@@ -55,8 +82,9 @@ def item_text(record: dict[str, Any], field: str | None) -> str | None:
     if field is not None:
         value = record.get(field)
         return None if value is None else _flatten(value)
-    if isinstance(record.get("messages"), list):
-        return "\n".join(str(m.get("content") or "") for m in record["messages"] if isinstance(m, dict))
+    if isinstance(record.get("messages"), list):  # the dialogue: a system prompt is no item's text
+        return "\n".join(str(m.get("content") or "") for m in record["messages"]
+                         if isinstance(m, dict) and m.get("role") in DIALOGUE_ROLES)
     for key in ("question", "prompt", "problem", "text"):
         if record.get(key) is not None:
             return _flatten(record[key])

@@ -53,8 +53,8 @@ def _removed(folder: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], 
             if entry["reason"] == "contaminated":
                 benchmarks[entry["benchmark"]] += 1
                 if len(matches[entry["benchmark"]]) < 3:
-                    matches[entry["benchmark"]].append({"record": entry["id"], "item": entry["item"],
-                                                        "n-gram": entry["ngram"] or "(exact copy)"})
+                    why = entry.get("ngram") or f"Jaccard {entry.get('jaccard')}"  # a benchmark n-gram, an eval near copy
+                    matches[entry["benchmark"]].append({"record": entry["id"], "item": entry["item"], "n-gram": why})
             elif entry["reason"] == "near_duplicate":
                 clusters[entry["kept"]].append(entry)
     top = [{"benchmark": name, "records removed": n, "example matches": [
