@@ -79,12 +79,15 @@ $(OUT)/validated/%.validate.json: $(DATA)/%.jsonl $(MODEL) $(SECTIONS)
 	$(SFTPACK) validate $< --out-dir $(OUT)/validated --config $(CONFIG)
 
 # pack: validated JSONL -> $(OUT)/packed/<fingerprint>/; the .path file records which folder.
+# The output goes to make's stdout and to $@.out, whose last line (the folder) becomes $@: a
+# `tee /dev/stderr` would reopen a log that `make ... > log 2>&1` writes, truncating it.
 PACKED := $(OUT)/packed/train.path $(OUT)/packed/val.path
 pack: $(PACKED)
 
 $(OUT)/packed/%.path: $(OUT)/validated/%.validate.json $(SECTIONS)
 	mkdir -p $(@D)
-	$(SFTPACK) pack $(OUT)/validated/$*.jsonl --out-dir $(OUT)/packed --config $(CONFIG) | tee /dev/stderr | tail -n 1 > $@.tmp
+	$(SFTPACK) pack $(OUT)/validated/$*.jsonl --out-dir $(OUT)/packed --config $(CONFIG) | tee $@.out
+	tail -n 1 $@.out > $@.tmp && rm $@.out
 	mv $@.tmp $@
 
 report: $(OUT)/report/report.html
@@ -125,7 +128,8 @@ mix: $(MIXED)
 
 $(MIXED): $(RECIPE) data/demo/train.jsonl data/benchmarks/tiny-bench.jsonl $(MODEL)
 	mkdir -p $(@D)
-	$(SFTPACK) mix --recipe $(RECIPE) --out-dir $(OUT)/mix | tee /dev/stderr | tail -n 1 > $@.tmp
+	$(SFTPACK) mix --recipe $(RECIPE) --out-dir $(OUT)/mix | tee $@.out
+	tail -n 1 $@.out > $@.tmp && rm $@.out
 	mv $@.tmp $@
 
 demo: $(TRAINED)

@@ -14,10 +14,14 @@ import yaml
 from tests.conftest import REPO
 
 
-def _make(*args: str) -> subprocess.CompletedProcess:
+def _make(*args: str, log: Path | None = None) -> subprocess.CompletedProcess:
+    """make's run; with `log`, its stdout and stderr go to that file, as `make ... > log 2>&1` (CI) writes them."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(["make", "--no-print-directory", "-C", str(REPO), *args], env=env,
-                          capture_output=True, text=True, timeout=600)
+    command = ["make", "--no-print-directory", "-C", str(REPO), *args]
+    if log is None:
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    with open(log, "w") as sink:
+        return subprocess.run(command, env=env, stdout=sink, stderr=subprocess.STDOUT, text=True, timeout=600)
 
 
 def test_make_validate_pack_train_then_nothing_to_rebuild(tiny_model_dir, real_data, tmp_path):
@@ -39,8 +43,13 @@ def test_make_validate_pack_train_then_nothing_to_rebuild(tiny_model_dir, real_d
     first = _make("validate", "pack", "train", *variables)
     assert first.returncode != 0 and "rejected 1" in first.stderr + first.stdout  # validate stops on a bad line
     (data / "val.jsonl").write_text("\n".join(lines[40:48]) + "\n", encoding="utf-8")
-    first = _make("validate", "pack", "train", *variables)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    log = tmp_path / "make.log"
+    first = _make("validate", "pack", "train", *variables, log=log)
+    text = log.read_text()
+    assert first.returncode == 0, text[-6000:]
+    # every stage's lines are in the log, the first ones too (pack's output is not written over them)
+    assert "\0" not in text and text.index("sftpack validate") < text.index("sftpack pack") < text.index("train --config")
+    assert all(f in text for f in ("kept 40,", "kept 8,", "40/40 examples ->", "8/8 examples ->")), text[:6000]
 
     for split, count in (("train", 40), ("val", 8)):
         manifest = json.loads((out / "validated" / f"{split}.validate.json").read_text())

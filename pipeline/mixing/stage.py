@@ -132,6 +132,10 @@ def _rejected(manifest: dict[str, Any]) -> Counter:
     return Counter({k: v for s in manifest["sources"].values() for k, v in s["removed"].items() if k.startswith("rejected_")})
 
 
+def _per_rule(rejected: Counter) -> str:
+    return ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in sorted(rejected.items()))
+
+
 def reject_policy(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     """The manifest, unless lines were rejected (schema, conversation rules) and the recipe does not
     allow rejects: one reject policy, as validate's and pack's.
@@ -156,7 +160,7 @@ def reject_policy(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
                 first.append(f"\n  {where}:{entry['row']} [{error.get('rule', entry['reason'][9:])}] {error.get('message', '')}")
                 if len(first) == 5:
                     break
-    counts = ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in sorted(rejected.items()))
+    counts = _per_rule(rejected)
     raise SftpackError(
         f"mix: {sum(rejected.values())} of {manifest['totals']['in']} records failed the schema or the conversation "
         f"rules ({counts}); the first:{''.join(first)}\n{Path(manifest['path']) / 'removed.jsonl'} lists every one; fix "
@@ -186,7 +190,7 @@ def summary(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     rejected = _rejected(manifest)
     if rejected:
         warnings.append(f"{sum(rejected.values())} records failed the schema or the conversation rules and were left "
-                        f"out ({', '.join(f'{k}={v}' for k, v in sorted(rejected.items()))}; removed.jsonl lists them)")
+                        f"out ({_per_rule(rejected)}; removed.jsonl lists them)")
     return lines + [manifest["path"]], warnings
 
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -43,7 +44,10 @@ def _owner_alive(name: str) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a killed process its parent has not reaped yet (a zombie) still answers kill 0
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def fsync_dir(path: Path) -> None:
@@ -136,7 +140,8 @@ def output_parent(parent: str | os.PathLike) -> Path:
 
 
 def remove_stale(parent: str | os.PathLike) -> list[Path]:
-    """Delete `.incomplete-*` leftovers of killed runs under `parent`; return what was removed.
+    """Delete `.incomplete-*` leftovers of killed runs under `parent`, saying so in one line on
+    stderr; return what was removed.
 
     Leftovers of processes still running (a parallel `make -j` job) are kept.
     """
@@ -151,4 +156,8 @@ def remove_stale(parent: str | os.PathLike) -> list[Path]:
             else:
                 child.unlink(missing_ok=True)
             removed.append(child)
+    if removed:
+        pids = sorted({name.split("-", 2)[1] for name in (p.name for p in removed)})
+        print(f"sftpack: removed {len(removed)} unfinished output{'s' if len(removed) > 1 else ''} of runs that ended "
+              f"(process {', '.join(pids)}) from {parent}: {', '.join(sorted(p.name for p in removed))}", file=sys.stderr)
     return removed
