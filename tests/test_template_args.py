@@ -83,6 +83,35 @@ def test_a_template_that_needs_a_variable_works_once_it_is_given(smol_tokenizer)
         ChatRenderer(smol_tokenizer, renderer.template, template_kwargs={"messages": []})
 
 
+def test_a_refusal_names_the_template_argument_that_makes_it_render(smol_tokenizer):
+    """A template that reads `functions` (none given: it raises) and one whose generation prompt opens a
+    think block plain turns lack: the message names the argument that makes the conversation render
+    and mask exactly, and nothing is applied until the user passes it. A variable that no probe
+    fills (needs_variable's `today`) gets no guess."""
+    from sftpack.checks.messages import template_check
+
+    conversation = {"id": "c1", "messages": PLAIN[:2]}
+    for name, argument, value in (("reads_functions", "functions", []), ("think_prompt", "enable_thinking", False)):
+        renderer = ChatRenderer(smol_tokenizer, (FIXTURES / "templates" / f"{name}.jinja").read_text())
+        [refused] = encode_batch(renderer, smol_tokenizer, [conversation])
+        shown = json.dumps(value)
+        assert refused.error is not None and refused.error.endswith(
+            f"with the template argument {argument}={shown} it renders and masks exactly: pass --template-arg "
+            f"{argument}={shown} (data.chat_template_kwargs: {{{argument}: {shown}}}) if that is how the model is "
+            "prompted"), refused.error
+        assert renderer.template_kwargs == {}  # not applied
+        given = encode_one(renderer, smol_tokenizer, PLAIN, chat_template_kwargs={argument: value})
+        assert pieces(given) in ([["Hi there!<|im_end|>", "Paris.<|im_end|>"]], [["Hi there!<|im_end|>"], ["Paris.<|im_end|>"]])
+        prompt = smol_tokenizer.apply_chat_template(PLAIN[:1], chat_template=renderer.template, add_generation_prompt=True,
+                                                    tokenize=False, **{argument: value})
+        assert given.sequences[0].text.startswith(prompt) and "Hi there!" not in prompt
+        [error] = template_check(renderer)({"messages": PLAIN}) if name == "reads_functions" else [None]
+        assert error is None or f"--template-arg {argument}={shown}" in error.message
+    renderer = ChatRenderer(smol_tokenizer, (FIXTURES / "templates" / "needs_variable.jinja").read_text())
+    [refused] = encode_batch(renderer, smol_tokenizer, [conversation])
+    assert "'today' is undefined" in refused.error and "--template-arg" not in refused.error
+
+
 def test_template_arg_values_are_json_when_they_parse():
     assert template_args(["enable_thinking=false", "reasoning_effort=high", "n=3", 'tools=["a"]', "s=\"x\""]) == {
         "enable_thinking": False, "reasoning_effort": "high", "n": 3, "tools": ["a"], "s": "x"}

@@ -349,14 +349,15 @@ def template_check(renderer: Any) -> Check:
     pack does (`renderer`, a ChatRenderer: a template that loops over `tools` gets [] for a record without them)."""
 
     from sftpack.templates.chat_template import with_string_arguments
+    from sftpack.templates.masking import argument_hint
 
     def check_template(record: Record) -> Iterable[RowError]:
         messages, tools, kwargs = record["messages"], record.get("tools") or None, record.get("chat_template_kwargs")
         try:
             with_string_arguments(renderer, messages, lambda: renderer.render(messages, tools, kwargs=kwargs))
         except Exception as err:  # noqa: BLE001 - a template is user code; whatever it raises is the reject
-            yield RowError("/messages", "template_error",
-                           f"chat template failed: {_shorten(str(err) or type(err).__name__)}")
+            yield RowError("/messages", "template_error", f"chat template failed: "
+                           f"{_shorten(str(err) or type(err).__name__)}{argument_hint(renderer, record)}")
 
     return check_template
 

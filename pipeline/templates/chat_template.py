@@ -155,6 +155,17 @@ class ChatRenderer:
         """The stop markers in use and where they come from."""
 
     @property
+    def variables_read(self) -> frozenset[str]:
+        """The variables the template reads that no render sets itself (jinja2.meta on its source):
+        the ones a template argument can give."""
+        if "variables_read" not in self._probed:
+            from jinja2 import meta
+
+            read = meta.find_undeclared_variables(self._compiled.environment.parse(self.template))
+            self._probed["variables_read"] = frozenset(read - set(self._variables) - {"raise_exception", "strftime_now"})
+        return self._probed["variables_read"]
+
+    @property
     def stop_markers(self) -> tuple[str, ...]:
         """The texts a model emits to end a turn, longest first."""
         return self.stop.tokens

@@ -13,6 +13,7 @@ turn boundaries. Labels are not shifted (TRL convention).
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -165,10 +166,11 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
             sequences, audit = conversation_sequences(renderer, conversation["messages"], conversation.get("tools"),
                                                       options, name, conversation.get("chat_template_kwargs"))
         except TemplateNotMaskable as err:
-            results[index] = EncodedExample(error=str(err), reason="template_not_maskable")
+            results[index] = EncodedExample(error=str(err) + argument_hint(renderer, conversation, options),
+                                            reason="template_not_maskable")
         except RENDER_ERRORS as err:
-            results[index] = EncodedExample(error=f"{name}: the chat template failed: {type(err).__name__}: {err}",
-                                            reason="template_error")
+            results[index] = EncodedExample(error=f"{name}: the chat template failed: {type(err).__name__}: {err}"
+                                                  f"{argument_hint(renderer, conversation, options)}", reason="template_error")
         else:
             longest = max(len(text) for text, _ in sequences)
             if max_chars is not None and longest > max_chars:
@@ -189,6 +191,39 @@ def encode_batch(renderer: ChatRenderer, tokenizer: Any, conversations: list[dic
             audit = audit | {"split_extra_tokens": sum(sizes) - max(sizes)}
         results[index] = EncodedExample(encoded, audit)
     return results
+
+
+HINTED_ARGUMENTS = (("enable_thinking", False), ("thinking", False))
+"""Template arguments whose value turns a think-opening generation prompt off, probed when a
+conversation fails (besides a tools-like variable the template reads, probed as [])."""
+
+
+def argument_hint(renderer: ChatRenderer, conversation: dict, options: MaskOptions = MaskOptions()) -> str:
+    """When a conversation the template refuses (an undefined variable, plain turns under a
+    think-opening generation prompt) renders and masks exactly with one more template argument that
+    the template reads (a tools-like variable as [], enable_thinking=false, thinking=false): a
+    sentence naming it as --template-arg and data.chat_template_kwargs; "" otherwise. Never applied:
+    the user chooses.
+    """
+    from sftpack.templates.chat_template import RENDER_ERRORS
+    from sftpack.templates.fields import RESERVED_TEMPLATE_ARGS
+
+    own = dict(conversation.get("chat_template_kwargs") or {})
+    given = renderer.template_kwargs.keys() | own.keys() | RESERVED_TEMPLATE_ARGS
+    read = renderer.variables_read - given
+    probes = [(name, []) for name in sorted(read) if "tool" in name.lower() or "function" in name.lower()]
+    probes += [(name, value) for name, value in HINTED_ARGUMENTS if name in read]
+    for name, value in probes:
+        try:
+            _, audit = conversation_sequences(renderer, conversation["messages"], conversation.get("tools"), options,
+                                              kwargs=own | {name: value})
+        except (TemplateNotMaskable, *RENDER_ERRORS):
+            continue
+        if not audit.get("assistant_text_not_trained"):
+            shown = json.dumps(value)
+            return (f"; with the template argument {name}={shown} it renders and masks exactly: pass --template-arg "
+                    f"{name}={shown} (data.chat_template_kwargs: {{{name}: {shown}}}) if that is how the model is prompted")
+    return ""
 
 
 def _encodable(text: str) -> bool:
