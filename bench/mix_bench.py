@@ -11,7 +11,10 @@
 2. Decontamination. 300 alpaca prompts (>= 15 words) are the benchmark; 100 each are planted into
    fastchat/glaive conversations verbatim, embedded in a longer prompt, and upper-cased with their
    punctuation changed. Recall: planted records removed. False positives: the clean fastchat and
-   glaive conversations removed against the same (unrelated) items.
+   glaive conversations removed against the same (unrelated) items. Again on templated data: every
+   conversation with one system prompt and a signature under every answer, 5% of each source held
+   out, two more items holding that system prompt and signature; removals as eval near copies are
+   counted apart.
 3. Throughput. Whole `sftpack mix` processes (near dedup + decontamination) on bench/work/x10.jsonl
    and x100.jsonl (the real files repeated, as pack's bench), and on 100k distinct-text
    conversations (each repeat's first prompt suffixed): conversations/s and peak RSS; then
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import random
 import sys
 from pathlib import Path
@@ -31,10 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MODEL, REAL_FILES, ROOT, SFTPACK, WORK, machine, make_inputs, real_lines, run_measured  # noqa: E402
 
 from sftpack.checks.conversation_key import conversation_key  # noqa: E402
-from sftpack.mixing.text import shingles, turn_text, words  # noqa: E402
+from sftpack.mixing.text import dialogue_text, shingles, turn_text, words  # noqa: E402
 
 THRESHOLD, NGRAM = 0.8, 3
 TARGETS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def dialogue_jaccard(a: dict, b: dict) -> float:
+    sa, sb = (set(shingles(words(dialogue_text(r)), NGRAM)) for r in (a, b))
+    return len(sa & sb) / len(sa | sb)
 
 
 def jaccard(a: dict, b: dict) -> float:
@@ -132,11 +141,30 @@ def near_quality(rng: random.Random, num_perm: int = 128) -> list[str]:
 
 # ---------------------------------------------------------------- 2 decontamination
 
-def decontamination(rng: random.Random) -> list[str]:
+SYSTEM = ("You are Pip, a concise and friendly assistant made by the sftpack team. Answer every question "
+          "carefully, and say so plainly when you do not know the answer.")
+SIGNATURE = "Best regards, Pip, the friendly assistant made by the sftpack team, always here to help you out"
+
+
+def templated(record: dict) -> dict:
+    """A conversation as many SFT sets are: one system prompt on every row, a signature under every answer."""
+    turns = [m | {"content": m["content"] + "\n\n" + SIGNATURE} if m["role"] == "assistant" and m.get("content") else m
+             for m in record["messages"] if m["role"] != "system"]
+    return {"messages": [{"role": "system", "content": SYSTEM}] + turns}
+
+
+def decontamination(rng: random.Random, shaped: bool = False) -> list[str]:
+    """Planted recall and false positives; `shaped`: every conversation templated (system prompt and
+    signature), 5% of each source held out for eval, and two benchmark items that share the boilerplate."""
     prompts = [m["content"] for line in real_lines("alpaca_en_demo") for m in json.loads(line)["messages"][:1]
                if len(words(m["content"])) >= 15]
     items = rng.sample(sorted(set(prompts)), 300)
-    bench = write(WORK / "decon-bench.jsonl", [{"id": f"b{i}", "question": q} for i, q in enumerate(items)])
+    records = [{"id": f"b{i}", "question": q} for i, q in enumerate(items)]
+    if shaped:
+        records += [{"id": "sys", "question": SYSTEM + " What is the boiling point of water at sea level?"},
+                    {"id": "sig", "question": "Explain photosynthesis in two sentences. " + SIGNATURE}]
+    tag = "-shaped" if shaped else ""
+    bench = write(WORK / f"decon-bench{tag}.jsonl", records)
     clean = [json.loads(line) for stem in REAL_FILES[1:] for line in real_lines(stem)]
     planted = []
     for i, item in enumerate(items):
@@ -144,20 +172,50 @@ def decontamination(rng: random.Random) -> list[str]:
         way = ("verbatim", "embedded", "case_punct")[i // 100]
         text = {"verbatim": item, "embedded": f"My teacher gave us this today. {item} Could you walk me through it?",
                 "case_punct": item.upper().replace(" ", " - ").replace(",", ";") + "!!"}[way]
-        host["messages"][0]["content"] = text
+        host["messages"][[m["role"] for m in host["messages"]].index("user")]["content"] = text
         planted.append(host)
-    sources = [{"name": "planted", "path": str(write(WORK / "decon-planted.jsonl", planted))},
-               {"name": "clean", "path": str(write(WORK / "decon-clean.jsonl", clean))}]
-    result = mix("decon", {"sources": sources, "dedup": {"exact": False}, "decontaminate": {"benchmarks": [str(bench)]}})
-    hits = {r["row"] for r in removed(result) if r["reason"] == "contaminated" and r["source"] == "planted"}
+    originals = {"planted": planted, "clean": clean}
+    if shaped:
+        planted, clean = [templated(r) for r in planted], [templated(r) for r in clean]
+    sources = [{"name": "planted", "path": str(write(WORK / f"decon-planted{tag}.jsonl", planted))},
+               {"name": "clean", "path": str(write(WORK / f"decon-clean{tag}.jsonl", clean))}]
+    recipe = {"sources": sources, "dedup": {"exact": False}, "decontaminate": {"benchmarks": [str(bench)]}}
+    if shaped:
+        recipe["eval"] = {"fraction": 0.05}
+    result = mix(f"decon{tag}", recipe)
+    gone = [r for r in removed(result) if r["reason"] == "contaminated"]
+    hits = {r["row"]: r["benchmark"] for r in gone if r["source"] == "planted"}  # an eval near copy first, if so
+    eval_file = Path(result["path"], "eval", "planted.jsonl")
+    held = {json.loads(line)["row"] for line in eval_file.read_text().splitlines()} if eval_file.exists() else set()
     rows = ["| planted | removed (recall) |", "| --- | ---: |"]
+    total = 0
     for k, way in enumerate(("verbatim", "embedded in a longer prompt", "case and punctuation changed")):
-        found = sum(row in hits for row in range(k * 100 + 1, k * 100 + 101))
-        rows.append(f"| {way} | {found}/100 |")
-    rows.append(f"| all | {len(hits)}/300 = {len(hits) / 300:.3f} |")
-    fp = result["sources"]["clean"]["removed"].get("contaminated", 0)
-    rows.append(f"\nFalse positives: {fp} of {len(clean)} clean fastchat + glaive conversations removed against the "
-                "same 300 alpaca items.")
+        planted_rows = [row for row in range(k * 100 + 1, k * 100 + 101) if row not in held]
+        found = sum(row in hits for row in planted_rows)
+        total += len(planted_rows)
+        rows.append(f"| {way} | {found}/{len(planted_rows)} |")
+    rows.append(f"| all | {len(hits)}/{total} = {len(hits) / total:.3f} |")
+    if held:
+        rows.append(f"\n{len(held)} planted rows were held out for eval, so not in training; of those removed, "
+                    f"{sum(b != str(bench) for b in hits.values())} went first as an eval record's near copy.")
+    fp = sum(r["source"] == "clean" and r["benchmark"] == str(bench) for r in gone)
+    clean_in = result["sources"]["clean"]["in"] - result["sources"]["clean"]["held_out"]
+    rows.append(f"{'' if held else chr(10)}False positives: {fp} of {clean_in} clean fastchat + glaive conversations removed against the "
+                "same 300 alpaca items" + (" and the two items holding the system prompt and the signature." if shaped else "."))
+    if shaped:
+        near = [r for r in gone if r["benchmark"].startswith("eval/")]
+        trained = sum(s["in"] - s["held_out"] for s in result["sources"].values())
+        def original(record_id: str) -> dict:
+            source, _, row = record_id.split(":")
+            return originals[source][int(row) - 1]
+
+        # the oracle: the two conversations as they were before the system prompt and signature were added
+        plain = [dialogue_jaccard(original(r["id"]), original(r["item"])) for r in near]
+        boilerplate_only = sum(j < THRESHOLD for j in plain)
+        rows.append(f"Removed as an eval record's copy or near copy: {len(near)} of {trained} = {len(near) / trained:.2%}; "
+                    f"of those, {boilerplate_only} share only boilerplate (their dialogues without the system prompt and "
+                    f"signature below 0.8 Jaccard: {sorted(round(j, 3) for j in plain if j < THRESHOLD)}; the rest "
+                    f"{sorted(round(j, 3) for j in plain if j >= THRESHOLD)}).")
     return rows
 
 
@@ -232,6 +290,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-perm", type=int, default=128, help="near dedup permutations (the recipe default: 128)")
     parser.add_argument("--near-only", action="store_true", help="only section 1, printed (MIX.md is not written)")
+    parser.add_argument("--decontamination-only", action="store_true", help="only section 2, printed (MIX.md is not written)")
     parser.add_argument("--ray", action="store_true", help="only local vs --ray local throughput, into bench/MIX_RAY.md")
     args = parser.parse_args()
 
@@ -242,10 +301,15 @@ def main() -> int:
     if args.near_only:
         print("\n".join(near_quality(rng, args.num_perm)))
         return 0
+    if args.decontamination_only:
+        print("\n".join(decontamination(rng) + [""] + decontamination(random.Random(1), shaped=True)))
+        return 0
     if args.ray:
         (ROOT / "bench" / "MIX_RAY.md").write_text(ray_section(), encoding="utf-8")
         return 0
     sections = [("Near-duplicate quality", near_quality(rng, args.num_perm)), ("Decontamination", decontamination(rng)),
+                ("Decontamination on templated data (a system prompt and a signature on every row, 5% eval per source)",
+                 decontamination(random.Random(1), shaped=True)),
                 ("Throughput (whole `sftpack mix` processes, near dedup + decontamination)",
                  throughput([make_inputs("x10", 10), make_inputs("x100", 100), distinct_inputs(100_000)])),
                 ("pack on the same inputs, for comparison", pack_rows([make_inputs("x10", 10), make_inputs("x100", 100)]))]
