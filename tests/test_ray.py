@@ -311,6 +311,25 @@ def test_validate_on_the_cluster_writes_the_same_files(cluster, real_data, tmp_p
     assert json.loads((local / "mixed.validate.json").read_text())["warnings"]["duplicate"]["count"] == 2
 
 
+def _kept_near_a_removed_one(folder: Path, near: list[dict]) -> int:
+    """Training records at or above 0.8 exact Jaccard from an earlier record that was itself removed as a
+    near duplicate: kept because that record is not a keeper (the greedy clusters depend on order)."""
+    from sftpack.mixing.dedup import exact_jaccards, shingle_hashes
+    from sftpack.mixing.text import shingles, turn_text, words
+
+    def hashes(record):
+        return shingle_hashes(shingles(words(turn_text(record)), 3))
+
+    gone = [(e["source"], e["row"], hashes(e)) for e in near]
+    order = {name: i for i, name in enumerate(json.loads((folder / "manifest.json").read_text())["sources"])}
+    count = 0
+    for line in (folder / "train.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        earlier = [h for source, row, h in gone if (order[source], row) < (order[record["source"]], record["row"])]
+        count += bool(earlier) and bool((exact_jaccards(hashes(record), earlier) >= 0.8).any())
+    return count
+
+
 @pytest.mark.parametrize("dedup", ["near", "exact"])
 def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, model_dir, tmp_path, dedup):
     """`sftpack mix --ray`: n-gram lookups, band keys, their grouping and each component's
@@ -345,12 +364,18 @@ def test_mix_on_the_cluster_writes_the_same_files(cluster, real_data, model_dir,
     assert got["outputs"] == want["outputs"] and got["sources"] == want["sources"]
     for name in want["outputs"]:
         assert (ray / name).read_bytes() == (local / name).read_bytes(), name
-    removed = Counter(json.loads(line)["reason"] for line in (local / "removed.jsonl").read_text().splitlines())
+    entries = [json.loads(line) for line in (local / "removed.jsonl").read_text().splitlines()]
+    removed = Counter(entry["reason"] for entry in entries)
     assert removed["exact_duplicate"] > 10
+    # the same tool calls with their argument keys in reverse order: one conversation whose text (and so
+    # class and band keys) differs; only the cluster's conversation-hash key brings the copy to its first
+    trips = [e for e in entries if e["source"] == "second" and "Plan trip" in json.dumps(e.get("messages"))]
+    assert len(trips) == 4 and all(e["reason"] == "exact_duplicate" and e["kept"].startswith("first:") for e in trips)
     if dedup == "near":
         near = [json.loads(line) for line in (local / "removed.jsonl").read_text().splitlines()
                 if '"near_duplicate"' in line]
         assert len(near) > 150 and any(r["jaccard"] == 1.0 for r in near) and any(r["jaccard"] < 1 for r in near)
+        assert _kept_near_a_removed_one(local, near) > 5  # decisions that depend on order: the components keep it
         assert removed["contaminated"] > 10 and removed["filter_max_tokens"] > 10 and want["totals"]["tokens"] > 0
     else:
         assert len((local / "contamination.jsonl").read_text().splitlines()) > 10 and not removed["contaminated"]

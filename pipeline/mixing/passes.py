@@ -27,7 +27,6 @@ from sftpack.checks.messages import schema_errors
 from sftpack.errors import SftpackError
 from sftpack.io.readers import InputSource, Row
 from sftpack.mixing import sampling
-from sftpack.mixing.decontaminate import EvalIndex
 from sftpack.mixing.recipe import Recipe
 from sftpack.mixing.text import dialogue_text, words
 
@@ -141,9 +140,10 @@ def spill_dialogues(path: Path) -> Iterator[list[str]]:
 # ---------------------------------------------------------------- 2 hold out
 
 def hold_out(tmp: Path, recipe: Recipe, valid: list[int], counts: dict[str, SourceCounts],
-             evals: EvalIndex, eval_copies: dict[int, tuple[str, str]]) -> list[set[int]]:
+             evals: Any, eval_copies: dict[int, tuple[str, str]]) -> list[set[int]]:
     """Pass 2: write eval/<source>.jsonl; index each eval record for decontamination (its dialogue
-    for the near search, its conversation hash for exact copies).
+    for the near search of `evals`, a decontaminate.EvalIndex; its conversation hash for exact copies;
+    decontaminate reaches this module through dedup, so the type is not imported here).
 
     Returns:
         Per source, the held-out positions among its valid records.
