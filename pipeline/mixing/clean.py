@@ -10,8 +10,8 @@ the one a duplicate is kept in favour of.
            ──> .spill/<i>.kept.jsonl
 
 Locally one pass does it all. Under --ray with near dedup (pipeline/distributed/mix_tasks.py) the
-cluster looks up each line's contamination (decontaminate.Contamination) and groups lines into components of the LSH's
-candidate graph; a first pass screens here in order, Duplicates runs per component on the nodes
+cluster looks up each line's contamination (decontaminate.Contamination) and groups lines into
+components of the LSH's candidate graph; a first pass screens here in order, Duplicates runs per component on the nodes
 (pipeline/mixing/near_graph.py says why that decides the same), and a last pass writes every
 decision in order: the same files.
 """

@@ -8,8 +8,9 @@
 
 Shares become whole numbers by largest remainder (ties to the earlier source). A source giving N
 of its M available examples gives each one N // M times, plus a seeded sample of N mod M of them
-once more; with `repeat: false`, take and weight are capped at M. Every source draws from its own generator (seed, purpose, source name), so adding a
-source or changing another's share changes no other source's sample.
+once more; with `repeat: false`, take and weight are capped at M. Every source draws from its own
+generator (seed, purpose, source name), so adding a source or changing another's share changes no
+other source's sample.
 """
 
 from __future__ import annotations

@@ -32,13 +32,12 @@ from sftpack.mixing import sampling
 from sftpack.mixing.clean import Cleaner
 from sftpack.mixing.decontaminate import Contamination, EvalIndex, NgramIndex, benchmark_files
 from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_dialogues, spill_lines
-from sftpack.mixing.recipe import NearDedup
-from sftpack.mixing.recipe import Recipe, load_recipe
+from sftpack.mixing.recipe import NearDedup, Recipe, load_recipe
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
 from sftpack.store.manifest import MANIFEST, read_manifest
 
-MIX_FORMAT_VERSION = 3  # 2: near duplicates decided on the exact Jaccard; 3: decontamination on the dialogue, eval splits by near duplicates
+MIX_FORMAT_VERSION = 3  # 2: near duplicates on the exact Jaccard; 3: decontamination on the dialogue (README)
 
 
 def _open(recipe: Recipe) -> list[InputSource]:
