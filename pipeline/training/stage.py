@@ -44,6 +44,7 @@ from transformers import TrainerCallback
 from sftpack import __version__
 from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
+from sftpack.training import distributed
 from sftpack.training.generation import answer_prompts
 from sftpack.store.packed_folder import PackedFolder
 from sftpack.training.trainer import Session, build_trainer, tracker_settings
@@ -107,6 +108,7 @@ def _run(cfg: RunConfig, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]
     started = time.time()
     session = build_trainer(cfg, callbacks)
     trainer = session.trainer
+    distributed.check(trainer, distributed.requested(cfg.train))
     output_dir = Path(trainer.args.output_dir)
     resume = _resolve_resume(session.resume, output_dir)
     if trainer.is_world_process_zero():
@@ -162,8 +164,7 @@ def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: 
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
         "data": _data_identities(session),
         "runtime": dataclasses.asdict(session.runtime),
-        "distributed": {"world_size": trainer.args.world_size, "parallel_mode": str(trainer.args.parallel_mode.value),
-                        "backend": getattr(trainer.args.distributed_state, "backend", None)},
+        "distributed": distributed.describe(trainer),
         "versions": _versions(),
         "config": cfg.to_dict(),
         "seconds": round(time.time() - started, 3),
