@@ -47,7 +47,7 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
         distributed.cpu_settings(train, strategy)
     _apply_defaults(train, runtime)
     if runtime.device == "cpu" and distributed.world_size() > 1 and strategy == "fsdp":
-        distributed.configure_cpu_fsdp("bf16" if train["bf16"] else "no")  # before SFTConfig sets up devices
+        distributed.configure_cpu_fsdp(train)  # before SFTConfig sets up devices
     train.update(
         padding_free=True,
         packing=False,

@@ -55,12 +55,12 @@ def cpu_settings(train: dict[str, Any], strategy: str) -> None:
         raise SftpackError(
             "DeepSpeed was asked for (accelerate config distributed_type DEEPSPEED, or train.deepspeed), but "
             "this machine has no GPU: accelerate 1.15 starts DeepSpeed only on an accelerator and would train "
-            "plain gloo DDP instead. On CPU ranks use configs/accelerate/fsdp_cpu.yaml (FSDP2: sharded "
-            "parameters, gradients and optimizer state) or configs/accelerate/ddp_cpu.yaml")
+            "plain gloo DDP instead. On CPU ranks use configs/accelerate/fsdp.yaml (FSDP2: sharded "
+            "parameters, gradients and optimizer state) or configs/accelerate/ddp.yaml")
     if strategy == "fsdp" and train.get("fsdp"):
         raise SftpackError(
             "train.fsdp on CPU ranks: FSDP on CPU is set up from the accelerate config; remove train.fsdp and "
-            "train.fsdp_config and launch with configs/accelerate/fsdp_cpu.yaml")
+            "train.fsdp_config and launch with configs/accelerate/fsdp.yaml")
     if strategy == "fsdp" and os.environ.get("FSDP_VERSION", "1") != "2":
         raise SftpackError(
             f"FSDP version {os.environ.get('FSDP_VERSION', '1')} was asked for on CPU ranks; only FSDP2 runs on "
@@ -74,7 +74,7 @@ def cpu_settings(train: dict[str, Any], strategy: str) -> None:
         train["accelerator_config"] = accelerator_config
 
 
-def configure_cpu_fsdp(mixed_precision: str) -> None:
+def configure_cpu_fsdp(train: Mapping[str, Any]) -> None:
     """Configure accelerate's state as FSDP2 over gloo for CPU ranks, before SFTConfig sets up devices.
 
     The plugin is the launch's (the accelerate config's fsdp_config, exported as FSDP_* variables).
@@ -82,11 +82,15 @@ def configure_cpu_fsdp(mixed_precision: str) -> None:
     `cpu_settings`).
 
     Args:
-        mixed_precision: what the Trainer will pass to its Accelerator ("no" or "bf16").
+        train: the train section with sftpack's defaults: its fp16/bf16 decide the mixed precision
+            the Trainer will ask its Accelerator for (TrainingArguments: fp16, bf16, else the
+            launch's ACCELERATE_MIXED_PRECISION), which must be the configured state's.
     """
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, TorchDynamoPlugin
 
+    mixed_precision = ("fp16" if train.get("fp16") else "bf16" if train.get("bf16")
+                       else os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
     AcceleratorState._reset_state(reset_partial_state=True)
     partial = PartialState(cpu=True, backend="gloo")
     plugin = FullyShardedDataParallelPlugin()
@@ -94,7 +98,7 @@ def configure_cpu_fsdp(mixed_precision: str) -> None:
                              dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True)
     if state.distributed_type != DistributedType.MULTI_CPU:
         raise SftpackError(f"FSDP on CPU ranks: expected gloo processes, accelerate set up "
-                           f"{state.distributed_type}; launch with configs/accelerate/fsdp_cpu.yaml")
+                           f"{state.distributed_type}; launch with configs/accelerate/fsdp.yaml")
     # Both shared states: every AcceleratorState() copies PartialState's fields over its own.
     partial.distributed_type = state.distributed_type = DistributedType.FSDP
     state.fsdp_plugin = plugin
