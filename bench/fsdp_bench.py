@@ -92,7 +92,7 @@ def main() -> None:
             results[strategy].append(result)
     med = statistics.median
     print(f"\nmachine: {machine()}  load average now: {os.getloadavg()}")
-    print("| strategy | peak RSS rank 0 / rank 1 (MiB) | tokens/s | train s | final save s | params per rank "
+    print("| strategy | peak RSS per rank, lower / higher (MiB) | tokens/s | train s | final save s | params per rank "
           "(measured) | plan's estimate |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for strategy, runs in results.items():

@@ -132,7 +132,10 @@ def check(trainer, asked: str) -> None:
 
 
 def _local_numel(parameter) -> int:
-    """Elements this rank stores: a DTensor's local shard (FSDP2), else the whole tensor."""
+    """Elements this rank stores: a DTensor's local shard (FSDP2), ZeRO-3's partition (ds_tensor;
+    not run here: DeepSpeed needs a GPU), else the whole tensor."""
+    if hasattr(parameter, "ds_tensor"):
+        return int(parameter.ds_tensor.numel())
     local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
     return int(local.numel())
 
@@ -153,7 +156,7 @@ def describe(trainer) -> dict[str, Any]:
     if args.world_size > 1:
         per_rank = [int(n) for n in trainer.accelerator.gather(torch.tensor([held])).tolist()]
     strategy = running(trainer)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    total = sum(int(getattr(p, "ds_numel", p.numel())) for p in trainer.model.parameters())
     out: dict[str, Any] = {
         "strategy": strategy,
         "world_size": args.world_size,
