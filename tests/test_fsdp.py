@@ -81,7 +81,7 @@ def _finish(proc: subprocess.Popen) -> tuple[str, str]:
     return stdout, stderr
 
 
-def _config(tiny_model_dir, data, out: Path, **train) -> Path:
+def _config(tiny_model_dir, data, out: Path, monitor: dict | None = None, **train) -> Path:
     """STEPS steps of one packed row per rank, constant LR (so a run cut at step 1 and resumed
     follows the same schedule as a whole run), eval per source and a checkpoint at the last step."""
     settings = {"output_dir": str(out), "max_steps": STEPS, "per_device_train_batch_size": 1,
@@ -91,7 +91,7 @@ def _config(tiny_model_dir, data, out: Path, **train) -> Path:
                 "report_to": "none", "seed": 7, "data_seed": 7, "disable_tqdm": True, **train}
     cfg = build_config({"model": {"name_or_path": str(tiny_model_dir)},
                         "data": {"recipe": str(data["recipe"]), "max_length": 256, "out_dir": str(data["out_dir"])},
-                        "train": settings})
+                        "train": settings, "monitor": monitor or {}})
     path = out.with_suffix(".yaml")
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     return path
@@ -99,7 +99,8 @@ def _config(tiny_model_dir, data, out: Path, **train) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir, data) -> dict:
-    """ddp: STEPS steps; cut: fsdp step 1, saved; fsdp: resumed from cut's checkpoint-1 to STEPS."""
+    """ddp: STEPS steps; cut: fsdp step 1, saved; fsdp: resumed from cut's checkpoint-1 to STEPS
+    (with a sample prompt answered before and after)."""
     root = tmp_path_factory.mktemp("fsdp-runs")
     ddp = _launch("ddp.yaml", _config(tiny_model_dir, data, root / "ddp"))
     cut = _launch("fsdp.yaml", _config(tiny_model_dir, data, root / "cut", max_steps=1, eval_strategy="no",
@@ -107,7 +108,10 @@ def runs(tmp_path_factory, tiny_model_dir, data) -> dict:
     out = {"ddp": (root / "ddp", _finish(ddp)), "cut": (root / "cut", _finish(cut))}
     (root / "fsdp").mkdir()
     shutil.copytree(root / "cut" / "checkpoint-1", root / "fsdp" / "checkpoint-1")
-    fsdp = _launch("fsdp.yaml", _config(tiny_model_dir, data, root / "fsdp", resume_from_checkpoint=True))
+    # Sample prompts: generate runs a forward without backward, after which FSDP2 leaves its root
+    # module gathered; the per-rank count must still see the shards.
+    fsdp = _launch("fsdp.yaml", _config(tiny_model_dir, data, root / "fsdp", resume_from_checkpoint=True,
+                                        monitor={"sample_prompts": ["Hi"], "sample_max_new_tokens": 2}))
     out["fsdp"] = (root / "fsdp", _finish(fsdp))
     return out
 
@@ -144,6 +148,7 @@ def test_fsdp_shards_the_parameters_and_records_it(runs, tiny_model_dir):
     assert total == _manifest(runs, "ddp")["distributed"]["parameters"]["total"]
     # dim-0 shards: each rank holds half of every weight (rounded up per tensor), together the whole model.
     assert sum(per_rank) == total and max(per_rank) - min(per_rank) <= 64
+    assert len(_manifest(runs, "fsdp")["samples"]) == 1  # generate ran on the sharded model
     log = "".join(runs["fsdp"][1] + runs["cut"][1])
     assert "find_unused_parameters" not in log  # DDP's warning: FSDP was not dropped for DDP
 

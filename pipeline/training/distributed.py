@@ -140,6 +140,17 @@ def _local_numel(parameter) -> int:
     return int(local.numel())
 
 
+def _reshard(model) -> None:
+    """Put every FSDP2 module back in its sharded state. After a forward without backward (the
+    sample prompts' generate) the root module keeps its parameters gathered (FSDP2 does not reshard
+    the root after forward): counted then, each rank would seem to hold the whole embedding."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def describe(trainer) -> dict[str, Any]:
     """sftpack_run.json's `distributed`: what ran, measured. Call on every rank (it gathers).
 
@@ -151,6 +162,7 @@ def describe(trainer) -> dict[str, Any]:
 
     args = trainer.args
     model = trainer.model_wrapped if trainer.model_wrapped is not None else trainer.model
+    _reshard(model)
     held = sum(_local_numel(p) for p in model.parameters())
     per_rank = [held]
     if args.world_size > 1:
