@@ -3,7 +3,7 @@
 #   make demo                 validate -> pack -> train on the demo config
 #   make test                 the whole test suite
 #   make mix                  the demo mixture (configs/demo-mix.yaml; RECIPE=... for another)
-# Overrides: CONFIG=configs/x.yaml DATA=dir/with/train.jsonl+val.jsonl NPROC=2 OUT=out
+# Overrides: CONFIG=configs/x.yaml DATA=dir/with/train.jsonl+val.jsonl NPROC=2 STRATEGY=fsdp OUT=out
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -18,8 +18,10 @@ CONFIG ?= configs/demo.yaml
 DATA ?= data/demo
 OUT ?= out
 NPROC ?= 1
-# DDP over gloo on CPU; on GPUs use configs/accelerate/{fsdp,deepspeed_zero2}.yaml or your own.
-ACCELERATE_CONFIG ?= configs/accelerate/ddp_cpu.yaml
+# NPROC > 1: STRATEGY=ddp (every rank holds the model) or fsdp (FSDP2: each holds 1/NPROC of it);
+# CPU ranks use gloo. ACCELERATE_CONFIG=your.yaml overrides the strategy's file.
+STRATEGY ?= ddp
+ACCELERATE_CONFIG ?= configs/accelerate/$(STRATEGY).yaml
 MODEL_DIR := models/smollm2-135m-instruct
 MODEL := $(MODEL_DIR)/conversion.json
 
@@ -100,6 +102,7 @@ TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
 train: $(TRAINED)
 
 $(TRAINED): $(PACKED) $(CONFIG)
+	@test -f $(ACCELERATE_CONFIG) || { echo "STRATEGY=$(STRATEGY): no $(ACCELERATE_CONFIG); use ddp or fsdp" >&2; exit 2; }
 	$(if $(filter 1,$(NPROC)),$(SFTPACK),$(VENV)/bin/accelerate launch --config_file $(ACCELERATE_CONFIG) --num_processes $(NPROC) -m sftpack) \
 	  train --config $(CONFIG) data.train=$$(cat $(OUT)/packed/train.path) \
 	  data.validation=$$(cat $(OUT)/packed/val.path) train.output_dir=$(OUT)/runs/$(notdir $(basename $(CONFIG)))

@@ -14,6 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model folder with config.json (parameters counted, no weights loaded)")
     parser.add_argument("--params", help="parameter count instead of --model: 7e9, 7B, 135M")
     parser.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs (default 1)")
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="memory per GPU in GiB: the plan chooses DDP or FSDP2 (and --write-config also "
+                             "writes <name>.accelerate.yaml beside the run config)")
     parser.add_argument("--per-device-batch", type=int, help="micro-batch per GPU")
     parser.add_argument("--target-batch", type=int, help="wanted effective batch; sets the accumulation steps")
     parser.add_argument("--examples", type=int, help="training rows (packed rows)")
@@ -29,14 +32,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     plan = api.plan(model=args.model, params=args.params, gpus=args.gpus, per_device_batch=args.per_device_batch,
                     target_batch=args.target_batch, examples=args.examples, data=args.data, epochs=args.epochs,
-                    config=args.config, plot=args.plot, write_config=args.write_config, write_json=args.write_json)
+                    config=args.config, gpu_memory=args.gpu_memory, plot=args.plot, write_config=args.write_config, write_json=args.write_json)
     if args.json:
         print(json.dumps(plan_json(plan)))
         for note in plan.notes:  # stdout stays one JSON object
             print(f"note: {note}", file=sys.stderr)
     else:
         print(format_plan(plan))
-    for label, path in (("plot", args.plot), ("config", args.write_config), ("json", args.write_json)):
+    accelerate = None
+    if args.write_config and plan.strategy is not None and plan.strategy.strategy in ("ddp", "fsdp"):
+        from sftpack.planning.strategy import accelerate_config_path
+
+        accelerate = accelerate_config_path(args.write_config)
+    for label, path in (("plot", args.plot), ("config", args.write_config), ("accelerate config", accelerate),
+                        ("json", args.write_json)):
         if path:
             print(f"wrote {label}: {path}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -1,13 +1,11 @@
 """train: sequence isolation in packed rows, SFTConfig contract, real tiny-model runs on CPU
-(trackers, checkpoints, best model, resume, NaN stop, early stopping, health rules, 2-process DDP)."""
+(trackers, checkpoints, best model, resume, NaN stop, early stopping, health rules); 2 processes: test_fsdp.py."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -331,28 +329,6 @@ def test_grad_norm_warning_knows_about_clipping(tmp_path, max_grad_norm, advice)
     [warning] = health.warnings
     assert warning.kind == "grad_norm_high" and advice in warning.message
     assert ("set max_grad_norm" in warning.message) == (max_grad_norm == 0.0)
-
-
-# ---------------------------------------------------------------- two processes, gloo
-
-def test_two_process_ddp_on_cpu(tiny_model_dir, packed_chat, tmp_path):
-    out = tmp_path / "ddp"
-    cfg = make_config(tiny_model_dir, packed_chat, out, max_steps=4, eval_steps=4, save_steps=4)
-    config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_dict()))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(REPO / "configs/accelerate/ddp_cpu.yaml"), "-m", "sftpack", "train", "--config", str(config)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    manifest = json.loads((out / RUN_MANIFEST).read_text())
-    assert manifest["distributed"] == {"world_size": 2, "parallel_mode": "distributed", "backend": "gloo"}
-    assert manifest["steps"] == 4 and (out / FINAL_DIR / "model.safetensors").is_file()
-    # Each step saw one row per process: an epoch is ceil(rows / 2) steps.
-    rows = datasets.load_from_disk(str(packed_chat[0])).num_rows
-    assert manifest["epochs"] == pytest.approx(4 / math.ceil(rows / 2))
-    assert proc.stdout.count("completed: 4 steps") == 1  # one summary, from rank 0
 
 
 # ---------------------------------------------------------------- reasoning data, split by the template

@@ -53,6 +53,10 @@ def run(req: PlanRequest, plot: str | Path | None = None, config_out: str | Path
         write_plot(plan, plot)
     if run_config is not None:
         write_config(config_out, run_config)
+        if plan.strategy is not None:
+            from sftpack.planning.strategy import write_accelerate_config
+
+            write_accelerate_config(plan.strategy, str(config_out))  # beside it: <stem>.accelerate.yaml
     if json_out:
         write_json(json_out, plan_json(plan))
     return plan
@@ -92,6 +96,8 @@ def make_plan(req: PlanRequest) -> Plan:
         notes.append(f"train.max_steps={max_steps} in the base config overrides num_train_epochs")
     notes += steps.notes
 
+    choice = _strategy(req, num_params)
+    notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     sources.update({"num_gpus": "flag" if req.gpus != 1 else "default", "warmup_ratio": sources["warmup_steps"],
                     "optimizer_steps_per_epoch": "computed", "total_steps": "computed"})
     return Plan(
@@ -99,8 +105,17 @@ def make_plan(req: PlanRequest) -> Plan:
         values=_planned_values(start, batch, steps), sources=sources,
         examples=examples, examples_from=examples_from, micro_batches_per_epoch=steps.micro_batches_per_epoch,
         max_length=max_length, notes=tuple(notes), base_config=base, model_path=model_path,
-        data_path=req.data, extra_train={"warmup_steps": start["warmup_steps"]},
+        data_path=req.data, extra_train={"warmup_steps": start["warmup_steps"]}, strategy=choice,
     )
+
+
+def _strategy(req: PlanRequest, num_params: int):
+    """DDP, FSDP2 or neither for --gpus GPUs of --gpu-memory GiB (None without --gpu-memory)."""
+    if req.gpu_memory is None:
+        return None
+    from sftpack.planning.strategy import GIB, choose, replica_parts
+
+    return choose(replica_parts(num_params), req.gpus, req.gpu_memory * GIB)
 
 
 # --- resolving values ------------------------------------------------------------------
@@ -311,5 +326,6 @@ def _check_request(req: PlanRequest) -> None:
     _positive("--target-batch", req.target_batch, errors)
     _positive("--examples", req.examples, errors)
     _positive("--epochs", req.epochs, errors, allow_float=True)
+    _positive("--gpu-memory", req.gpu_memory, errors, allow_float=True)
     if errors:
         raise SftpackError("; ".join(errors))

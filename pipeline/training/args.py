@@ -8,13 +8,13 @@ collator as they are on disk (`dataset_kwargs={"skip_prepare_dataset": True}`), 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from trl import SFTConfig
 
 from sftpack.config.run_config import RunConfig
 from sftpack.errors import SftpackError
+from sftpack.training import distributed
 from sftpack.training.runtime import Runtime
 
 
@@ -31,15 +31,23 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
         (SFTConfig, resume) where resume is what `trainer.train(resume_from_checkpoint=)`
         gets: None, True (the last checkpoint in output_dir) or a checkpoint path.
 
+    Several processes on CPU run the strategy the launch asks for (distributed.requested): gloo
+    DDP, or FSDP2 on an accelerate state configured here; what cannot run there is refused.
+
     Raises:
-        SftpackError: every conflict between keys, naming both.
+        SftpackError: every conflict between keys, naming both; a strategy CPU ranks cannot run.
     """
     train = dict(cfg.train)
     resume = _pop_resume(train)
     errors = _conflicts(cfg, runtime, train)
     if errors:
         raise SftpackError(f"{cfg.source}: invalid train settings:\n  " + "\n  ".join(errors))
+    strategy = distributed.requested(train)
+    if runtime.device == "cpu" and distributed.world_size() > 1:
+        distributed.cpu_settings(train, strategy)
     _apply_defaults(train, runtime)
+    if runtime.device == "cpu" and distributed.world_size() > 1 and strategy == "fsdp":
+        distributed.configure_cpu_fsdp(train)  # before SFTConfig sets up devices
     train.update(
         padding_free=True,
         packing=False,
@@ -84,11 +92,6 @@ def _conflicts(cfg: RunConfig, runtime: Runtime, train: dict[str, Any]) -> list[
 
 def _apply_defaults(train: dict[str, Any], runtime: Runtime) -> None:
     """sftpack's defaults where they differ from TRL's, set in `train` unless it names them."""
-    if runtime.device == "cpu" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Several processes on CPU (accelerate launch --multi_gpu / torchrun on a machine without
-        # GPUs): without use_cpu each process would train alone instead of joining gloo DDP.
-        train.setdefault("use_cpu", True)
-        train.setdefault("ddp_backend", "gloo")
     train.setdefault("bf16", runtime.dtype == "bfloat16")
     # Pinned memory only speeds copies to an accelerator; on CPU torch warns that it is unused.
     train.setdefault("dataloader_pin_memory", runtime.device != "cpu")

@@ -44,6 +44,7 @@ from transformers import TrainerCallback
 from sftpack import __version__
 from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
+from sftpack.training import distributed
 from sftpack.training.generation import answer_prompts
 from sftpack.store.packed_folder import PackedFolder
 from sftpack.training.trainer import Session, build_trainer, tracker_settings
@@ -107,6 +108,7 @@ def _run(cfg: RunConfig, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]
     started = time.time()
     session = build_trainer(cfg, callbacks)
     trainer = session.trainer
+    distributed.check(trainer, distributed.requested(cfg.train))
     output_dir = Path(trainer.args.output_dir)
     resume = _resolve_resume(session.resume, output_dir)
     if trainer.is_world_process_zero():
@@ -117,11 +119,13 @@ def _run(cfg: RunConfig, callbacks: Sequence[TrainerCallback]) -> dict[str, Any]
     tokenizer = trainer.processing_class
     before = answer_prompts(trainer.model, tokenizer, prompts, sample_tokens) if prompts else []
     result = trainer.train(resume_from_checkpoint=resume)
+    saving = time.time()
     status, final = _save_final(session, output_dir)
+    saved_in = round(time.time() - saving, 3)
     samples = [{"prompt": p, "before": b, "after": a} for p, b, a in
                zip(prompts, before, answer_prompts(trainer.model, tokenizer, prompts, sample_tokens))] if final else []
     _finish_wandb()  # flush the offline run: complete on disk and ready for `wandb sync`
-    manifest = _run_manifest(cfg, session, resume, result, status, final, samples, started)
+    manifest = _run_manifest(cfg, session, resume, result, status, final, samples, started, saved_in)
     if trainer.is_world_process_zero():
         from sftpack.store.atomic import write_json
 
@@ -141,7 +145,8 @@ def _save_final(session: Session, output_dir: Path) -> tuple[str, Path | None]:
 
 
 def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: Any, status: str,
-                  final: Path | None, samples: list[dict[str, str]], started: float) -> dict[str, Any]:
+                  final: Path | None, samples: list[dict[str, str]], started: float,
+                  saved_in: float) -> dict[str, Any]:
     """What sftpack_run.json holds (keys in the order written); see `run`."""
     trainer = session.trainer
     state = trainer.state
@@ -153,17 +158,18 @@ def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: 
         "max_steps": state.max_steps,
         "epochs": state.epoch,
         "train_loss": result.training_loss,
+        "train_seconds": result.metrics.get("train_runtime"),
         "best_eval_loss": state.best_metric,
         "best_checkpoint": state.best_model_checkpoint,
         "final": str(final) if final else None,
+        "final_save_seconds": saved_in,  # FSDP gathers the full state dict here
         "nonfinite_saved_to": trainer.nonfinite_saved_to,
         "health_warnings": [dataclasses.asdict(w) for w in session.health.warnings],
         "samples": samples,
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
         "data": _data_identities(session),
         "runtime": dataclasses.asdict(session.runtime),
-        "distributed": {"world_size": trainer.args.world_size, "parallel_mode": str(trainer.args.parallel_mode.value),
-                        "backend": getattr(trainer.args.distributed_state, "backend", None)},
+        "distributed": distributed.describe(trainer),
         "versions": _versions(),
         "config": cfg.to_dict(),
         "seconds": round(time.time() - started, 3),
