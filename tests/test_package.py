@@ -138,7 +138,22 @@ def test_the_wheel_holds_one_top_level_package(tmp_path):
 # ---------------------------------------------------------------- outputs unchanged by the move
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "pack_golden.json").read_text())
-OPTIONS = {"default": {}, "all_turns_512": {"max_length": 512, "train_on": "last"}}
+OPTIONS = {"default": {}, "last_turn_512": {"max_length": 512, "train_on": "last"}}
+
+
+def _rows_digest(shard: Path) -> str:
+    """sha256 of a shard's rows as values, column by column (sorted names), read with pyarrow alone:
+    the content the golden file fixes, not Arrow's file bytes, which a pyarrow upgrade may change."""
+    import hashlib
+
+    import pyarrow as pa
+
+    with pa.OSFile(str(shard), "rb") as source:
+        table = pa.ipc.open_stream(source).read_all()
+    digest = hashlib.sha256()
+    for name in sorted(table.column_names):
+        digest.update(json.dumps([name, table.column(name).to_pylist()], separators=(",", ":")).encode())
+    return digest.hexdigest()
 
 
 def _demo_data(folder: Path) -> Path:
@@ -162,7 +177,7 @@ def test_masks_shards_and_fingerprints_are_those_recorded_before_the_move(case, 
     folder = sftpack.pack([golden_inputs[name]], tmp_path, tokenizer=str(model_dir), **OPTIONS[options])
     expected = GOLDEN[case]
     assert folder.path.name == expected["fingerprint"]
-    assert {s["file"]: s["sha256"] for s in folder.manifest["shards"]} == expected["shards"]
+    assert {s["file"]: _rows_digest(folder.path / s["file"]) for s in folder.manifest["shards"]} == expected["rows"]
     assert {k: folder.totals[k] for k in expected["totals"]} == expected["totals"]
 
 
@@ -175,14 +190,31 @@ def test_real_data_in_the_repo_matches_its_notice():
 
 
 def test_readme_python_example_packs_and_trains_with_trl(model_dir, tmp_path):
-    """The README's "From Python" block, as it is, in a folder laid out as after `make model demo-data`."""
+    """The README's "From Python" block, as it is, in a folder laid out as after `make model demo-data`,
+    followed by two lines that print its trainer's state: one step trained, with a finite loss,
+    saved as checkpoint-1 with weights that moved."""
+    import math
+
+    from safetensors import safe_open
+
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## From Python", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code += ("import json\nprint('STATE', json.dumps({'global_step': trainer.state.global_step,"
+             " 'log_history': trainer.state.log_history}))\n")
     _demo_data(tmp_path)
     (tmp_path / "models").symlink_to(REPO / "models", target_is_directory=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained tokens" in proc.stdout
-    assert (tmp_path / "out" / "runs" / "python").is_dir()
+    state = json.loads(proc.stdout.split("\nSTATE ", 1)[1])
+    assert state["global_step"] == 1
+    [summary] = [log for log in state["log_history"] if "train_loss" in log]
+    assert math.isfinite(summary["train_loss"]) and summary["train_loss"] > 0
+    checkpoint = tmp_path / "out" / "runs" / "python" / "checkpoint-1"
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 1
+    with safe_open(checkpoint / "model.safetensors", "pt") as trained, \
+            safe_open(model_dir / "model.safetensors", "pt") as initial:
+        name = "model.layers.0.mlp.down_proj.weight"
+        assert not trained.get_tensor(name).float().equal(initial.get_tensor(name).float())  # the step moved it

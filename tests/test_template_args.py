@@ -1,5 +1,5 @@
 """Template arguments, per-turn train flags, stop markers without generation_config.json, and the
-fingerprint covering all of them (issue 22).
+fingerprint covering the options among them (a per-turn flag is in the input's bytes) (issue 22).
 
 Template arguments are checked against transformers' own `apply_chat_template(..., **kwargs)`: the
 text before every trained span is exactly the prompt the model is given with those arguments.
@@ -21,7 +21,7 @@ from sftpack.cli.data_options import template_args
 from sftpack.errors import SftpackError
 from sftpack.packing.stage import pack_warnings
 from sftpack.templates.chat_template import ChatRenderer
-from sftpack.templates.masking import MaskOptions, encode_batch
+from sftpack.templates.masking import IGNORE_INDEX, MaskOptions, encode_batch
 
 PLAIN = [{"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hi there!"},
          {"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."}]
@@ -132,6 +132,65 @@ def test_train_false_leaves_that_turn_untrained_even_with_train_on_all(smol_toke
     assert example.audit == {"turns_marked_untrained": 1}
 
 
+REASONING = [PLAIN[0], {**PLAIN[1], "reasoning_content": "They want a greeting."}, PLAIN[2],
+             {**PLAIN[3], "content": "<think>\nFrance has one capital.\n</think>\n\nParis."}]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gpt_oss"])
+def test_train_false_on_templates_that_split_conversations(stand_in, name):
+    """Qwen3 strips earlier reasoning and gpt-oss ends earlier answers with <|end|>, so the
+    conversation is two sequences, one per turn. A turn marked false needs no sequence of its own:
+    the other turn is trained in the one it needs, and nothing else. Under --train-on last only the
+    final turn is a target: a false one there leaves nothing (never the turn before)."""
+    tokenizer, renderer = stand_in(name)
+
+    def encode(flagged=(), train_on="all"):
+        messages = copy.deepcopy(REASONING)
+        for i in flagged:
+            messages[i]["train"] = False
+        [example] = encode_batch(renderer, tokenizer, [{"messages": messages}], MaskOptions(train_on=train_on))
+        assert example.error is None, example.error
+        return [s.text for s in example.sequences], pieces(example), example.audit
+
+    (first, full), (trains_first, trains_second), audit = encode()
+    assert audit["split_conversations"] == 1 and "They want a greeting." in trains_first[0]
+    assert "They want a greeting." in first and "They want a greeting." not in full  # hence the split
+    assert encode([1]) == ([full], [trains_second], {"turns_marked_untrained": 1})
+    assert encode([3]) == ([first], [trains_first], {"turns_marked_untrained": 1})
+    assert encode(train_on="last") == ([full], [trains_second], {})
+    assert encode([1], "last") == ([full], [trains_second], {"turns_marked_untrained": 1})
+    assert encode([3], "last") == ([full], [[]], {"turns_marked_untrained": 1})
+
+
+def test_a_train_false_turn_packs_the_same_tokens_with_that_turn_untrained(model_dir, smol_tokenizer, tmp_path):
+    """Through pack: the flagged conversation's row holds the same input_ids as the unflagged one's,
+    and its labels differ exactly on the flagged turn's tokens. Under --train-on last a flag on an
+    earlier turn changes nothing, and one on the final turn leaves nothing to train: the
+    conversation is dropped as no_trained_tokens."""
+    first, last = copy.deepcopy(PLAIN), copy.deepcopy(PLAIN)
+    first[1]["train"], last[3]["train"] = False, False
+    data = _write(tmp_path / "flags.jsonl", [{"id": "plain", "messages": PLAIN}, {"id": "first", "messages": first},
+                                             {"id": "last", "messages": last}])
+
+    def rows(train_on):
+        folder = sftpack.pack([data], tmp_path / "packed", tokenizer=str(model_dir), strategy="none",
+                              train_on=train_on)
+        table = folder.dataset()
+        return folder.totals, {ids[0]: (row["input_ids"], row["labels"]) for row, ids in zip(table, table["example_ids"])}
+
+    totals, packed = rows("all")
+    assert totals["audit"]["turns_marked_untrained"] == 2 and totals["dropped"] == {}
+    ids, plain_labels = packed["plain"]
+    for key, untrained in (("first", "Hi there!<|im_end|>"), ("last", "Paris.<|im_end|>")):
+        assert packed[key][0] == ids
+        labels = packed[key][1]
+        assert all(b == IGNORE_INDEX for a, b in zip(plain_labels, labels) if a != b), key
+        assert smol_tokenizer.decode([t for t, a, b in zip(ids, plain_labels, labels) if a != b]) == untrained, key
+    totals, packed = rows("last")
+    assert set(packed) == {"plain", "first"} and packed["first"] == packed["plain"]
+    assert totals["dropped"] == {"no_trained_tokens": 1} and totals["audit"]["examples_without_trained_tokens"] == 1
+
+
 def test_train_flag_is_a_boolean_on_assistant_turns_only():
     record = {"messages": copy.deepcopy(PLAIN)}
     record["messages"][1]["train"] = "no"
@@ -168,12 +227,7 @@ def test_everything_that_changes_the_masks_changes_the_fingerprint(model_dir, tm
     given = sftpack.pack([data], out, tokenizer=str(folder), stop_tokens=["<|im_end|>", "<|endoftext|>"])
     assert given.manifest["tokenizer"]["stop_markers"]["source"] == "stop_tokens" and not pack_warnings(given.manifest)
     kwargs = sftpack.pack([data], out, tokenizer=str(folder), chat_template_kwargs={"enable_thinking": False})
-    flagged = copy.deepcopy(PLAIN)
-    flagged[1]["train"] = False
-    flagged_data = _write(tmp_path / "a.jsonl", [{"id": "c0", "messages": flagged}])
-    turns = sftpack.pack([flagged_data], out, tokenizer=str(folder))
-    assert turns.totals["audit"]["turns_marked_untrained"] == 1
-    for packed in (inferred, given, kwargs, turns):
+    for packed in (inferred, given, kwargs):  # a per-turn train flag is in the input's bytes: see below
         assert not packed.manifest["reused"] and packed.path.name not in seen
         seen.add(packed.path.name)
         assert packed.totals["audit"]["assistant_text_not_trained"] == 0

@@ -1,5 +1,6 @@
-"""TRL's own prompt-completion layouts read as layouts: the completion is trained, the prompt is
-not, and a record packs to the same input_ids and labels as the equivalent messages record."""
+"""TRL's own prompt-completion layouts read as layouts: the completion's assistant turns are
+trained, the prompt is not, and a record packs to the same input_ids and labels as the equivalent
+messages record; TRL's own preparation of the same records trains the same tokens and more."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import sftpack
+from sftpack.io.prompt_completion import KEYS
 from sftpack.io.readers import open_input
 from sftpack.templates.masking import IGNORE_INDEX
 
@@ -66,3 +68,56 @@ def test_prompt_completion_is_detected_and_bad_records_name_the_field(tmp_path):
     assert rows[1].record["messages"] == [USER, ASSISTANT] and rows[0].record["id"] == "a"
     assert (rows[4].error.path, rows[4].error.rule) == ("/prompt", "convert_type")
     assert (rows[5].error.path, rows[5].error.rule) == ("/completion", "convert_missing")
+
+
+def _spans(tokenizer, ids: list[int], trained: list[bool]) -> list[str]:
+    """The trained text, one string per run of trained tokens."""
+    runs, run = [], []
+    for token, on in zip(ids + [None], trained + [False]):
+        if on:
+            run.append(token)
+        elif run:
+            runs.append(tokenizer.decode(run))
+            run = []
+    return runs
+
+
+def test_trl_trains_the_same_assistant_text_and_also_what_follows_it(tiny_model_dir, model_dir, smol_tokenizer,
+                                                                      tmp_path):
+    """TRL's own preparation (SFTTrainer, completion_only_loss on by default for prompt-completion
+    data) of the same records, with the real SmolLM2 tokenizer: the same input_ids for the
+    conversational records; every token sftpack trains, TRL trains too; TRL also trains every
+    other token after the prompt: the "\\n" after each <|im_end|>, and the user turn and role
+    headers inside a multi-turn completion. A string record TRL trains as plain text, with the
+    same trained tokens (README "prompt_completion")."""
+    import datasets
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    conversational = [r for r in PROMPT_COMPLETION if isinstance(r["prompt"], list)]
+    standard = [r for r in PROMPT_COMPLETION if isinstance(r["prompt"], str)]
+    args = SFTConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, bf16=False, max_length=None)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args,
+                         processing_class=smol_tokenizer,
+                         train_dataset=datasets.Dataset.from_list([{k: r[k] for k in KEYS} for r in conversational]),
+                         eval_dataset=datasets.Dataset.from_list([{k: r[k] for k in KEYS} for r in standard]))
+    assert trainer.completion_only_loss
+    prepared = [*trainer.train_dataset, *trainer.eval_dataset]
+    trl = {r["id"]: (row["input_ids"], row["labels"]) for r, row in zip(conversational + standard, prepared)}
+    ours = _packed(sftpack.pack([_jsonl(tmp_path / "pc.jsonl", PROMPT_COMPLETION)], tmp_path / "packed",
+                                tokenizer=str(model_dir), max_length=256, strategy="none"))
+    only_trl = {"a": ["\n"], "c": ["\n<|im_start|>user\nAnd 2 km?<|im_end|>\n<|im_start|>assistant\n", "\n"],
+                "d": ["\n"]}
+    for key, extra in only_trl.items():
+        (ids, labels), (trl_ids, trl_labels) = ours[key], trl[key]
+        assert ids == trl_ids, key
+        trained = [label != IGNORE_INDEX for label in labels]
+        trl_trained = [label != IGNORE_INDEX for label in trl_labels]
+        assert all(theirs for mine, theirs in zip(trained, trl_trained) if mine), key  # ours within TRL's
+        first = trl_trained.index(True)  # TRL: every token from the end of the prompt on
+        assert trl_trained == [False] * first + [True] * (len(ids) - first) and trained.index(True) == first, key
+        assert _spans(smol_tokenizer, ids, [t and not m for m, t in zip(trained, trl_trained)]) == extra, key
+    (ids, labels), (trl_ids, trl_labels) = ours["b"], trl["b"]
+    assert smol_tokenizer.decode(trl_ids) == USER["content"] + ASSISTANT["content"] + "<|im_end|>"  # plain text
+    assert smol_tokenizer.decode(ids).startswith("<|im_start|>system\n")  # ours: the chat template's rendering
+    assert [t for t in trl_labels if t != IGNORE_INDEX] == [t for t in labels if t != IGNORE_INDEX]

@@ -1,4 +1,4 @@
-"""TRL's prompt-completion layout as messages: the prompt is context, the completion is trained.
+"""TRL's prompt-completion layout as messages: the prompt is context, the completion's assistant turns are trained.
 
     conversational  {"prompt": [{role, content}, ...], "completion": [{"role": "assistant", ...}, ...]}
     standard        {"prompt": "...", "completion": "..."}
@@ -8,7 +8,10 @@ a string or a list of messages); the messages are the prompt's, then the complet
 record packs to the same `input_ids` and `labels` as the equivalent messages record. Unlike TRL,
 which trains a standard (string) record as plain text, sftpack renders it with the chat template,
 as it does alpaca. Assistant turns inside a conversational prompt are context, as in TRL: they
-get `"train": false` (the per-turn flag), unless the record already says otherwise.
+get `"train": false` (the per-turn flag), unless the record already says otherwise. TRL trains
+every token after the prompt; here the completion is masked as any messages record is: its
+assistant turns up to their stop token, never its user turns, role headers or the text after a stop
+token (README "prompt_completion", asserted against TRL in tests/test_trl_layouts.py).
 """
 
 from __future__ import annotations

@@ -38,31 +38,39 @@ class PackedSFTTrainer(SFTTrainer):
     `Trainer` hides NaN losses from its logs (`logging_nan_inf_filter`).
     """
 
-    def __init__(self, *args, counter: TokenCounter, health: HealthCallback,
-                 eval_weights: dict[str, int] | None = None, **kwargs):
+    def __init__(self, *args, counter: TokenCounter, health: HealthCallback, **kwargs):
         super().__init__(*args, **kwargs)
         self.counter = counter
         self.health = health
-        self.eval_weights = eval_weights or {}
         self.nonfinite_saved_to: str | None = None
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         """Per-source eval sets (a recipe's eval/<source>): `eval_<source>_loss` each, plus `eval_loss`,
-        their mean weighted by trained tokens, logged together and handed to the callbacks once, so
-        early stopping and the best checkpoint see the overall loss (or the source the config names in
-        train.metric_for_best_model). Transformers' own dict handling calls the callbacks per set,
-        each without the other sets' metrics and with no overall loss."""
+        all as a mean per trained token, logged together and handed to the callbacks once, so early
+        stopping and the best checkpoint see the overall loss (or the source the config names in
+        train.metric_for_best_model). `eval_loss` is then what one evaluation of all the sets together
+        gives in a single batch, whatever per_device_eval_batch_size is. Transformers' own dict handling
+        calls the callbacks per set, each without the other sets' metrics and with no overall loss,
+        and its loss is a mean of batch means: batches of few trained tokens weigh as much as full ones."""
         datasets = self.eval_dataset if eval_dataset is None else eval_dataset
         if not isinstance(datasets, dict):
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        metrics, weighted = {}, 0.0
+        model = self._wrap_model(self.model, training=False)
+        model.eval()
+        metrics, sums = {}, {}
         for name, dataset in datasets.items():
-            output = self.evaluation_loop(self.get_eval_dataloader(dataset), description=f"Evaluation {name}",
-                                          prediction_loss_only=True, ignore_keys=ignore_keys,
-                                          metric_key_prefix=f"{metric_key_prefix}_{name}")
-            metrics.update(output.metrics)
-            weighted += output.metrics[f"{metric_key_prefix}_{name}_loss"] * self.eval_weights.get(name, 1)
-        metrics[f"{metric_key_prefix}_loss"] = weighted / sum(self.eval_weights.get(name, 1) for name in datasets)
+            summed = torch.zeros(2, dtype=torch.float64, device=self.args.device)  # (loss * tokens, tokens)
+            for inputs in self.get_eval_dataloader(dataset):
+                loss, _, _ = self.prediction_step(model, inputs, prediction_loss_only=True, ignore_keys=ignore_keys)
+                # The batch's loss is its mean over the targets the shifted labels hold.
+                tokens = (inputs["labels"][..., 1:] != IGNORE_INDEX).sum().to(summed.device).double()
+                summed += torch.stack([loss.to(summed.device).double() * tokens, tokens])
+            # With several processes accelerate repeats a few rows to even out the last batch, as in
+            # transformers' own loop; their tokens count twice.
+            sums[name] = self.accelerator.reduce(summed, "sum").tolist()
+            metrics[f"{metric_key_prefix}_{name}_loss"] = sums[name][0] / max(sums[name][1], 1)
+        total = [sum(values) for values in zip(*sums.values())]
+        metrics[f"{metric_key_prefix}_loss"] = total[0] / max(total[1], 1)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -194,15 +202,11 @@ class Session:
     health: HealthCallback
 
 
-def _eval_data(val_dir: Path | dict[str, Path] | None, tokenizer) -> tuple[Any, dict[str, int] | None]:
-    """The eval dataset (a dict of them, one per recipe source) and each one's trained tokens."""
+def _eval_data(val_dir: Path | dict[str, Path] | None, tokenizer) -> Any:
+    """The eval dataset, or a dict of them (one per recipe source)."""
     if not isinstance(val_dir, dict):
-        return (load_packed(val_dir, tokenizer, "data.validation") if val_dir else None), None
-    from sftpack.store.packed_folder import PackedFolder
-
-    datasets = {name: load_packed(path, tokenizer, f"data.recipe eval/{name}") for name, path in val_dir.items()}
-    weights = {name: PackedFolder.at(path).manifest["totals"]["trained_tokens"] for name, path in val_dir.items()}
-    return datasets, weights
+        return load_packed(val_dir, tokenizer, "data.validation") if val_dir else None
+    return {name: load_packed(path, tokenizer, f"data.recipe eval/{name}") for name, path in val_dir.items()}
 
 
 def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
@@ -229,7 +233,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     train_ds = load_packed(train_dir, tokenizer, "data.train")
     if train_examples is not None:
         train_ds = train_ds.select(range(rows_holding(train_ds, train_examples)))
-    eval_ds, eval_weights = _eval_data(val_dir, tokenizer)
+    eval_ds = _eval_data(val_dir, tokenizer)
     counter = TokenCounter()
     metrics = MetricsCallback(counter)
     health = HealthCallback(cfg=cfg.monitor)
@@ -238,7 +242,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.monitor.early_stopping_patience))
     trainer = PackedSFTTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tokenizer, callbacks=extra, counter=counter, health=health, eval_weights=eval_weights,
+        processing_class=tokenizer, callbacks=extra, counter=counter, health=health,
     )
     _insert_monitors(trainer, [metrics, health])
     return Session(trainer, runtime, resume, train_dir, val_dir, metrics, health)
