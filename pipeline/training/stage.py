@@ -45,6 +45,7 @@ from sftpack import __version__
 from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
 from sftpack.training.generation import answer_prompts
+from sftpack.training.isolation import describe
 from sftpack.store.packed_folder import PackedFolder
 from sftpack.training.trainer import Session, build_trainer, tracker_settings
 
@@ -162,6 +163,7 @@ def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: 
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
         "data": _data_identities(session),
         "runtime": dataclasses.asdict(session.runtime),
+        "isolation": describe(session.isolation),
         "distributed": {"world_size": trainer.args.world_size, "parallel_mode": str(trainer.args.parallel_mode.value),
                         "backend": getattr(trainer.args.distributed_state, "backend", None)},
         "versions": _versions(),

@@ -1,0 +1,170 @@
+"""Packed training is exact on every model family transformers ships that builds as a tiny model, or
+trains the same rows unpacked and says so (pipeline/training/isolation.py, issue 28).
+
+Per family: a tiny random-init model from the family's own config class (width 64, a few layers,
+SmolLM2's tokenizer), 40 real fastchat conversations packed into rows of 512 tokens, `sftpack.train`
+for one step at learning rate 0, one eval over every row in one batch. `eval_loss` must equal the
+token-weighted loss of the same sequences run one at a time, in float32.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+import yaml
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, TrainerCallback
+
+from conftest import pack_lines
+
+import sftpack
+from sftpack.cli import main as cli
+from sftpack.config.run_config import ModelConfig, build_config
+from sftpack.training.data import UnpackedCollator
+from sftpack.training.isolation import decide, tiny_config
+from sftpack.training.runtime import resolve_runtime
+from sftpack.training.stage import RUN_MANIFEST
+from sftpack.training.trainer import build_trainer
+
+SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=16, max_position_embeddings=1024)
+MAMBA = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=16)
+
+# model_type -> (config overrides, how packed rows stay apart on this CPU with attention auto).
+FAMILIES = {
+    "llama": ({}, "position_ids"),
+    "qwen3": ({}, "position_ids"),
+    "smollm3": ({"num_hidden_layers": 4}, "position_ids"),  # a NoPE layer every 4th
+    "olmo3": ({"num_hidden_layers": 4}, "position_ids"),  # sliding, sliding, sliding, full
+    "gemma3_text": ({"num_hidden_layers": 6, "sliding_window": 16}, "position_ids"),
+    # Sinks, sliding window; no sdpa (auto picks eager), and its masks ignore position_ids.
+    "gpt_oss": ({"num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": 16}, "unpacked"),
+    "qwen3_5_text": ({"num_hidden_layers": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+                      "linear_num_key_heads": 2, "linear_num_value_heads": 4}, "unpacked"),
+    "qwen3_next": ({"num_hidden_layers": 4, "linear_key_head_dim": 16, "linear_value_head_dim": 16,
+                    "linear_num_key_heads": 2, "linear_num_value_heads": 4, "num_experts": 4,
+                    "num_experts_per_tok": 2, "moe_intermediate_size": 32, "shared_expert_intermediate_size": 32},
+                   "unpacked"),
+    "lfm2": ({"num_hidden_layers": 3, "full_attn_idxs": [2], "block_auto_adjust_ff_dim": False}, "unpacked"),
+    "nemotron_h": ({"num_hidden_layers": 3, "layers_block_type": ["mamba", "attention", "mlp"], "mamba_num_heads": 8,
+                    "mamba_head_dim": 16, "ssm_state_size": 16, "n_groups": 1, "chunk_size": 16}, "unpacked"),
+    "falcon_h1": ({**MAMBA, "mamba_d_ssm": 128}, "unpacked"),
+    "granitemoehybrid": ({**MAMBA, "layer_types": ["mamba", "attention"], "num_local_experts": 4,
+                          "shared_intermediate_size": 32}, "unpacked"),
+    "bamba": ({**MAMBA, "attn_layer_indices": [1]}, "unpacked"),
+    "jamba": ({"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1,
+               "num_experts": 4, "mamba_d_state": 16}, "unpacked"),
+    "mamba2": ({"num_heads": 8, "state_size": 16, "n_groups": 1, "chunk_size": 16}, "unpacked"),
+    "zamba2": ({"layers_block_type": ["mamba", "hybrid"], "hybrid_layer_ids": [1], "n_mamba_heads": 8,
+                "mamba_d_state": 16, "chunk_size": 16}, "unpacked"),
+}
+
+
+def family_config(family: str, tokenizer):
+    overrides, _ = FAMILIES[family]
+    ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+               eos_token_id=tokenizer.eos_token_id)
+    return CONFIG_MAPPING[family](**{**SMALL, **ids, **overrides})
+
+
+@pytest.fixture(scope="session")
+def forty_packed(real_data, model_dir, tmp_path_factory) -> Path:
+    """40 real fastchat conversations packed into rows of at most 512 tokens (7 rows)."""
+    lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
+    return pack_lines(lines[:40], model_dir, 512, tmp_path_factory.mktemp("forty"), "forty")
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory, smol_tokenizer):
+    """family -> a folder with a tiny random-init model of that family and SmolLM2's tokenizer."""
+    built = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(family_config(family, smol_tokenizer))
+            built[family] = tmp_path_factory.mktemp(family)
+            model.save_pretrained(built[family])
+            smol_tokenizer.save_pretrained(built[family])
+        return built[family]
+
+    return get
+
+
+def sequences_alone_loss(model_dir: Path, packed: Path) -> float:
+    """Token-weighted loss of every packed sequence run on its own (no packing, no padding), float64 sums."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    with torch.no_grad():
+        for row in datasets.load_from_disk(str(packed)):
+            start = 0
+            for length in row["seq_lengths"]:
+                ids = torch.tensor(row["input_ids"][start:start + length])
+                labels = torch.tensor(row["labels"][start:start + length])[1:]  # the first token is never a target
+                keep = labels != -100
+                logits = model(input_ids=ids[None], use_cache=False).logits[0, :-1][keep]
+                total += torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum").double()
+                count += int(keep.sum())
+                start += length
+    return float(total / count)
+
+
+def run_config(model_dir: Path, packed: Path, out: Path, **data) -> dict:
+    """One step at learning rate 0, then one eval over every row in one batch."""
+    return {"model": {"name_or_path": str(model_dir)},
+            "data": {"train": str(packed), "validation": str(packed), "max_length": 512, **data},
+            "train": {"output_dir": str(out), "max_steps": 1, "learning_rate": 0.0, "per_device_train_batch_size": 1,
+                      "per_device_eval_batch_size": 64, "eval_strategy": "steps", "eval_steps": 1,
+                      "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "seed": 0,
+                      "router_aux_loss_coef": 0.0}}  # eval_loss is the LM loss alone (an MoE's aux loss adds to it)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_packed_eval_loss_equals_the_sequences_alone(family, family_model, forty_packed, tmp_path):
+    """Every family through the trainer train builds (isolation, collator, model load): one eval over
+    every row in one batch equals the sequences alone."""
+    model_dir = family_model(family)
+    session = build_trainer(build_config(run_config(model_dir, forty_packed, tmp_path)))
+    assert session.isolation.route == FAMILIES[family][1], session.isolation
+    eval_loss = session.trainer.evaluate()["eval_loss"]
+    assert eval_loss == pytest.approx(sequences_alone_loss(model_dir, forty_packed), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_oss", "qwen3_5_text"])
+def test_sftpack_train_one_step_at_lr_0(family, family_model, forty_packed, tmp_path, capsys):
+    """`sftpack train` as a user runs it: packed (llama), unpacked with auto picking eager (gpt-oss),
+    unpacked where the packed forward would raise (Qwen3.5); the manifest records the probe."""
+    model_dir = family_model(family)
+    config = tmp_path / "run.yaml"
+    raw = run_config(model_dir, forty_packed, tmp_path / "run")
+    raw["train"]["metric_for_best_model"] = "eval_loss"  # the manifest's best_eval_loss: the one eval's loss
+    config.write_text(yaml.safe_dump(raw))
+    assert cli(["train", "--config", str(config)]) == 0
+    manifest = json.loads((tmp_path / "run" / RUN_MANIFEST).read_text())
+    isolation = manifest["isolation"]
+    assert isolation["route"] == FAMILIES[family][1]
+    assert manifest["runtime"]["attn_implementation"] == ("eager" if family == "gpt_oss" else "sdpa")
+    assert manifest["steps"] == 1
+    assert manifest["best_eval_loss"] == pytest.approx(sequences_alone_loss(model_dir, forty_packed), abs=1e-5)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_probe_verdict(family, smol_tokenizer, tmp_path):
+    """The probe on a tiny copy of each family's config, with the attention `auto` picks: packed feeds
+    are exact, or visibly leak or raise; a leak is always visible (the row as one sequence differs)."""
+    family_config(family, smol_tokenizer).save_pretrained(tmp_path)  # config.json is all the probe reads
+    runtime = resolve_runtime(ModelConfig(name_or_path=str(tmp_path)))
+    config = AutoConfig.from_pretrained(tmp_path)
+    isolation = decide(config, runtime.attn_implementation)
+    assert isolation.route == FAMILIES[family][1], isolation
+    assert isolation.feeds["leak"] > 1e-2
+    if isolation.packed:
+        assert isolation.max_difference < 1e-5
+    else:
+        assert all(isinstance(v, str) or v > 1e-4 for v in isolation.feeds.values()), isolation.feeds
+    tiny = tiny_config(config)
+    assert tiny.model_type == config.model_type and tiny.hidden_size == 64 and tiny.vocab_size == 256
