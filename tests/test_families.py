@@ -2,34 +2,39 @@
 trains the same rows unpacked and says so (pipeline/training/isolation.py, issue 28).
 
 Per family: a tiny random-init model from the family's own config class (width 64, a few layers,
-SmolLM2's tokenizer), 40 real fastchat conversations packed into rows of 512 tokens, `sftpack.train`
-for one step at learning rate 0, one eval over every row in one batch. `eval_loss` must equal the
+SmolLM2's tokenizer), 16 real fastchat conversations packed into rows of 512 tokens (3 rows), one eval
+over every row in one batch through the trainer `sftpack train` builds; for three families the whole
+`sftpack train` (one step at learning rate 0, then the eval). `eval_loss` must equal the
 token-weighted loss of the same sequences run one at a time, in float32.
 """
 
 from __future__ import annotations
 
 import json
-import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
 import yaml
-from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, TrainerCallback
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
 from conftest import pack_lines
 
 import sftpack
 from sftpack.cli import main as cli
 from sftpack.config.run_config import ModelConfig, build_config
+from sftpack.errors import SftpackError
 from sftpack.training.data import UnpackedCollator
-from sftpack.training.isolation import decide, tiny_config
+from sftpack.training.isolation import tiny_config
 from sftpack.training.runtime import resolve_runtime
 from sftpack.training.stage import RUN_MANIFEST
 from sftpack.training.trainer import build_trainer
 
+REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, head_dim=16, max_position_embeddings=1024)
 MAMBA = dict(mamba_n_heads=8, mamba_d_head=16, mamba_d_state=16, mamba_chunk_size=16)
@@ -72,10 +77,10 @@ def family_config(family: str, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def forty_packed(real_data, model_dir, tmp_path_factory) -> Path:
-    """40 real fastchat conversations packed into rows of at most 512 tokens (7 rows)."""
+def sixteen_packed(real_data, model_dir, tmp_path_factory) -> Path:
+    """16 real fastchat conversations (59-125 tokens) packed into rows of at most 512 tokens."""
     lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
-    return pack_lines(lines[:40], model_dir, 512, tmp_path_factory.mktemp("forty"), "forty")
+    return pack_lines(lines[:16], model_dir, 512, tmp_path_factory.mktemp("sixteen"), "sixteen")
 
 
 @pytest.fixture(scope="session")
@@ -124,23 +129,32 @@ def run_config(model_dir: Path, packed: Path, out: Path, **data) -> dict:
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_packed_eval_loss_equals_the_sequences_alone(family, family_model, forty_packed, tmp_path):
-    """Every family through the trainer train builds (isolation, collator, model load): one eval over
-    every row in one batch equals the sequences alone."""
+def test_packed_eval_loss_equals_the_sequences_alone(family, family_model, sixteen_packed, tmp_path):
+    """Every family through the trainer train builds (probe, collator, model load): one eval over every
+    row in one batch equals the sequences alone. The probe's verdict: packed feeds exact, or visibly
+    leaking or raising; a leak is always visible to it (the row run as one sequence differs)."""
     model_dir = family_model(family)
-    session = build_trainer(build_config(run_config(model_dir, forty_packed, tmp_path)))
-    assert session.isolation.route == FAMILIES[family][1], session.isolation
+    session = build_trainer(build_config(run_config(model_dir, sixteen_packed, tmp_path)))
+    isolation = session.isolation
+    assert isolation.route == FAMILIES[family][1], isolation
+    assert isolation.feeds["leak"] > 1e-2
+    if isolation.packed:
+        assert isolation.max_difference < 1e-5
+    else:
+        assert all(isinstance(v, str) or v > 1e-4 for v in isolation.feeds.values()), isolation.feeds
+    tiny = tiny_config(AutoConfig.from_pretrained(model_dir))
+    assert tiny.model_type == family and tiny.hidden_size == 64 and tiny.vocab_size == 256
     eval_loss = session.trainer.evaluate()["eval_loss"]
-    assert eval_loss == pytest.approx(sequences_alone_loss(model_dir, forty_packed), abs=1e-5)
+    assert eval_loss == pytest.approx(sequences_alone_loss(model_dir, sixteen_packed), abs=1e-5)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt_oss", "qwen3_5_text"])
-def test_sftpack_train_one_step_at_lr_0(family, family_model, forty_packed, tmp_path, capsys):
+def test_sftpack_train_one_step_at_lr_0(family, family_model, sixteen_packed, tmp_path, capsys):
     """`sftpack train` as a user runs it: packed (llama), unpacked with auto picking eager (gpt-oss),
     unpacked where the packed forward would raise (Qwen3.5); the manifest records the probe."""
     model_dir = family_model(family)
     config = tmp_path / "run.yaml"
-    raw = run_config(model_dir, forty_packed, tmp_path / "run")
+    raw = run_config(model_dir, sixteen_packed, tmp_path / "run")
     raw["train"]["metric_for_best_model"] = "eval_loss"  # the manifest's best_eval_loss: the one eval's loss
     config.write_text(yaml.safe_dump(raw))
     assert cli(["train", "--config", str(config)]) == 0
@@ -149,22 +163,108 @@ def test_sftpack_train_one_step_at_lr_0(family, family_model, forty_packed, tmp_
     assert isolation["route"] == FAMILIES[family][1]
     assert manifest["runtime"]["attn_implementation"] == ("eager" if family == "gpt_oss" else "sdpa")
     assert manifest["steps"] == 1
-    assert manifest["best_eval_loss"] == pytest.approx(sequences_alone_loss(model_dir, forty_packed), abs=1e-5)
+    assert manifest["best_eval_loss"] == pytest.approx(sequences_alone_loss(model_dir, sixteen_packed), abs=1e-5)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_probe_verdict(family, smol_tokenizer, tmp_path):
-    """The probe on a tiny copy of each family's config, with the attention `auto` picks: packed feeds
-    are exact, or visibly leak or raise; a leak is always visible (the row as one sequence differs)."""
-    family_config(family, smol_tokenizer).save_pretrained(tmp_path)  # config.json is all the probe reads
+def test_unpacked_step_gives_the_gradients_of_the_sequences_alone(family_model, sixteen_packed, tmp_path):
+    """One training step on the unpacked route (Qwen3.5-style conv + attention: LFM2) back-propagates
+    exactly the token-weighted loss of the packed rows' sequences run one at a time."""
+    model_dir = family_model("lfm2")
+    session = build_trainer(build_config(run_config(model_dir, sixteen_packed, tmp_path)))
+    trainer = session.trainer
+    assert isinstance(trainer.data_collator, UnpackedCollator)
+    rows = [trainer.train_dataset[i] for i in range(2)]
+    batch = trainer.data_collator(rows)
+    assert batch["input_ids"].shape[0] == sum(len(r["seq_lengths"]) for r in rows) > 2
+    targets = int((batch["labels"] != -100).sum())
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch, num_items_in_batch=targets).backward()
+    unpacked = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.grad is not None}
+
+    alone = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    total = 0
+    for row in rows:
+        start = 0
+        for length in row["seq_lengths"]:
+            ids = torch.tensor(row["input_ids"][start:start + length])[None]
+            labels = torch.tensor(row["labels"][start:start + length])[None]
+            labels[0, 0] = -100
+            logits = alone(input_ids=ids, use_cache=False).logits[0, :-1]
+            total = total + torch.nn.functional.cross_entropy(logits, labels[0, 1:], reduction="sum")
+            start += length
+    (total / targets).backward()
+    grads = dict(alone.named_parameters())
+    assert unpacked.keys() == {name for name, p in grads.items() if p.grad is not None}
+    for name, grad in unpacked.items():
+        torch.testing.assert_close(grad, grads[name].grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_require_refuses_before_any_work(family_model, real_data, tmp_path, capsys):
+    """`data.packing_isolation: require` on a model that would train unpacked: a refusal naming the model
+    type, why and what to install, before validate and pack write anything, and no traceback."""
+    model_dir = family_model("qwen3_next")
+    raw = run_config(model_dir, real_data / "fastchat_dummy_conversation.jsonl", tmp_path / "run",
+                     packing_isolation="require", out_dir=str(tmp_path / "data"))
+    raw["data"]["validation"] = None
+    raw["train"]["eval_strategy"] = "no"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert cli(["train", "--config", str(config)]) != 0
+    err = capsys.readouterr().err
+    assert "data.packing_isolation require" in err and "model type qwen3_next" in err
+    assert "can't keep packed sequences apart" in err and "causal-conv1d" in err and "CUDA GPU" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
+
+
+def test_sanity_and_two_process_ddp_train_unpacked(family_model, sixteen_packed, tmp_path, capsys):
+    """The same guarantee for `sanity` and for 2-process DDP (gloo, CPU): a family that cannot keep packed
+    rows apart here trains them unpacked, and says so."""
+    model_dir = family_model("lfm2")
+    raw = run_config(model_dir, sixteen_packed, tmp_path / "run")
+    raw["train"].update(max_steps=2, eval_strategy="no", learning_rate=1e-3)
+    raw["data"]["validation"] = None
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cli(["sanity", "--config", str(config), "--steps", "6", "--examples", "8", "--max-new-tokens", "2"])
+    report = json.loads((tmp_path / "run" / "sanity" / "sanity.json").read_text())
+    assert report["isolation"]["route"] == "unpacked" and report["steps"] == 6
+    assert "rows: UNPACKED, one sequence per batch row" in capsys.readouterr().out
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+         str(REPO / "configs/accelerate/ddp_cpu.yaml"), "-m", "sftpack", "train", "--config", str(config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "run" / RUN_MANIFEST).read_text())
+    assert manifest["distributed"]["world_size"] == 2 and manifest["steps"] == 2
+    assert manifest["isolation"]["route"] == "unpacked" and manifest["isolation"]["model_type"] == "lfm2"
+    assert "Training the same rows UNPACKED" in proc.stderr + proc.stdout
+
+
+def test_plan_and_report_say_when_a_model_trains_unpacked(family_model, sixteen_packed, tmp_path):
+    """`plan` and the packed report name the model type, why, and the cost in rows; not for one that packs."""
+    totals = json.loads((sixteen_packed / "manifest.json").read_text())["totals"]
+    rows = f"its {totals['rows']} packed rows train as {totals['sequences_packed']} padded rows, one per sequence"
+    plan = sftpack.plan(model=str(family_model("qwen3_5_text")), data=str(sixteen_packed))
+    [note] = [n for n in plan.notes if "UNPACKED" in n]
+    assert "model type qwen3_5_text" in note and rows in note and "causal-conv1d" in note
+    assert not [n for n in sftpack.plan(model=str(family_model("llama")), data=str(sixteen_packed)).notes
+                if "UNPACKED" in n]
+    report = sftpack.report([str(sixteen_packed)], tmp_path / "r.html", tokenizer=str(family_model("qwen3_5_text")))
+    [finding] = [f for f in report["findings"] if f["kind"] == "trains_unpacked"]
+    assert rows in finding["message"] and "Rows that train unpacked" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.parametrize("family", ["gpt_oss", "mamba2", "qwen3_next"])
+def test_auto_attention_is_one_the_model_can_load(family, smol_tokenizer, tmp_path):
+    family_config(family, smol_tokenizer).save_pretrained(tmp_path)  # config.json is all it reads
     runtime = resolve_runtime(ModelConfig(name_or_path=str(tmp_path)))
-    config = AutoConfig.from_pretrained(tmp_path)
-    isolation = decide(config, runtime.attn_implementation)
-    assert isolation.route == FAMILIES[family][1], isolation
-    assert isolation.feeds["leak"] > 1e-2
-    if isolation.packed:
-        assert isolation.max_difference < 1e-5
-    else:
-        assert all(isinstance(v, str) or v > 1e-4 for v in isolation.feeds.values()), isolation.feeds
-    tiny = tiny_config(config)
-    assert tiny.model_type == config.model_type and tiny.hidden_size == 64 and tiny.vocab_size == 256
+    if family == "qwen3_next":
+        assert runtime.attn_implementation == "sdpa"
+        return
+    cls = {"gpt_oss": "GptOssForCausalLM", "mamba2": "Mamba2ForCausalLM"}[family]
+    assert runtime.attn_implementation == "eager" and f"{cls} has no sdpa support" in runtime.reason
+    with pytest.raises(SftpackError, match=f"model.attn_implementation sdpa: {cls} has no sdpa support; use eager"):
+        resolve_runtime(ModelConfig(name_or_path=str(tmp_path), attn_implementation="sdpa"))

@@ -351,3 +351,4 @@ def announce(isolation: Isolation | None, cost: dict[str, int] | None) -> None:
 def describe(isolation: Isolation | None) -> dict[str, Any] | None:
     """The record written to sftpack_run.json and sanity.json."""
     return dataclasses.asdict(isolation) if isolation else None
+
