@@ -354,12 +354,12 @@ def announce(isolation: Isolation | None, cost: dict[str, int] | None) -> None:
         return
     extra = ""
     if cost and cost["tokens"]:
-        extra = (f": {cost['rows']} packed rows become {cost['sequences']} padded rows, "
+        extra = (f"; {cost['rows']} packed rows become {cost['sequences']} padded rows, "
                  f"{cost['padded_tokens'] / cost['tokens'] - 1:.0%} more tokens computed")
     logger.warning("model type %s with %s attention cannot keep packed rows apart here (%s). Training the same rows "
-                   "UNPACKED, one sequence per batch row, padded (exact, slower%s; tokens/s: bench/PACKED_EXACT.md). "
-                   "To train packed, %s", isolation.model_type, isolation.attn_implementation, isolation.reason,
-                   extra, isolation.advice)
+                   "UNPACKED, one sequence per batch row, padded (exact%s; tokens/s against packed: "
+                   "bench/PACKED_EXACT.md). To train packed, %s", isolation.model_type, isolation.attn_implementation,
+                   isolation.reason, extra, isolation.advice)
 
 
 def describe(isolation: Isolation | None) -> dict[str, Any] | None:
