@@ -76,6 +76,7 @@ def test_sanity_report_passes_on_a_learning_setup(tmp_path, tiny_model_dir, pack
     assert report["prompt"].endswith("<|im_start|>assistant\n")  # held out: a validation prompt
     assert isinstance(report["answer_before"], str) and isinstance(report["answer_after"], str)
     assert "PASS: loss decreased" in text and "greedy answer after training" in text
+    assert report["isolation"]["route"] == "position_ids" and "rows: packed, kept apart by position_ids" in text
     sanity_dir = tmp_path / "run" / "sanity"
     assert text.splitlines()[-1] == f"wrote {sanity_dir / 'sanity.txt'} and {sanity_dir / 'sanity.json'}"
     assert not list((tmp_path / "run" / "sanity").glob("checkpoint-*"))  # sanity saves nothing

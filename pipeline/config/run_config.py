@@ -91,6 +91,10 @@ class DataConfig:
     allow_rejects: bool = False
     """Raw `train`/`validation` data with lines validate rejects: false stops with the rejects
     file's path (as `make validate` stops); true trains on the kept lines, rejects counted."""
+    packing_isolation: str = "auto"
+    """auto: train packed where a probe shows the model keeps packed sequences apart, else the same rows
+    unpacked (one sequence per batch row, padded; exact, slower) with one log line; require: refuse,
+    before any work, to train a model unpacked (pipeline/training/isolation.py)."""
     ray: str | None = None
     """Ray cluster address for validate and pack (local, auto, HOST:PORT, ray://HOST:PORT); null runs
     on this machine. The outputs are the same (README "More than one machine")."""

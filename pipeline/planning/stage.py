@@ -89,6 +89,7 @@ def make_plan(req: PlanRequest) -> Plan:
 
     examples, examples_from, max_length, row_notes = _rows(req, base)
     notes += row_notes
+    notes += _unpacked_note(model_path, req.data)
     max_steps = base_train.get("max_steps")
     max_steps = max_steps if max_steps is not None and max_steps > 0 else None  # -1: by epochs
     steps = count_steps(examples, batch, start["num_train_epochs"], start["warmup_steps"], max_steps)
@@ -254,6 +255,16 @@ def _rows(req: PlanRequest, base) -> tuple[int | None, str, int | None, list[str
         examples, examples_from, note = _examples_from_config(base)
         return examples, examples_from, max_length, [note] if note else []
     return None, "unknown", None, ["no --examples or --data: step counts are unknown"]
+
+
+def _unpacked_note(model_path: str | None, data: str | None) -> list[str]:
+    """A note when this model trains unpacked on this machine (training.isolation), with the cost in rows."""
+    from sftpack.store.packed_folder import PackedFolder
+    from sftpack.training.runtime import unpacked_note
+
+    packed = PackedFolder.at(data) if data else None
+    note = unpacked_note(model_path, packed.manifest.get("totals") if packed else None)
+    return [note] if note else []
 
 
 def _read_packed_rows(folder: str | Path, what: str) -> tuple[int, int | None]:

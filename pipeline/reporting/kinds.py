@@ -54,6 +54,10 @@ KINDS: dict[str, Kind] = {
     "too_long": Kind(
         "Examples over max_length", "examples longer than max_length are dropped whole",
         "--max-length N (data.max_length), or --truncation truncate (data.truncation)", 1.0, CARE),
+    "trains_unpacked": Kind(
+        "Rows that train unpacked", "this model cannot keep packed sequences apart on this machine, so each "
+        "packed row trains as one padded row per sequence: exact, but more padding and fewer tokens/s",
+        "install the kernels named on a GPU, or data.packing_isolation: require to refuse", 0.1, CARE),
     "split_conversations": Kind(
         "Conversations split into sequences", "the template renders earlier turns unlike at inference, so the "
         "conversation trains as several sequences (its prompt tokens repeat)",

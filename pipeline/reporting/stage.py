@@ -137,6 +137,11 @@ def _packed_report(folder: Path, cfg: ReportConfig) -> tuple:
             count = examples or audit[kind]
             found.append(finding(kind, min(count, total) if total else count, total,
                                  f"{message} (pack's count; rows not recorded)", []))
+    from sftpack.training.runtime import unpacked_note
+
+    note = unpacked_note(cfg.tokenizer or (manifest.get("tokenizer") or {}).get("name_or_path"), manifest.get("totals"))
+    if note and total:  # the tokenizer folder holds a model that cannot keep packed rows apart here
+        found.append(finding("trains_unpacked", total, total, note, []))
     report["findings"] = sorted(report["findings"] + found, key=lambda f: (-f["impact"], f["kind"]))
     return report, provenance, plots, packed_views(packed, frame, cfg.tokenizer), audit, cfg
 

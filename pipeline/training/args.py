@@ -18,10 +18,11 @@ from sftpack.training import distributed
 from sftpack.training.runtime import Runtime
 
 
-def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool | None]:
+def sft_config(cfg: RunConfig, runtime: Runtime, padding_free: bool = True) -> tuple[SFTConfig, str | bool | None]:
     """Build the SFTConfig: the `train` section as written plus sftpack's fixed settings.
 
-    Fixed (pack owns them; config.py refuses them under `train`): padding_free, no packing,
+    Fixed (pack owns them; config.py refuses them under `train`): padding_free (False only where
+    training.isolation gives the trainer its own collator: unpacked rows), no packing,
     max_length None (rows are already cut), skip_prepare_dataset. Defaults that differ from
     TRL's: bf16 follows the resolved dtype (TRL turns it on everywhere, CPU included),
     gradient checkpointing (gradient_checkpointing or activation_checkpointing) off unless
@@ -49,7 +50,7 @@ def sft_config(cfg: RunConfig, runtime: Runtime) -> tuple[SFTConfig, str | bool 
     if runtime.device == "cpu" and distributed.world_size() > 1 and strategy == "fsdp":
         distributed.configure_cpu_fsdp(train)  # before SFTConfig sets up devices
     train.update(
-        padding_free=True,
+        padding_free=padding_free,
         packing=False,
         max_length=None,
         dataset_kwargs={"skip_prepare_dataset": True},

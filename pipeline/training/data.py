@@ -6,6 +6,8 @@
     data.recipe ──mix──> train.jsonl, eval/<source>.jsonl ──validate + pack──> a train folder and
                                                     one eval folder per source
     packed folder + the model's tokenizer ──load_packed──> datasets.Dataset of TRAIN_COLUMNS
+    batch of packed rows ──UnpackedCollator──> one sequence per batch row, padded, attention mask
+                                               (the route of a model whose packed rows leak: isolation.py)
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
 from sftpack.config.run_config import RunConfig
 from sftpack.errors import SftpackError
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
+from sftpack.templates.masking import IGNORE_INDEX
 
 logger = logging.getLogger("sftpack.train")
 
@@ -172,3 +180,76 @@ def rows_holding(ds, examples: int) -> int:
             if seen >= examples:
                 return row
     return len(ds)
+
+
+@dataclass
+class UnpackedCollator:
+    """Packed rows -> one sequence per batch row, right-padded, with an attention mask.
+
+    The same rows as the packed route (same steps, batches, epochs and DDP shards), split by
+    `seq_lengths` without re-tokenizing. Labels are the packed labels of each sequence, with the
+    first token -100 as TRL's padding-free collator sets it, so the trained tokens, their count
+    (num_items_in_batch) and the token-weighted loss are those of the packed batch. For rows
+    seq_lengths [[3, 2], [4]]:
+
+        input_ids       attention_mask   labels
+        [a a a p]       [1 1 1 0]        [- a a -]
+        [b b p p]       [1 1 0 0]        [- b - -]
+        [c c c c]       [1 1 1 1]        [- c c c]
+
+    Right padding keeps every real token at positions 0..n-1 and ahead of the padding, so causal
+    attention, convolutions and recurrent state never see another sequence or a pad token.
+    """
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        sequences = []
+        for row in rows:
+            start = 0
+            for length in row["seq_lengths"]:
+                sequences.append((row["input_ids"][start:start + length], row["labels"][start:start + length]))
+                start += length
+        width = max(len(ids) for ids, _ in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for i, (ids, targets) in enumerate(sequences):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            labels[i, 1:len(ids)] = torch.tensor(targets[1:])
+            attention_mask[i, :len(ids)] = 1
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+@dataclass
+class PositionIdsCollator:
+    """TRL's padding-free collator without the boundary kwargs (cu_seq_lens_*, max_length_*, seq_idx):
+    for a model whose masks from position_ids keep rows apart but whose reference kernels refuse
+    those kwargs."""
+
+    pad_token_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+        from sftpack.training.isolation import BOUNDARY_KEYS
+
+        batch = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)(rows)
+        return {k: v for k, v in batch.items() if k not in BOUNDARY_KEYS}
+
+
+def unpacked_cost(ds, batch_rows: int) -> dict[str, int]:
+    """What training `ds` unpacked costs: rows, sequences (the batch rows unpacked), the real tokens and
+    the tokens padded batches of `batch_rows` packed rows compute (each padded to its longest sequence)."""
+    rows = sequences = tokens = padded = 0
+    group: list[list[int]] = []
+    for batch in ds.select_columns(["seq_lengths"]).iter(batch_size=1024):
+        for lengths in batch["seq_lengths"]:
+            rows, sequences, tokens = rows + 1, sequences + len(lengths), tokens + sum(lengths)
+            group.append(lengths)
+            if len(group) == batch_rows:
+                padded += sum(len(g) for g in group) * max(max(g) for g in group)
+                group = []
+    if group:
+        padded += sum(len(g) for g in group) * max(max(g) for g in group)
+    return {"rows": rows, "sequences": sequences, "tokens": tokens, "padded_tokens": padded}

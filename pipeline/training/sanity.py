@@ -26,6 +26,7 @@ from sftpack.store.atomic import atomic_file, write_json
 from sftpack.config.run_config import RunConfig
 from sftpack.errors import SftpackError
 from sftpack.training.generation import greedy
+from sftpack.training.isolation import describe
 from sftpack.reporting.inspect import mark_trained
 from sftpack.templates.masking import IGNORE_INDEX
 
@@ -189,6 +190,7 @@ def _report(session, samples: list[str], prompt: str, before: str, after: str) -
         "losses": losses,
         "memory": peak_memory_mb(),
         "runtime": dataclasses.asdict(session.runtime),
+        "isolation": describe(session.isolation),
         "samples": samples,
         "prompt": prompt,
         "answer_before": before,
@@ -207,8 +209,12 @@ def _write_report(report: dict[str, Any], out: Path) -> None:
 def format_report(report: dict[str, Any]) -> str:
     """The report as text for the terminal."""
     lines = [f"sanity check: {report['steps']} steps on {report['examples']} examples ({report['rows']} rows), "
-             f"{report['runtime']['device']}, {report['runtime']['dtype']}, {report['runtime']['attn_implementation']}",
-             "", "training samples (trained tokens in [[...]]):"]
+             f"{report['runtime']['device']}, {report['runtime']['dtype']}, {report['runtime']['attn_implementation']}"]
+    isolation = report.get("isolation")
+    if isolation:
+        lines.append(f"rows: {'packed, kept apart by ' + isolation['route'] if isolation['route'] != 'unpacked' else 'UNPACKED, one sequence per batch row'}"
+                     f" ({isolation['reason']})")
+    lines += ["", "training samples (trained tokens in [[...]]):"]
     for i, sample in enumerate(report["samples"], 1):
         lines += [f"--- sample {i}", sample]
     losses = " ".join(f"{x:.3f}" for x in report["losses"])

@@ -20,8 +20,12 @@ seq_lengths [[3, 2], [4]]:
 
 With no attention_mask, no cache (`use_cache=False`, set by SFTTrainer.compute_loss) and
 position_ids that restart, transformers' masking (`find_packed_sequence_indices`) builds a
-block-diagonal causal mask for sdpa and eager, and flash-attention gets `cu_seq_lens` from
-the collator: sequences never attend to each other (tests/test_train.py proves it).
+block-diagonal causal mask for sdpa and eager, and flash-attention and the varlen kernels of
+linear-attention and Mamba layers get `cu_seq_lens` and `seq_idx` from the collator. Whether that
+keeps sequences apart for this model, attention and installed kernels is decided before the first
+step by a probe on a tiny copy of the model's config (train.isolation); where it does not, the same
+rows train unpacked, one sequence per batch row (train.data.UnpackedCollator), and the run says so.
+sftpack_run.json records the outcome under `isolation`.
 
 `run(cfg)` takes the whole RunConfig rather than (inputs, out_dir, cfg): the inputs are
 `data.train`/`data.validation` and the output folder is `train.output_dir`, both already in
@@ -46,6 +50,7 @@ from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
 from sftpack.training import distributed
 from sftpack.training.generation import answer_prompts
+from sftpack.training.isolation import describe
 from sftpack.store.packed_folder import PackedFolder
 from sftpack.training.trainer import Session, build_trainer, tracker_settings
 
@@ -169,6 +174,7 @@ def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: 
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
         "data": _data_identities(session),
         "runtime": dataclasses.asdict(session.runtime),
+        "isolation": describe(session.isolation),
         "distributed": distributed.describe(trainer),
         "versions": _versions(),
         "config": cfg.to_dict(),

@@ -1,6 +1,7 @@
 """The trainer: TRL's SFTTrainer with token counting and a stop on non-finite loss, built for a run.
 
-    Runtime (train.runtime) + SFTConfig (train.args) + packed data (train.data)
+    Runtime (train.runtime) + Isolation (train.isolation: packed rows apart, or unpacked)
+        + SFTConfig (train.args) + packed data and its collator (train.data)
         ──build_trainer──> Session: PackedSFTTrainer (+ MetricsCallback, HealthCallback), what it was built from
 
 `train.run` trains a Session to the end; `sanity` trains one briefly.
@@ -25,7 +26,10 @@ from sftpack.config.run_config import RunConfig
 from sftpack.training.monitoring import HealthCallback, MetricsCallback, TokenCounter
 from sftpack.templates.masking import IGNORE_INDEX
 from sftpack.training.args import sft_config
-from sftpack.training.data import load_packed, prepare_data, rows_holding
+from sftpack.training import isolation as isolation_probe
+from sftpack.training.data import (PositionIdsCollator, UnpackedCollator, load_packed, prepare_data, rows_holding,
+                                   unpacked_cost)
+from sftpack.training.isolation import Isolation
 from sftpack.training.runtime import Runtime, load_model, resolve_runtime
 
 logger = logging.getLogger("sftpack.train")
@@ -77,9 +81,11 @@ class PackedSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.model.training:
-            # labels are already -100 at each sequence start (collator), so this counts targets.
+            # labels are already -100 at each sequence start (collator), so this counts targets;
+            # unpacked rows count their real tokens, not the padding.
+            mask = inputs.get("attention_mask")
             local = torch.stack([
-                torch.tensor(inputs["input_ids"].numel(), device=inputs["labels"].device),
+                mask.sum() if mask is not None else torch.tensor(inputs["input_ids"].numel(), device=inputs["labels"].device),
                 (inputs["labels"] != IGNORE_INDEX).sum(),
             ])
             total, trained = self.accelerator.gather(local).view(-1, 2).sum(0).tolist()
@@ -200,6 +206,8 @@ class Session:
     val_dir: Path | dict[str, Path] | None
     metrics: MetricsCallback
     health: HealthCallback
+    isolation: Isolation | None = None
+    """How packed rows are kept apart (training.isolation); None when the model config was unreadable."""
 
 
 def _eval_data(val_dir: Path | dict[str, Path] | None, tokenizer) -> Any:
@@ -225,7 +233,10 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     runtime = resolve_runtime(cfg.model)
     logger.info("device %s: %s, %s attention (%s)", runtime.device, runtime.dtype,
                 runtime.attn_implementation, runtime.reason)
-    args, resume = sft_config(cfg, runtime)
+    # Before any data work: `data.packing_isolation: require` refuses here.
+    isolation = isolation_probe.for_run(cfg.model.name_or_path, cfg.data.packing_isolation, runtime)
+    feed = isolation.feed if isolation else "trl"
+    args, resume = sft_config(cfg, runtime, padding_free=feed == "trl")
     with args.main_process_first(desc="validate and pack"):  # one process packs, the others reuse
         train_dir, val_dir = prepare_data(cfg)
     model, tokenizer = load_model(cfg.model, runtime)
@@ -234,6 +245,11 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     if train_examples is not None:
         train_ds = train_ds.select(range(rows_holding(train_ds, train_examples)))
     eval_ds = _eval_data(val_dir, tokenizer)
+    collator = {"trl": None, "position_ids": PositionIdsCollator, None: UnpackedCollator}[feed]
+    if collator is not None:
+        collator = collator(pad_token_id=tokenizer.pad_token_id)
+    isolation_probe.announce(isolation, unpacked_cost(train_ds, args.per_device_train_batch_size)
+                             if feed is None else None)
     counter = TokenCounter()
     metrics = MetricsCallback(counter)
     health = HealthCallback(cfg=cfg.monitor)
@@ -241,8 +257,8 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     if cfg.monitor.early_stopping_patience is not None:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.monitor.early_stopping_patience))
     trainer = PackedSFTTrainer(
-        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+        model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, data_collator=collator,
         processing_class=tokenizer, callbacks=extra, counter=counter, health=health,
     )
     _insert_monitors(trainer, [metrics, health])
-    return Session(trainer, runtime, resume, train_dir, val_dir, metrics, health)
+    return Session(trainer, runtime, resume, train_dir, val_dir, metrics, health, isolation)
