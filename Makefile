@@ -132,13 +132,22 @@ $(MIXED): $(RECIPE) data/demo/train.jsonl data/benchmarks/tiny-bench.jsonl $(MOD
 demo: $(TRAINED)
 
 # GGUF export needs llama-cpp-python, pinned by pyproject.toml's `export` extra and built from
-# its sdist (about 4 minutes on 2 cores the first time; pip keeps the wheel), and llama.cpp's
+# its sdist (minutes on 2 cores the first time; the wheel is kept for later venvs), and llama.cpp's
 # converter vendored in that same sdist, unpacked into .venv/share/sftpack-llamacpp-<release>/
 # with the llama.cpp commit it comes from (sftpack.export.gguf.converter finds it there).
+# The build is portable x86-64 (AVX2), not -march=native: on this machine's CPU a native build
+# dies of SIGILL in llama.cpp's AMX/repacked Q8_0 path. Its wheel is kept in LLAMACPP_WHEELS
+# (pip's own cache would hand back a native wheel built earlier from the same sdist).
 LLAMACPP := $(VENV)/.sftpack-llamacpp-installed
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+LLAMACPP_WHEELS := $(HOME)/.cache/sftpack/llama-cpp-python-portable
 llamacpp: $(LLAMACPP)
 
 $(LLAMACPP): $(STAMP)
+	pin=$$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml); \
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps --no-cache-dir \
+	  --find-links $(LLAMACPP_WHEELS) -w $(LLAMACPP_WHEELS) "llama-cpp-python==$$pin"; \
+	$(PY) -m pip install --quiet --no-deps --force-reinstall $(LLAMACPP_WHEELS)/llama_cpp_python-$$pin-*.whl
 	$(PY) -m pip install --quiet -e '.[export]'
 	release=$$($(PY) -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))'); \
 	top=llama_cpp_python-$$release; dest=$(VENV)/share/sftpack-llamacpp-$$release; \

@@ -28,7 +28,8 @@ ANSWERS = {  # prompt -> the reply each tiny model is trained to give
     "Say hello.": "Hello from Pip!",
 }
 UNSEEN = "What is the capital of France?"
-GREEDY_TOKENS = 8
+GREEDY_TOKENS = 16  # every trained answer and its stop token fit
+ON_LLAMA_WORKER = pytest.mark.xdist_group("gguf-llama")  # the trained tiny Llama is built once
 LOGIT_TOLERANCE = 0.02
 """Largest |llama.cpp - transformers| logit allowed at f16, as a share of the prompt's logit
 range (f16 weights and llama.cpp's kernels against float32 PyTorch; observed about 0.002)."""
@@ -93,6 +94,13 @@ def tiny_qwen3(tmp_path_factory, stand_in) -> Path:
     return _tiny("qwen3", tmp_path_factory.mktemp("gguf-qwen3"), Path(tokenizer.name_or_path), QWEN3_TEMPLATE)
 
 
+@pytest.fixture(scope="module")
+def llama_f16(tiny_llama, tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny Llama exported at f16: (the GGUF, write_gguf's record)."""
+    out = tmp_path_factory.mktemp("gguf-llama-f16") / "export" / "tiny.gguf"
+    return out, _export(tiny_llama, out)
+
+
 def _export(hf_dir: Path, out: Path, outtype: str = "f16", template: str | None = None) -> dict:
     return write_gguf(hf_dir, out, outtype=outtype, chat_template=template, stop_tokens=["<|im_end|>"],
                       name=f"tiny-{hf_dir.name}")
@@ -150,9 +158,9 @@ def _metadata(gguf_file: Path) -> dict:
             and key not in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type")}
 
 
-def test_llama_f16_runs_in_llama_cpp_as_in_transformers(tiny_llama, model_dir, tmp_path):
-    out = tmp_path / "export" / "tiny.gguf"
-    record = _export(tiny_llama, out)
+@ON_LLAMA_WORKER
+def test_llama_f16_runs_in_llama_cpp_as_in_transformers(tiny_llama, llama_f16, model_dir):
+    out, record = llama_f16
     _compare_with_transformers(tiny_llama, out, None)
     for prompt, answer in ANSWERS.items():
         assert chat(out, prompt) == answer
@@ -180,13 +188,18 @@ def test_llama_f16_runs_in_llama_cpp_as_in_transformers(tiny_llama, model_dir, t
     assert any(line.startswith('TEMPLATE """{{- range .Messages }}<|im_start|>') for line in modelfile)
 
 
-def test_q8_0_is_smaller_and_answers_the_same(tiny_llama, tmp_path):
-    f16 = _export(tiny_llama, tmp_path / "f16" / "tiny.gguf")
-    q8 = _export(tiny_llama, tmp_path / "q8" / "tiny.gguf", outtype="q8_0")
-    assert q8["bytes"] < 0.6 * f16["bytes"]
-    assert _metadata(tmp_path / "q8" / "tiny.gguf")["general.file_type"] == 7  # MOSTLY_Q8_0
+@ON_LLAMA_WORKER
+def test_q8_0_is_smaller_and_answers_the_same(tiny_llama, llama_f16, tmp_path):
+    from gguf import GGUFReader
+
+    q8 = tmp_path / "q8" / "tiny.gguf"
+    assert _export(tiny_llama, q8, outtype="q8_0")["outtype"] == "q8_0"
+    tensors = {name: GGUFReader(path).tensors for name, path in (("f16", llama_f16[0]), ("q8", q8))}
+    assert {t.tensor_type.name for t in tensors["q8"] if t.name.endswith("_embd.weight") or "ffn" in t.name} == {"Q8_0"}
+    # 8.5 bits a weight against 16 (norms stay F32; the vocabulary, about 1.8 MB here, is in both)
+    assert sum(t.n_bytes for t in tensors["q8"]) < 0.55 * sum(t.n_bytes for t in tensors["f16"])
     for prompt, answer in ANSWERS.items():
-        assert chat(tmp_path / "q8" / "tiny.gguf", prompt) == answer
+        assert chat(q8, prompt) == answer
 
 
 def test_qwen3_with_added_tokens_and_its_own_template(tiny_qwen3, tmp_path):
@@ -232,6 +245,7 @@ def test_not_a_model_folder(tmp_path):
         _export(run, tmp_path / "x.gguf", outtype="q4_k")
 
 
+@ON_LLAMA_WORKER
 def test_disk_full_leaves_nothing(tiny_llama, tmp_path):
     """A 2 MiB tmpfs (the tiny model's f16 GGUF is about 7 MB): the converter hits ENOSPC."""
     disk = tmp_path / "small-disk"

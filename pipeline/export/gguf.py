@@ -122,6 +122,7 @@ def write_gguf(hf_dir: Path, out_file: Path, *, outtype: str, chat_template: str
 
     settings = {
         "model_dir": str(hf_dir), "chat_template": chat_template, "stop_tokens": list(stop_tokens),
+        "report": None,  # set below: where the converter run says why it failed
         "strings": {"sftpack.version": __version__, "sftpack.llama_cpp_python": tool["llama_cpp_python"],
                     "sftpack.converter": converter_text},
     }
@@ -130,6 +131,7 @@ def write_gguf(hf_dir: Path, out_file: Path, *, outtype: str, chat_template: str
     with tempfile.TemporaryDirectory(prefix="sftpack-gguf-") as scratch, \
             atomic_file(out_file, "rb") as gguf_handle:
         settings_file = Path(scratch) / "settings.json"
+        settings["report"] = str(Path(scratch) / "failure.json")
         settings_file.write_text(json.dumps(settings), encoding="utf-8")
         _convert(tool["dir"], settings_file, hf_dir, Path(gguf_handle.name), outtype, name, out_file)
         sha256, size = _sha256(Path(gguf_handle.name))
@@ -154,17 +156,19 @@ def _convert(converter_dir: Path, settings_file: Path, hf_dir: Path, tmp_out: Pa
     if done.returncode == 0:
         return
     lines = done.stderr.strip().splitlines() or [""]
-    what = json.loads(lines[-1]) if done.returncode in (_UNSUPPORTED, _OUT_OF_SPACE, _UNKNOWN_TOKEN) else {}
-    if done.returncode == _UNSUPPORTED:
+    report = Path(json.loads(settings_file.read_text(encoding="utf-8"))["report"])
+    what = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    status = done.returncode if what else None  # statuses 3 to 5 come with a report
+    if status == _UNSUPPORTED:
         raise SftpackError(
             f"{hf_dir}/config.json: architecture {what['architecture']!r} is not supported by llama.cpp's "
             f"converter (llama-cpp-python {importlib.metadata.version('llama-cpp-python')}); "
             f"`{sys.executable} {converter_dir}/convert_hf_to_gguf.py --print-supported-models` lists "
             "those it supports. Export with --format hf instead")
-    if done.returncode == _OUT_OF_SPACE:
-        raise SftpackError(f"{out_file}: {what['error'].lower()} while writing the GGUF; nothing was "
-                           "written. Free space there or choose another --out", exit_code=1)
-    if done.returncode == _UNKNOWN_TOKEN:
+    if status == _OUT_OF_SPACE:
+        raise SftpackError(f"{out_file}: {what['error'][0].lower() + what['error'][1:]} while writing the "
+                           "GGUF; nothing was written. Free space there or choose another --out", exit_code=1)
+    if status == _UNKNOWN_TOKEN:
         raise SftpackError(f"stop tokens {what['unknown_tokens']} are not in {hf_dir}'s vocabulary: "
                            "set data.stop_tokens to tokens the tokenizer has", exit_code=2)
     raise SftpackError(f"llama.cpp's converter failed on {hf_dir} (exit {done.returncode}); "

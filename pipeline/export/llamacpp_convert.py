@@ -13,8 +13,8 @@ converter wrote, so they are the GGUF's ids) and sftpack's provenance strings.
 
 Exit status: 0 written; 3 the converter has no class for the model's architecture; 4 the
 disk (or a file size limit) ran out while writing; 5 a stop token is not in the vocabulary;
-anything else is the converter's own failure. For 3 to 5 the last stderr line is one JSON
-object saying what.
+anything else is the converter's own failure. For 3 to 5 SETTINGS_JSON's `report` file gets
+one JSON object saying what (stderr also carries the converter's progress bars).
 """
 
 from __future__ import annotations
@@ -27,14 +27,15 @@ from pathlib import Path
 UNSUPPORTED, OUT_OF_SPACE, UNKNOWN_TOKEN = 3, 4, 5
 
 
-def fail(status: int, **what) -> int:
-    print(json.dumps(what), file=sys.stderr)
+def fail(report: str, status: int, **what) -> int:
+    Path(report).write_text(json.dumps(what), encoding="utf-8")
     return status
 
 
 def main() -> int:
     converter_dir, settings_file, dashdash, *converter_args = sys.argv[1:]
-    assert dashdash == "--", "usage: llamacpp_convert.py CONVERTER_DIR SETTINGS_JSON -- ARGS..."
+    if dashdash != "--":
+        sys.exit("usage: llamacpp_convert.py CONVERTER_DIR SETTINGS_JSON -- CONVERTER_ARGS...")
     settings = json.loads(Path(settings_file).read_text(encoding="utf-8"))
     sys.path[:0] = [converter_dir, str(Path(converter_dir) / "gguf-py")]
 
@@ -48,7 +49,7 @@ def main() -> int:
     try:
         get_model_class(architecture)
     except NotImplementedError:
-        return fail(UNSUPPORTED, architecture=architecture)
+        return fail(settings["report"], UNSUPPORTED, architecture=architecture)
 
     write_header = gguf.GGUFWriter.write_header_to_file
     unknown: list[str] = []
@@ -80,11 +81,13 @@ def main() -> int:
     except LookupError:
         if not unknown:
             raise
-        return fail(UNKNOWN_TOKEN, unknown_tokens=unknown)
+        return fail(settings["report"], UNKNOWN_TOKEN, unknown_tokens=unknown)
     except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        # numpy's tofile reports a full disk as a short write, with no errno
+        short_write = err.errno is None and " requested and " in str(err)
+        if err.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) and not short_write:
             raise
-        return fail(OUT_OF_SPACE, error=err.strerror, errno=err.errno)
+        return fail(settings["report"], OUT_OF_SPACE, error=err.strerror or f"no space left on device ({err})")
     return 0
 
 
