@@ -61,6 +61,7 @@ def main() -> None:
     demo = ROOT / "out" / "runs" / "demo" / "final"
     parser.add_argument("--model", type=Path, default=demo if demo.is_dir() else ROOT / "models" / "smollm2-135m-instruct")
     parser.add_argument("--max-new", type=int, default=48)
+    parser.add_argument("--run", nargs="+", default=["f16", "q8_0"], help="the exports llama.cpp runs")
     args = parser.parse_args()
 
     import torch
@@ -86,7 +87,7 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     hf = [hf_greedy(model, ids, stop, args.max_new) for _, ids in cases]
     rows = {"transformers float32": hf}
-    for outtype in exports:
+    for outtype in args.run:
         llm = Llama(model_path=str(work / outtype / "model.gguf"), n_ctx=1024, n_threads=THREADS, seed=0,
                     verbose=False)
         rows[f"llama.cpp {outtype}"] = [llama_greedy(llm, ids, stop, args.max_new) for _, ids in cases]
@@ -100,9 +101,10 @@ def main() -> None:
         prefix = statistics.mean(next((i for i, (a, b) in enumerate(zip(out, ref)) if a != b), min(len(out), len(ref)))
                                  for (out, _), (ref, _) in zip(results, hf))
         print(f"| {name} | {speed:.1f} | {same}/{len(hf)} | {prefix:.1f} |")
-    for (user, _), (ref, _), (q8, _) in zip(cases[:3], hf, rows["llama.cpp q8_0"]):
+    last = f"llama.cpp {args.run[-1]}"
+    for (user, _), (ref, _), (got, _) in zip(cases[:3], hf, rows[last]):
         print(f"\n> {user}\ntransformers: {tokenizer.decode(ref, skip_special_tokens=True)!r}"
-              f"\nllama.cpp q8_0: {tokenizer.decode(q8, skip_special_tokens=True)!r}")
+              f"\n{last}: {tokenizer.decode(got, skip_special_tokens=True)!r}")
     print(f"\nexport records: {json.dumps(exports['f16'], indent=None)}")
 
 
