@@ -195,7 +195,7 @@ def test_q8_0_is_smaller_and_answers_the_same(tiny_llama, llama_f16, tmp_path):
     q8 = tmp_path / "q8" / "tiny.gguf"
     assert _export(tiny_llama, q8, outtype="q8_0")["outtype"] == "q8_0"
     tensors = {name: GGUFReader(path).tensors for name, path in (("f16", llama_f16[0]), ("q8", q8))}
-    assert {t.tensor_type.name for t in tensors["q8"] if t.name.endswith("_embd.weight") or "ffn" in t.name} == {"Q8_0"}
+    assert {t.tensor_type.name for t in tensors["q8"] if "norm" not in t.name} == {"Q8_0"}  # norms stay F32
     # 8.5 bits a weight against 16 (norms stay F32; the vocabulary, about 1.8 MB here, is in both)
     assert sum(t.n_bytes for t in tensors["q8"]) < 0.55 * sum(t.n_bytes for t in tensors["f16"])
     for prompt, answer in ANSWERS.items():
