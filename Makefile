@@ -3,6 +3,7 @@
 #   make demo                 validate -> pack -> train on the demo config
 #   make test                 the whole test suite
 #   make mix                  the demo mixture (configs/demo-mix.yaml; RECIPE=... for another)
+#   make export               the demo run as out/export/demo.gguf + Modelfile, chatted with in llama.cpp
 # Overrides: CONFIG=configs/x.yaml DATA=dir/with/train.jsonl+val.jsonl NPROC=2 STRATEGY=fsdp OUT=out
 
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ MODEL := $(MODEL_DIR)/conversion.json
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup model demo-data validate pack report train sanity plan mix test bench clean demo
+.PHONY: setup model demo-data validate pack report train sanity plan mix llamacpp export test bench clean demo
 
 setup: $(STAMP)
 
@@ -61,7 +62,7 @@ data/demo/train.jsonl data/demo/val.jsonl &: data/generate_demo.py $(STAMP)
 # before the venv exists (the rule below writes them once it does).
 SECTIONS := $(OUT)/config/model.json $(OUT)/config/data.json
 WRITE_SECTIONS = $(PY) -m sftpack.cli.config_sections --config $(CONFIG) --out-dir $(OUT)/config
-ifneq ($(filter-out setup model demo-data mix test bench clean,$(MAKECMDGOALS)),)
+ifneq ($(filter-out setup model demo-data mix llamacpp test bench clean,$(MAKECMDGOALS)),)
 ifneq ($(wildcard $(STAMP)),)
 _sections_refresh := $(shell $(WRITE_SECTIONS))
 ifneq ($(.SHELLSTATUS),0)
@@ -137,7 +138,45 @@ $(MIXED): $(RECIPE) data/demo/train.jsonl data/benchmarks/tiny-bench.jsonl $(MOD
 
 demo: $(TRAINED)
 
-test: $(STAMP) $(MODEL)
+# GGUF export needs llama-cpp-python, pinned by pyproject.toml's `export` extra and built from
+# its sdist (minutes on 2 cores the first time; the wheel is kept for later venvs), and llama.cpp's
+# converter vendored in that same sdist, unpacked into .venv/share/sftpack-llamacpp-<release>/
+# with the llama.cpp commit it comes from (sftpack.export.gguf.converter finds it there).
+# The build is portable x86-64 (AVX2), not -march=native: on this machine's CPU a native build
+# dies of SIGILL in llama.cpp's AMX/repacked Q8_0 path. Its wheel is kept in LLAMACPP_WHEELS
+# (pip's own cache would hand back a native wheel built earlier from the same sdist).
+LLAMACPP := $(VENV)/.sftpack-llamacpp-installed
+LLAMACPP_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF
+LLAMACPP_WHEELS := $(HOME)/.cache/sftpack/llama-cpp-python-portable
+llamacpp: $(LLAMACPP)
+
+$(LLAMACPP): $(STAMP)
+	pin=$$(sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml); \
+	CMAKE_ARGS="$(LLAMACPP_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps --no-cache-dir \
+	  --find-links $(LLAMACPP_WHEELS) -w $(LLAMACPP_WHEELS) "llama-cpp-python==$$pin"; \
+	$(PY) -m pip install --quiet --no-deps --force-reinstall $(LLAMACPP_WHEELS)/llama_cpp_python-$$pin-*.whl
+	$(PY) -m pip install --quiet -e '.[export]'
+	release=$$($(PY) -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))'); \
+	top=llama_cpp_python-$$release; dest=$(VENV)/share/sftpack-llamacpp-$$release; \
+	mkdir -p $(VENV)/share; tmp=$$(mktemp -d $(VENV)/share/.incomplete-llamacpp-XXXXXX); \
+	$(PY) -m pip download --quiet --no-binary :all: --no-deps -d $$tmp llama-cpp-python==$$release; \
+	tar -xzf $$tmp/$$top.tar.gz -C $$tmp $$top/.git/modules/vendor/llama.cpp/HEAD \
+	  $$top/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py,LICENSE}; \
+	mv $$tmp/$$top/.git/modules/vendor/llama.cpp/HEAD $$tmp/$$top/vendor/llama.cpp/llama.cpp-commit; \
+	rm -rf $$dest; mv $$tmp/$$top/vendor/llama.cpp $$dest; rm -rf $$tmp
+	touch $@
+
+# export: the demo run -> $(OUT)/export/demo.gguf, Modelfile and export.json; then one sample
+# prompt through llama.cpp (greedy), which the demo model answers as Pip.
+EXPORTED := $(OUT)/export/$(notdir $(basename $(CONFIG))).gguf
+export: $(EXPORTED)
+
+$(EXPORTED): $(TRAINED) $(LLAMACPP)
+	$(SFTPACK) export $(OUT)/runs/$(notdir $(basename $(CONFIG))) --format gguf --out $@
+	@echo "Run it: llama-cli -m $@    or: cd $(@D) && ollama create $(notdir $(basename $@)) -f Modelfile && ollama run $(notdir $(basename $@))"
+	$(PY) -c 'import sys; from sftpack.export.gguf import chat; print("llama.cpp >", sys.argv[2]); print(chat(sys.argv[1], sys.argv[2]))' $@ "May I know your name?"
+
+test: $(STAMP) $(MODEL) $(LLAMACPP)
 	@# tests/test_ray.py runs its Ray cluster inside a network namespace (ip netns, iproute2)
 	command -v ip >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2; }
 	@# tests/test_report_browser.py opens the report in headless Chromium (Debian's chromium)

@@ -1,0 +1,1 @@
+"""Export a trained model: a merged Hugging Face folder, or a GGUF for llama.cpp and Ollama."""
