@@ -24,12 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-config", help="write a run config YAML with the planned train values")
     parser.add_argument("--write-json", help="also write the planned values (the --json object) to this file, last")
     parser.add_argument("--config", help="base run config: its model/data/train values fill what flags leave out")
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="GiB per GPU: recommend the cheapest method that fits (full, lora, qlora)")
 
 
 def main(args: argparse.Namespace) -> int:
     plan = api.plan(model=args.model, params=args.params, gpus=args.gpus, per_device_batch=args.per_device_batch,
                     target_batch=args.target_batch, examples=args.examples, data=args.data, epochs=args.epochs,
-                    config=args.config, plot=args.plot, write_config=args.write_config, write_json=args.write_json)
+                    config=args.config, gpu_memory=args.gpu_memory, plot=args.plot, write_config=args.write_config, write_json=args.write_json)
     if args.json:
         print(json.dumps(plan_json(plan)))
         for note in plan.notes:  # stdout stays one JSON object

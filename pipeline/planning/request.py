@@ -32,6 +32,8 @@ class PlanRequest:
     """Passes over the rows (num_train_epochs)."""
     config: str | None = None
     """Base run config: its model/data/train values fill what the flags leave out."""
+    gpu_memory: float | None = None
+    """GiB per GPU: the plan recommends the cheapest method that fits (full, lora, qlora)."""
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,5 @@ class Plan:
     """Packed folder for a written config (--data)."""
     extra_train: Mapping[str, Any] = field(default_factory=dict)
     """Planned train values that are not in the JSON but go into a written config."""
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    """Per GPU, by method, with and without activation checkpointing: planning.memory.Memory."""
