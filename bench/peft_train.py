@@ -1,6 +1,6 @@
 """Full fine-tuning against LoRA on the demo data (SmolLM2-135M, CPU): whole `sftpack train` runs.
 
-    python bench/peft_train.py train  [--steps 32]   # tokens/s, peak RSS, saved size, steps to loss < 0.5
+    python bench/peft_train.py train  [--steps 16]   # tokens/s, peak RSS, saved size, steps to loss < 0.5
     python bench/peft_train.py memory [--steps 3]    # measured peak against pipeline/planning/memory.py
 
 `train` runs configs/demo.yaml and configs/demo-lora.yaml as they are, with logging every step,
@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, SFTPACK, bench_env, run_measured  # noqa: E402
 
-CONFIGS = {"full": "configs/demo.yaml", "lora": "configs/demo-lora.yaml"}
+CONFIGS = {"lora": "configs/demo-lora.yaml", "full": "configs/demo.yaml"}
 
 
 def _logs(text: str) -> list[dict]:
@@ -47,7 +47,7 @@ def train(steps: int) -> dict:
         cmd = [SFTPACK, "train", "--config", config, f"train.output_dir={out}", f"train.max_steps={steps}",
                "train.logging_steps=1", "train.eval_strategy=no", "train.save_strategy=no",
                "train.load_best_model_at_end=false", "train.report_to=none", "monitor.sample_prompts=[]"]
-        run = run_measured(cmd)
+        run = run_measured(cmd, timeout=5400)
         logs = [entry for entry in _logs(run.stdout + run.stderr) if "loss" in entry]
         losses = [float(entry["loss"]) for entry in logs]
         speeds = [float(entry["trained_tokens_per_second"]) for entry in logs[1:]]  # the first step warms up
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     args = parser.parse_args()
     if args.what == "train":
-        train(args.steps or 32)
+        train(args.steps or 16)
     else:
         memory(args.steps or 3)
 

@@ -17,7 +17,6 @@ them while every other base weight stays frozen. The adapter saves them with its
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from typing import Any, Mapping
 
@@ -40,10 +39,12 @@ def check_quantization(quantization: Mapping[str, Any] | None) -> None:
     """
     if not quantization:
         return
-    if importlib.util.find_spec("bitsandbytes") is None:
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
         raise SftpackError("model.quantization needs bitsandbytes, which is not installed: "
                            "pip install 'sftpack[qlora]' (bitsandbytes==0.50.2), or remove model.quantization "
-                           "to train the adapter on unquantized weights (LoRA)")
+                           "to train the adapter on unquantized weights (LoRA)") from None
 
 
 def quantization_config(quantization: Mapping[str, Any] | None, dtype: str):
@@ -111,6 +112,11 @@ def apply_adapter(model, tokenizer, peft: Mapping[str, Any] | None, checkpointin
         wrapped = get_peft_model(model, lora_config(peft, new_tokens, tied))
     except ValueError as err:
         raise SftpackError(f"peft: cannot put the adapter on {model.config.model_type}: {err}") from None
+    head = wrapped.get_output_embeddings()
+    if head is not None and hasattr(head, "token_adapter") and not hasattr(head, "bias"):
+        # TRL's fused LM head reads lm_head.weight and lm_head.bias; PEFT's TrainableTokensWrapper forwards
+        # only `weight` (merged with the new tokens' rows, so their gradient flows): give it the head's bias.
+        head.bias = head.token_adapter.base_layer.bias
     if checkpointing:
         wrapped.enable_input_require_grads()
     counts = parameter_counts(wrapped)
