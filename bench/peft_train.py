@@ -4,7 +4,7 @@
     python bench/peft_train.py memory [--steps 3]    # measured peak against pipeline/planning/memory.py
 
 `train` runs configs/demo.yaml and configs/demo-lora.yaml as they are, with logging every step,
-no evaluation and no checkpoints (the saved output is final/), one after the other; bench/PEFT.md
+no evaluation and no checkpoints (the saved output is final/), both at once; bench/PEFT.md
 holds the results. `memory` trains a few steps in a child process per method and compares the
 peak RSS above the process's own floor (libraries imported, data packed, nothing loaded) with
 the estimate `sftpack plan` prints.
@@ -40,14 +40,22 @@ def _logs(text: str) -> list[dict]:
     return logs
 
 
+def _train_one(method: str, steps: int) -> dict:
+    out = ROOT / "out" / "bench" / f"peft-{method}"
+    cmd = [SFTPACK, "train", "--config", CONFIGS[method], f"train.output_dir={out}", f"train.max_steps={steps}",
+           "train.logging_steps=1", "train.eval_strategy=no", "train.save_strategy=no",
+           "train.load_best_model_at_end=false", "train.report_to=none"]  # the demo's sample prompts kept
+    return cmd, out, run_measured(cmd, timeout=5400)
+
+
 def train(steps: int) -> dict:
+    """Both methods at once, so they train under the same load (this machine is shared)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(CONFIGS)) as pool:
+        runs = dict(zip(CONFIGS, pool.map(lambda method: _train_one(method, steps), CONFIGS)))
     results = {}
-    for method, config in CONFIGS.items():
-        out = ROOT / "out" / "bench" / f"peft-{method}"
-        cmd = [SFTPACK, "train", "--config", config, f"train.output_dir={out}", f"train.max_steps={steps}",
-               "train.logging_steps=1", "train.eval_strategy=no", "train.save_strategy=no",
-               "train.load_best_model_at_end=false", "train.report_to=none", "monitor.sample_prompts=[]"]
-        run = run_measured(cmd, timeout=5400)
+    for method, (cmd, out, run) in runs.items():
         logs = [entry for entry in _logs(run.stdout + run.stderr) if "loss" in entry]
         losses = [float(entry["loss"]) for entry in logs]
         speeds = [float(entry["trained_tokens_per_second"]) for entry in logs[1:]]  # the first step warms up
@@ -62,6 +70,7 @@ def train(steps: int) -> dict:
             "losses": [round(x, 3) for x in losses],
             "trainable_parameters": manifest["trainable_parameters"],
             "total_parameters": manifest["total_parameters"],
+            "samples": manifest["samples"],
             "wall_s": round(run.wall_s, 1),
             "load": [round(run.load_before, 1), round(run.load_after, 1)],
         }
