@@ -92,8 +92,9 @@ report: $(OUT)/report/report.html
 $(OUT)/report/report.html: $(OUT)/validated/train.validate.json $(SECTIONS)
 	$(SFTPACK) report $(DATA)/train.jsonl --config $(CONFIG) --out $@
 
-# train reads the packed folders named in the .path files and every section of the config.
-TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
+# train reads the packed folders named in the .path files and every section of the config. Its
+# manifest is written last, whether final/ holds a model or an adapter (a `peft` section).
+TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/sftpack_run.json
 train: $(TRAINED)
 
 $(TRAINED): $(PACKED) $(CONFIG)
