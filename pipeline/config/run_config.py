@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import re
 import types
 import typing
@@ -25,6 +26,10 @@ import yaml
 
 from sftpack.config.data_options import DEFAULT_MAX_LENGTH
 from sftpack.errors import SftpackError
+
+# TRL and PEFT import bitsandbytes, whose CPU backend warns at import that it cannot download an optional
+# faster 4-bit kernel from the hub (offline here; it matters to QLoRA on CPU only, bench/PEFT.md).
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 SCHEMA_PATH = files("sftpack.schemas") / "run_config.schema.json"  # schemas/ in the repo, sftpack/schemas/ installed
 
