@@ -93,13 +93,14 @@ print(json.dumps({"floor": floor, "peak": peak}))
 """
 
 
-def memory(steps: int) -> dict:
+def memory(steps: int, methods: list[str], checkpointing_options: tuple[bool, ...]) -> dict:
     from sftpack.planning.memory import GIB, ModelShape, estimate
 
     shape = ModelShape.from_config(ROOT / "models" / "smollm2-135m-instruct")
     results = {}
-    for method, config in CONFIGS.items():
-        for checkpointing in (False, True):
+    for method in methods:
+        config = CONFIGS[method]
+        for checkpointing in checkpointing_options:
             out = ROOT / "out" / "bench" / f"peft-memory-{method}"
             overrides = [f"train.output_dir={out}", f"train.max_steps={steps}", "train.eval_strategy=no",
                          "train.save_strategy=no", "train.load_best_model_at_end=false", "train.report_to=none",
@@ -119,11 +120,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("train", "memory"))
     parser.add_argument("--steps", type=int)
+    parser.add_argument("--method", choices=sorted(CONFIGS), action="append", help="memory: only these (default both)")
+    parser.add_argument("--no-checkpointing-runs", action="store_true", help="memory: skip the checkpointed runs")
     args = parser.parse_args()
     if args.what == "train":
         train(args.steps or 16)
     else:
-        memory(args.steps or 3)
+        memory(args.steps or 3, args.method or ["full", "lora"],
+               (False,) if args.no_checkpointing_runs else (False, True))
 
 
 if __name__ == "__main__":
