@@ -27,8 +27,7 @@ import yaml
 from sftpack.config.data_options import DEFAULT_MAX_LENGTH
 from sftpack.errors import SftpackError
 
-# TRL and PEFT import bitsandbytes, whose CPU backend warns at import that it cannot download an optional
-# faster 4-bit kernel from the hub (offline here; it matters to QLoRA on CPU only, bench/PEFT.md).
+# TRL and PEFT import bitsandbytes, whose CPU backend warns that it cannot fetch an optional hub kernel.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 SCHEMA_PATH = files("sftpack.schemas") / "run_config.schema.json"  # schemas/ in the repo, sftpack/schemas/ installed
@@ -158,11 +157,9 @@ _YamlLoader.yaml_implicit_resolvers = {
 }
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-# YAML 1.2 floats: YAML 1.1 needs a dot before the exponent, so `5e-4` would be the string "5e-4";
-# learning rates are written that way.
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+# YAML 1.2 floats: YAML 1.1 needs a dot before the exponent, so `5e-4` (a learning rate) was a string.
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def parse_yaml(text: str) -> Any:
@@ -230,8 +227,8 @@ def quantization_fields() -> list[str]:
 
     from transformers import BitsAndBytesConfig
 
-    return [name for name, p in inspect.signature(BitsAndBytesConfig.__init__).parameters.items()
-            if name != "self" and p.kind is not p.VAR_KEYWORD]
+    parameters = inspect.signature(BitsAndBytesConfig.__init__).parameters.items()
+    return [name for name, p in parameters if name != "self" and p.kind is not p.VAR_KEYWORD]
 
 
 def _section_errors(section: str, values: Mapping[str, Any], fields: Mapping[str, Any], what: str) -> list[str]:
@@ -248,11 +245,10 @@ def _section_errors(section: str, values: Mapping[str, Any], fields: Mapping[str
 
 def _adapter_errors(raw: Mapping[str, Any]) -> list[str]:
     """The `peft` section against LoraConfig, `model.quantization` against BitsAndBytesConfig."""
-    errors = []
     peft, quantization = raw.get("peft"), (raw.get("model") or {}).get("quantization")
+    errors = [f"peft.{key}: set by sftpack (a causal LM adapter on model.name_or_path); remove it"
+              for key in sorted(OWNED_BY_SFTPACK & set(peft if isinstance(peft, Mapping) else ()))]
     if isinstance(peft, Mapping):
-        for key in OWNED_BY_SFTPACK & set(peft):
-            errors.append(f"peft.{key}: set by sftpack (a causal LM adapter on model.name_or_path); remove it")
         errors += _section_errors("peft", {k: v for k, v in peft.items() if k not in OWNED_BY_SFTPACK},
                                   lora_config_fields(), "PEFT LoraConfig")
     if isinstance(quantization, Mapping):
