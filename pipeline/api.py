@@ -236,6 +236,27 @@ def plan(*, plot: str | Path | None = None, write_config: str | Path | None = No
     return plan_stage.run(PlanRequest(**request), plot=plot, config_out=write_config, json_out=write_json)
 
 
+def export(source: str | Path, out: str | Path, *, format: str = "hf", outtype: str = "f16") -> dict[str, Any]:
+    """A trained run as one merged full model: an adapter merged into its base, or a full fine-tune copied,
+    with a generation_config.json that stops on the markers the run trained the model to emit.
+
+    Args:
+        source: a run folder (train.output_dir: its final/), or a checkpoint-N or final/ folder.
+        out: the output folder (replaced atomically; export.json, the provenance, last).
+        format: hf (loads with AutoModelForCausalLM.from_pretrained(out)) or gguf (llama.cpp, Ollama).
+        outtype: GGUF weight type: f16, bf16 or q8_0 (format gguf only).
+
+    Returns:
+        The export manifest (also out/export.json).
+
+    Raises:
+        SftpackError: no model in `source`, its base model missing, an unknown format or outtype.
+    """
+    from sftpack.export import stage as export_stage
+
+    return export_stage.run(source, out, export_stage.ExportConfig(format=format, outtype=outtype))
+
+
 def train(config: Any, overrides: Sequence[str] = (), callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Fine-tune with TRL's SFTTrainer on packed folders (raw data is validated and packed first).
 

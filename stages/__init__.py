@@ -27,6 +27,7 @@ STAGES = {
     "train": "fine-tune with TRL SFTTrainer on packed shards",
     "sanity": "short training run that checks the setup works",
     "plan": "hyperparameters and batch arithmetic for a run",
+    "export": "a trained run as one merged full model (HF folder or GGUF)",
 }
 
 

@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-config", help="write a run config YAML with the planned train values")
     parser.add_argument("--write-json", help="also write the planned values (the --json object) to this file, last")
     parser.add_argument("--config", help="base run config: its model/data/train values fill what flags leave out")
+    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
+                        help="GiB per GPU: recommend the cheapest method that fits (full, lora, qlora)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -249,7 +249,8 @@ def test_json_has_exactly_the_keys(capsys):
     assert list(obj) == list(PLAN_KEYS) == [
         "learning_rate", "effective_batch_size", "per_device_train_batch_size", "gradient_accumulation_steps",
         "num_gpus", "num_train_epochs", "warmup_ratio", "warmup_steps", "weight_decay", "max_grad_norm",
-        "lr_scheduler_type", "optimizer_steps_per_epoch", "total_steps"]
+        "lr_scheduler_type", "optimizer_steps_per_epoch", "total_steps", "lora_learning_rate", "memory_gib",
+        "memory_gib_checkpointing", "method"]
     assert obj["effective_batch_size"] == 96 and obj["total_steps"] == 315
     assert "not divisible" in err  # notes go to stderr, stdout stays one object
 

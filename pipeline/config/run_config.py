@@ -1,7 +1,9 @@
 """The run config: one YAML, validated against `schemas/run_config.schema.json`.
 
 Sections: `model`, `data`, `monitor` (typed frozen dataclasses below; defaults live only
-here) and `train`, whose keys are TRL `SFTConfig` field names passed through unchanged.
+here), `train`, whose keys are TRL `SFTConfig` field names passed through unchanged, and `peft`
+(optional: an adapter instead of full fine-tuning), whose keys are PEFT `LoraConfig` field names,
+passed through the same way; `model.quantization` holds `BitsAndBytesConfig` names (QLoRA).
 All problems in a config are collected and raised once, each naming its key.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import re
 import types
 import typing
@@ -23,6 +26,9 @@ import yaml
 
 from sftpack.config.data_options import DEFAULT_MAX_LENGTH
 from sftpack.errors import SftpackError
+
+# TRL and PEFT import bitsandbytes, whose CPU backend warns that it cannot fetch an optional hub kernel.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 SCHEMA_PATH = files("sftpack.schemas") / "run_config.schema.json"  # schemas/ in the repo, sftpack/schemas/ installed
 
@@ -51,6 +57,9 @@ class ModelConfig:
     """auto (bf16 on a GPU that supports it, else float32) | bfloat16 | float32."""
     attn_implementation: str = "auto"
     """auto (flash_attention_2 when installed on Ampere+, else sdpa) | flash_attention_2 | sdpa | eager."""
+    quantization: Mapping[str, Any] | None = None
+    """transformers `BitsAndBytesConfig` keyword arguments (load_in_4bit, bnb_4bit_quant_type, ...): the
+    base weights load quantized and only a `peft` adapter trains (QLoRA); null loads them unquantized."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,9 @@ class RunConfig:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     train: Mapping[str, Any] = field(default_factory=dict)
     """TRL SFTConfig keyword arguments, exactly as written."""
+    peft: Mapping[str, Any] | None = None
+    """PEFT LoraConfig keyword arguments, exactly as written (target_modules defaults to all-linear;
+    use_dora: true is DoRA); None: full fine-tuning."""
     source: str = "<dict>"
     """Where the config came from, for messages."""
 
@@ -135,7 +147,7 @@ class RunConfig:
             "data": dataclasses.asdict(self.data),
             "monitor": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.monitor).items()},
             "train": dict(self.train),
-        }
+        } | ({"peft": dict(self.peft)} if self.peft is not None else {})
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -149,6 +161,9 @@ _YamlLoader.yaml_implicit_resolvers = {
 }
 _YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# YAML 1.2 floats: YAML 1.1 needs a dot before the exponent, so `5e-4` (a learning rate) was a string.
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def parse_yaml(text: str) -> Any:
@@ -194,6 +209,59 @@ def _type_ok(value: Any, annotation: Any) -> bool:
 # Keys whose YAML values may be wider than the SFTConfig annotation: sftpack resolves them
 # before SFTConfig sees them (resume_from_checkpoint: true = the last checkpoint).
 WIDER_TYPES = {"resume_from_checkpoint": str | bool | None}
+
+
+# LoraConfig fields that sftpack sets from the run: the task, the base model, training mode.
+OWNED_BY_SFTPACK = {"task_type", "peft_type", "auto_mapping", "peft_version", "base_model_name_or_path",
+                    "revision", "inference_mode"}
+
+
+def lora_config_fields() -> dict[str, Any]:
+    """Field name -> type annotation of the installed PEFT `LoraConfig` (its __init__ arguments)."""
+    from peft import LoraConfig
+
+    hints = typing.get_type_hints(LoraConfig)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(LoraConfig)
+            if f.init and f.name not in OWNED_BY_SFTPACK}
+
+
+def quantization_fields() -> list[str]:
+    """The keyword arguments of the installed transformers `BitsAndBytesConfig`."""
+    import inspect
+
+    from transformers import BitsAndBytesConfig
+
+    parameters = inspect.signature(BitsAndBytesConfig.__init__).parameters.items()
+    return [name for name, p in parameters if name != "self" and p.kind is not p.VAR_KEYWORD]
+
+
+def _section_errors(section: str, values: Mapping[str, Any], fields: Mapping[str, Any], what: str) -> list[str]:
+    """Unknown keys (naming every valid one) and values of the wrong type, in a pass-through section."""
+    errors = []
+    for key, value in values.items():
+        if key not in fields:
+            errors.append(f"{section}.{key}: not a {what} field.{_close(key, list(fields))} Valid keys: "
+                          f"{', '.join(sorted(fields))}.")
+        elif not _type_ok(value, fields[key]):
+            errors.append(f"{section}.{key}: {value!r} is not of type {_type_name(fields[key])}.")
+    return errors
+
+
+def _adapter_errors(raw: Mapping[str, Any]) -> list[str]:
+    """The `peft` section against LoraConfig, `model.quantization` against BitsAndBytesConfig."""
+    peft, quantization = raw.get("peft"), (raw.get("model") or {}).get("quantization")
+    errors = [f"peft.{key}: set by sftpack (a causal LM adapter on model.name_or_path); remove it"
+              for key in sorted(OWNED_BY_SFTPACK & set(peft if isinstance(peft, Mapping) else ()))]
+    if isinstance(peft, Mapping):
+        errors += _section_errors("peft", {k: v for k, v in peft.items() if k not in OWNED_BY_SFTPACK},
+                                  lora_config_fields(), "PEFT LoraConfig")
+    if isinstance(quantization, Mapping):
+        errors += _section_errors("model.quantization", quantization, dict.fromkeys(quantization_fields(), Any),
+                                  "transformers BitsAndBytesConfig")
+        if peft is None:
+            errors.append("model.quantization needs a peft section: quantized weights do not train, an adapter "
+                          "does (QLoRA); add `peft: {r: 16}` or remove model.quantization")
+    return errors
 
 
 def _train_errors(train: Mapping[str, Any]) -> list[str]:
@@ -291,6 +359,7 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     errors = _schema_errors(raw)
     if isinstance(raw.get("train"), Mapping):
         errors += _train_errors(raw["train"])
+    errors += _adapter_errors(raw)
     if not errors:  # pairs of keys, checked once each key is known to be valid on its own
         errors += cross_field_errors(raw)
     if errors:
@@ -301,6 +370,7 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
         data=DataConfig(**raw["data"]),
         monitor=MonitorConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in (raw.get("monitor") or {}).items()}),
         train=dict(raw.get("train") or {}),
+        peft=dict(raw["peft"]) if raw.get("peft") is not None else None,
         source=source,
     )
 

@@ -32,6 +32,10 @@ PLAN_KEYS = (
     "lr_scheduler_type",
     "optimizer_steps_per_epoch",
     "total_steps",
+    "lora_learning_rate",
+    "memory_gib",
+    "memory_gib_checkpointing",
+    "method",
 )
 
 # Schedules drawn by --plot and sampled in the text output (transformers SchedulerType names).
@@ -87,7 +91,25 @@ def plan_config(plan: Plan) -> RunConfig:
         raise SftpackError("--write-config needs the training data for data.train: "
                            "give --data PACKED_DIR, or --config BASE.yaml with data.train set")
     raw["train"] = {**raw.get("train", {}), **plan_train_section(plan)}
+    raw.update(_method_sections(plan, raw))
     return build_config(raw, source="sftpack plan --write-config")
+
+
+def _method_sections(plan: Plan, raw: dict[str, Any]) -> dict[str, Any]:
+    """The `peft` section (and model.quantization, checkpointing) for a lora or qlora plan."""
+    from sftpack.planning.table import LORA_RANK
+
+    method, memory = plan.values["method"], plan.memory
+    if memory.get("checkpointing"):
+        raw["train"]["gradient_checkpointing"] = True
+    if method not in ("lora", "qlora"):
+        return {}
+    peft = dict(raw.get("peft") or {"r": LORA_RANK, "lora_alpha": 2 * LORA_RANK, "lora_dropout": 0.0,
+                                     "target_modules": "all-linear"})
+    if method == "qlora":
+        raw["model"]["quantization"] = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                        "bnb_4bit_use_double_quant": True}
+    return {"peft": peft}
 
 
 # --- text ------------------------------------------------------------------------------
@@ -109,7 +131,7 @@ def _value_lines(plan: Plan) -> list[str]:
              "num_train_epochs": row.num_train_epochs, "warmup_ratio": row.warmup_ratio,
              "weight_decay": row.weight_decay, "max_grad_norm": row.max_grad_norm,
              "lr_scheduler_type": row.lr_scheduler_type}
-    for key in PLAN_KEYS:
+    for key in PLAN_KEYS[:PLAN_KEYS.index("lora_learning_rate")]:
         lines.append(f"  {key:<29}{_fmt(v[key]):>12}  {plan.sources.get(key, ''):<9}"
                      f"{_fmt(table[key]) if key in table else '':>9}")
     return lines
@@ -134,6 +156,27 @@ def _arithmetic_lines(plan: Plan) -> list[str]:
     return lines
 
 
+def _memory_lines(plan: Plan) -> list[str]:
+    """Memory per GPU by method and component, the method that fits, the LoRA learning rate."""
+    from sftpack.planning.table import LORA_LR_FACTOR, LORA_LR_SOURCE
+
+    memory = plan.memory
+    lines = [f"memory per GPU (GiB; {memory['tokens']:,} tokens per micro-batch, weights in "
+             f"{'bf16' if memory['dtype_bytes'] == 2 else 'float32'}, LoRA rank {memory['rank']}):",
+             f"  {'method':<8}{'weights':>9}{'grads':>8}{'AdamW':>8}{'adapter':>9}{'activ.':>8}{'total':>8}"
+             f"{'checkpointed':>14}"]
+    for method, parts in memory["by"][False].items():
+        gib, ck = parts.gib(), memory["by"][True][method].gib()
+        lines.append(f"  {method:<8}{gib['weights']:>9}{gib['gradients']:>8}{gib['optimizer']:>8}{gib['adapter']:>9}"
+                     f"{gib['activations']:>8}{gib['total']:>8}{ck['total']:>14}")
+    if plan.values["method"]:
+        lines.append(f"method: {plan.values['method']} (the cheapest that fits; full when full fits)")
+    low, _, high = (plan.row.learning_rate * f for f in LORA_LR_FACTOR)
+    lines.append(f"learning rate: full {plan.row.learning_rate:g}; LoRA {plan.values['lora_learning_rate']:g} "
+                 f"(range {low:g}-{high:g}, {LORA_LR_SOURCE})")
+    return lines
+
+
 def _sample_lines(plan: Plan) -> list[str]:
     """The learning rate of each of SCHEDULES at the sample points (sample_steps)."""
     v = plan.values
@@ -152,7 +195,7 @@ def format_plan(plan: Plan) -> str:
     """The human-readable plan: values with their source, arithmetic, notes, rules, samples."""
     lines = [f"model: {plan.num_params:,} parameters ({plan.num_params / 1e9:.2f}B) from {plan.params_from}",
              f"size row: {plan.row.label}", ""]
-    lines += _value_lines(plan) + [""] + _arithmetic_lines(plan)
+    lines += _value_lines(plan) + [""] + _arithmetic_lines(plan) + [""] + _memory_lines(plan)
     if plan.notes:
         lines += ["", "notes:"] + [f"  - {note}" for note in plan.notes]
     lines += ["", "rules of thumb:"] + [f"  - {rule}" for rule in RULES_OF_THUMB]

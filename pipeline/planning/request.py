@@ -33,7 +33,8 @@ class PlanRequest:
     config: str | None = None
     """Base run config: its model/data/train values fill what the flags leave out."""
     gpu_memory: float | None = None
-    """GiB per GPU; given, the plan chooses DDP or FSDP2 for `gpus` (planning/strategy.py)."""
+    """GiB per GPU: the plan recommends the cheapest method that fits (full, lora, qlora) and, for
+    `gpus`, DDP or FSDP2 (planning/memory.py, planning/strategy.py)."""
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,5 @@ class Plan:
     """Planned train values that are not in the JSON but go into a written config."""
     strategy: Any = None
     """planning.strategy.Choice when --gpu-memory was given: ddp, fsdp, single or none."""
+    memory: Mapping[str, Any] = field(default_factory=dict)
+    """Per GPU, by method, with and without activation checkpointing: planning.memory.Memory."""

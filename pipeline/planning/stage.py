@@ -3,6 +3,8 @@
     parameters (config.json on the meta device, or --params) ──> size row (plan.table)
     flags > base run config `train` > size row ──> learning rate, epochs, warmup, ... (choose)
     target effective batch / (per-device x GPUs) ──> gradient accumulation steps
+    model dims x micro-batch tokens ──> memory per GPU for full, lora, qlora (plan.memory); the
+                                        cheapest that fits --gpu-memory (full when full fits)
     packed rows (manifest totals.rows or --examples) ──> optimizer steps per epoch, total, warmup
                                                          (plan.arithmetic, as the Trainer counts)
     Plan ──> text table, --json, run config, LR plot (plan.format)
@@ -21,7 +23,8 @@ from sftpack.errors import SftpackError
 from sftpack.planning.arithmetic import BatchPlan, StepCounts, count_steps, plan_batch
 from sftpack.planning.format import plan_config, plan_json, write_plot
 from sftpack.planning.request import Plan, PlanRequest
-from sftpack.planning.table import DEFAULT_PER_DEVICE_BATCH, SizeRow, count_parameters, parse_params, pick_row
+from sftpack.planning.table import (DEFAULT_PER_DEVICE_BATCH, LORA_LR_FACTOR, LORA_RANK, SizeRow, count_parameters,
+                                    parse_params, pick_row)
 
 
 def run(req: PlanRequest, plot: str | Path | None = None, config_out: str | Path | None = None,
@@ -101,9 +104,10 @@ def make_plan(req: PlanRequest) -> Plan:
     notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     sources.update({"num_gpus": "flag" if req.gpus != 1 else "default", "warmup_ratio": sources["warmup_steps"],
                     "optimizer_steps_per_epoch": "computed", "total_steps": "computed"})
+    memory = _memory(req, base, model_path, num_params, start["per_device_train_batch_size"], max_length, notes)
+    values = _planned_values(start, batch, steps) | _memory_values(memory, row, start, sources)
     return Plan(
-        num_params=num_params, params_from=params_from, row=row,
-        values=_planned_values(start, batch, steps), sources=sources,
+        num_params=num_params, params_from=params_from, row=row, values=values, sources=sources, memory=memory,
         examples=examples, examples_from=examples_from, micro_batches_per_epoch=steps.micro_batches_per_epoch,
         max_length=max_length, notes=tuple(notes), base_config=base, model_path=model_path,
         data_path=req.data, extra_train={"warmup_steps": start["warmup_steps"]}, strategy=choice,
@@ -229,6 +233,52 @@ def _planned_values(start: Mapping[str, Any], batch: BatchPlan, steps: StepCount
         "optimizer_steps_per_epoch": steps.optimizer_steps_per_epoch,
         "total_steps": steps.total_steps,
     }
+
+
+def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per_device: int,
+            max_length: int | None, notes: list[str]) -> dict[str, Any]:
+    """Memory per GPU by method, with and without activation checkpointing, and the method that fits."""
+    from sftpack.config.data_options import DEFAULT_MAX_LENGTH
+    from sftpack.planning.memory import METHODS, ModelShape, estimate, recommend
+
+    shape = ModelShape.from_config(model_path) if model_path else ModelShape.from_parameters(num_params)
+    if shape.approximate:
+        notes.append(f"memory: no config.json, so a Llama-like shape of {shape.parameters / 1e9:.2f}B parameters "
+                     f"({shape.layers} layers, hidden {shape.hidden}, vocabulary 32k) stands in; give --model for exact dims")
+    tokens = per_device * (max_length or DEFAULT_MAX_LENGTH)
+    dtype_bytes = 4 if base is not None and base.model.dtype == "float32" else 2  # auto on a GPU: bf16
+    rank = int((base.peft or {}).get("r", LORA_RANK)) if base is not None else LORA_RANK
+    by = {checkpointing: {method: estimate(shape, method, tokens=tokens, dtype_bytes=dtype_bytes, rank=rank,
+                                           checkpointing=checkpointing, world_size=req.gpus) for method in METHODS}
+          for checkpointing in (False, True)}
+    totals = {ck: {method: memory.gib()["total"] for method, memory in by[ck].items()} for ck in by}
+    method = checkpointing = None
+    if req.gpu_memory is not None:
+        method = recommend(totals[False], req.gpu_memory)
+        if method is None and (method := recommend(totals[True], req.gpu_memory)) is not None:
+            checkpointing = True
+            notes.append(f"{method} fits {req.gpu_memory:g} GiB only with activation checkpointing: "
+                         f"train.gradient_checkpointing=true")
+        if method is None:
+            notes.append(f"no method fits {req.gpu_memory:g} GiB per GPU at {tokens} tokens per micro-batch, even "
+                         f"qlora with checkpointing ({totals[True]['qlora']} GiB): lower --per-device-batch or "
+                         f"data.max_length, or use more GPUs with sharding (FSDP)")
+    return {"by": by, "totals": totals, "method": method, "checkpointing": checkpointing, "tokens": tokens,
+            "dtype_bytes": dtype_bytes, "rank": rank, "shape": shape}
+
+
+def _memory_values(memory: Mapping[str, Any], row: SizeRow, start: dict[str, Any], sources: dict[str, str]) -> dict:
+    """memory_gib (and with checkpointing), method, the LoRA rate; an adapter method takes the LoRA
+    rate as the planned learning_rate when the table gave it."""
+    lora_rate = row.learning_rate * LORA_LR_FACTOR[1]
+    if memory["method"] in ("lora", "qlora") and sources["learning_rate"] == "table":
+        start["learning_rate"] = lora_rate
+        sources["learning_rate"] = "table (lora)"
+    sources.update(lora_learning_rate="table", memory_gib="computed", memory_gib_checkpointing="computed",
+                   method="computed")
+    return {"learning_rate": float(start["learning_rate"]), "lora_learning_rate": lora_rate,
+            "memory_gib": memory["totals"][False], "memory_gib_checkpointing": memory["totals"][True],
+            "method": memory["method"]}
 
 
 # --- training rows ---------------------------------------------------------------------

@@ -52,6 +52,16 @@ class SizeRow:
     """Decay after warmup (transformers SchedulerType name)."""
 
 
+# LoRA and QLoRA take about 10x the full fine-tuning peak rate: QLoRA (Dettmers et al. 2023) trains
+# 7-13B at 2e-4 and 33-65B at 1e-4, ten times Alpaca's and Tulu 2's 2e-5 and 1e-5; "LoRA Without
+# Regret" (Schulman et al., Thinking Machines 2025) finds the best LoRA rate about 10x the full one
+# across sizes. The range is 5x to 20x.
+LORA_LR_FACTOR = (5, 10, 20)
+LORA_LR_SOURCE = ("about 10x the full rate (5-20x): QLoRA, Dettmers et al. 2023 (2e-4 at 7-13B, 1e-4 at 33-65B); "
+                  "LoRA Without Regret, Schulman et al. 2025")
+LORA_RANK = 16
+"""The adapter rank a planned `peft` section gets (QLoRA and LoRA Without Regret: 16-64 all-linear)."""
+
 # Published full-parameter SFT recipes, rounded to one row per size band:
 #   under 1B: no published recipe we can cite fixes one value. Models this small take a higher
 #           peak LR (2e-5 at 7B, 5e-5 at 1-3B; we double again) and their runs are short, so

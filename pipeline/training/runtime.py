@@ -141,6 +141,8 @@ def load_model(model: ModelConfig, runtime: Runtime):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from sftpack.training.adapters import quantization_config
+
     path = model.name_or_path
     if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise SftpackError(f"model.name_or_path {path}: folder not found (and the hub is offline); "
@@ -148,7 +150,8 @@ def load_model(model: ModelConfig, runtime: Runtime):
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         lm = AutoModelForCausalLM.from_pretrained(
-            path, dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attn_implementation)
+            path, dtype=getattr(torch, runtime.dtype), attn_implementation=runtime.attn_implementation,
+            quantization_config=quantization_config(model.quantization, runtime.dtype))
     except (OSError, ValueError) as err:
         raise SftpackError(f"model.name_or_path {path}: cannot load: {err}") from None
     if tokenizer.pad_token is None:

@@ -123,9 +123,11 @@ def run(cfg: RunConfig, scfg: SanityConfig = SanityConfig()) -> dict[str, Any]:
     Raises:
         SftpackError: config, model or data problems.
     """
+    from sftpack.training.adapters import check_quantization
     from sftpack.training.data import prepare_data
     from sftpack.training.trainer import build_trainer
 
+    check_quantization(cfg.model.quantization)  # before any work
     train_dir, val_dir = prepare_data(cfg)
     if isinstance(val_dir, dict):  # a recipe's eval splits: the first source's gives the held-out prompt
         val_dir = next(iter(val_dir.values()))

@@ -49,6 +49,7 @@ from sftpack import __version__
 from sftpack.config.run_config import RunConfig, write_config
 from sftpack.errors import SftpackError
 from sftpack.training import distributed
+from sftpack.training.adapters import parameter_counts
 from sftpack.training.generation import answer_prompts
 from sftpack.training.isolation import describe
 from sftpack.store.packed_folder import PackedFolder
@@ -171,6 +172,7 @@ def _run_manifest(cfg: RunConfig, session: Session, resume: str | None, result: 
         "nonfinite_saved_to": trainer.nonfinite_saved_to,
         "health_warnings": [dataclasses.asdict(w) for w in session.health.warnings],
         "samples": samples,
+        **parameter_counts(trainer.model),
         "tokens": {"total": session.metrics.counter.total, "trained": session.metrics.counter.trained},
         "data": _data_identities(session),
         "runtime": dataclasses.asdict(session.runtime),
@@ -203,7 +205,8 @@ def _data_identities(session: Session) -> dict[str, Any]:
 def _data_identity(folder: Path) -> dict[str, Any]:
     packed = PackedFolder.at(folder)
     manifest = packed.manifest if packed else {}
-    return {"path": str(folder), "fingerprint": manifest.get("fingerprint"), "totals": manifest.get("totals")}
+    return {"path": str(folder), "fingerprint": manifest.get("fingerprint"), "totals": manifest.get("totals"),
+            "stop_markers": manifest.get("tokenizer", {}).get("stop_markers")}  # what export's generation_config stops on
 
 
 def _versions() -> dict[str, str]:

@@ -25,6 +25,7 @@ from trl import SFTTrainer
 from sftpack.config.run_config import RunConfig
 from sftpack.training.monitoring import HealthCallback, MetricsCallback, TokenCounter
 from sftpack.templates.masking import IGNORE_INDEX
+from sftpack.training.adapters import apply_adapter, check_quantization
 from sftpack.training.args import sft_config
 from sftpack.training import isolation as isolation_probe
 from sftpack.training.data import (PositionIdsCollator, UnpackedCollator, load_packed, prepare_data, rows_holding,
@@ -230,6 +231,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     Raises:
         SftpackError: any config, model or data problem.
     """
+    check_quantization(cfg.model.quantization)  # before any work
     runtime = resolve_runtime(cfg.model)
     logger.info("device %s: %s, %s attention (%s)", runtime.device, runtime.dtype,
                 runtime.attn_implementation, runtime.reason)
@@ -240,6 +242,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     with args.main_process_first(desc="validate and pack"):  # one process packs, the others reuse
         train_dir, val_dir = prepare_data(cfg)
     model, tokenizer = load_model(cfg.model, runtime)
+    model = apply_adapter(model, tokenizer, cfg.peft, bool(args.activation_checkpointing))
     quiet_library_noise(model)
     train_ds = load_packed(train_dir, tokenizer, "data.train")
     if train_examples is not None:
