@@ -15,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", help="parameter count instead of --model: 7e9, 7B, 135M")
     parser.add_argument("--gpus", type=int, default=1, help="data-parallel GPUs (default 1)")
     parser.add_argument("--gpu-memory", type=float, metavar="GIB",
-                        help="memory per GPU in GiB: the plan chooses DDP or FSDP2 (and --write-config also "
-                             "writes <name>.accelerate.yaml beside the run config)")
+                        help="memory per GPU in GiB: the plan recommends the cheapest method that fits (full, "
+                             "lora, qlora) and chooses DDP or FSDP2 for --gpus (--write-config also writes "
+                             "<name>.accelerate.yaml beside the run config)")
     parser.add_argument("--per-device-batch", type=int, help="micro-batch per GPU")
     parser.add_argument("--target-batch", type=int, help="wanted effective batch; sets the accumulation steps")
     parser.add_argument("--examples", type=int, help="training rows (packed rows)")
@@ -27,8 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--write-config", help="write a run config YAML with the planned train values")
     parser.add_argument("--write-json", help="also write the planned values (the --json object) to this file, last")
     parser.add_argument("--config", help="base run config: its model/data/train values fill what flags leave out")
-    parser.add_argument("--gpu-memory", type=float, metavar="GIB",
-                        help="GiB per GPU: recommend the cheapest method that fits (full, lora, qlora)")
 
 
 def main(args: argparse.Namespace) -> int:

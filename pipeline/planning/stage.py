@@ -16,6 +16,8 @@ output formats in `pipeline/planning/format.py`.
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -100,11 +102,11 @@ def make_plan(req: PlanRequest) -> Plan:
         notes.append(f"train.max_steps={max_steps} in the base config overrides num_train_epochs")
     notes += steps.notes
 
-    choice = _strategy(req, num_params)
-    notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     sources.update({"num_gpus": "flag" if req.gpus != 1 else "default", "warmup_ratio": sources["warmup_steps"],
                     "optimizer_steps_per_epoch": "computed", "total_steps": "computed"})
     memory = _memory(req, base, model_path, num_params, start["per_device_train_batch_size"], max_length, notes)
+    choice = _strategy(req, memory)
+    notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     values = _planned_values(start, batch, steps) | _memory_values(memory, row, start, sources)
     return Plan(
         num_params=num_params, params_from=params_from, row=row, values=values, sources=sources, memory=memory,
@@ -114,13 +116,27 @@ def make_plan(req: PlanRequest) -> Plan:
     )
 
 
-def _strategy(req: PlanRequest, num_params: int):
-    """DDP, FSDP2 or neither for --gpus GPUs of --gpu-memory GiB (None without --gpu-memory)."""
+def _strategy(req: PlanRequest, memory: Mapping[str, Any]):
+    """DDP, FSDP2 or neither for a full fine-tune on --gpus GPUs of --gpu-memory GiB (None without
+    --gpu-memory), from memory.py's per-component estimate of one unsharded replica."""
     if req.gpu_memory is None:
         return None
-    from sftpack.planning.strategy import GIB, choose, replica_parts
+    from sftpack.planning.strategy import GIB, Parts, choose
 
-    return choose(replica_parts(num_params), req.gpus, req.gpu_memory * GIB)
+    def choice(checkpointing: bool):
+        full = memory["by"][checkpointing]["full"]
+        parts = Parts(weights=full.weights, gradients=full.gradients, optimizer=full.optimizer,
+                      activations=full.activations, unit=full.weights / max(memory["shape"].layers, 1))
+        return choose(parts, req.gpus, req.gpu_memory * GIB)
+
+    plain = choice(False)
+    if plain.strategy != "none":
+        return plain
+    checkpointed = choice(True)
+    if checkpointed.strategy == "none":
+        return plain
+    return dataclasses.replace(checkpointed, reason=checkpointed.reason + " (with activation checkpointing: "
+                                                    "train.gradient_checkpointing=true)")
 
 
 # --- resolving values ------------------------------------------------------------------

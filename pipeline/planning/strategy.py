@@ -67,16 +67,6 @@ class Choice:
         return self.fsdp_bytes if self.strategy == "fsdp" else self.ddp_bytes
 
 
-def replica_parts(num_params: int, bytes_per_param: int = 2) -> Parts:
-    """Stand-in until planning/memory.py lands: weights, gradients and AdamW's two moments, all in
-    the training dtype (sftpack loads the model in it; bf16: 2 bytes), and no activations.
-
-    Lead: replace the call in planning/stage.py with memory.py's per-component estimate.
-    """
-    per = num_params * bytes_per_param
-    return Parts(weights=per, gradients=per, optimizer=2 * per, activations=0.0)
-
-
 def ddp_bytes(parts: Parts) -> float:
     """Per GPU under DDP (or on one GPU): the whole replica plus activations."""
     return parts.states + parts.activations
