@@ -235,3 +235,32 @@ def wandb_history(run_dir: Path) -> dict[str, list]:
                 for item in record.history.item:
                     history.setdefault(item.key or "/".join(item.nested_key), []).append(json.loads(item.value_json))
     return history
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_train(accelerate_config: str, config: Path):
+    """Start `accelerate launch -m sftpack train` on configs/accelerate/<accelerate_config>'s ranks
+    (2 CPU processes), on a rendezvous port of its own: launches on two xdist workers may overlap."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+         str(REPO / "configs" / "accelerate" / accelerate_config), "--main_process_port", str(_free_port()),
+         "-m", "sftpack", "train", "--config", str(config)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_launch(proc, timeout: int = 300) -> tuple[str, str]:
+    """Wait for a launch_train process; its (stdout, stderr), asserting it exited 0."""
+    stdout, stderr = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout, stderr

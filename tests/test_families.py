@@ -12,9 +12,6 @@ of the same sequences run one at a time.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -23,7 +20,7 @@ import torch
 import yaml
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM
 
-from conftest import pack_lines
+from conftest import finish_launch, launch_train, pack_lines
 
 import sftpack
 from sftpack.cli import main as cli
@@ -230,16 +227,11 @@ def test_two_process_ddp_trains_unpacked(family_model, packed_twelve, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(REPO / "configs/accelerate/ddp_cpu.yaml"), "-m", "sftpack", "train", "--config", str(config)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout, stderr = finish_launch(launch_train("ddp.yaml", config), timeout=300)
     manifest = json.loads((tmp_path / "run" / RUN_MANIFEST).read_text())
     assert manifest["distributed"]["world_size"] == 2 and manifest["steps"] == 2
     assert manifest["isolation"]["route"] == "unpacked" and manifest["isolation"]["model_type"] == "lfm2"
-    assert "Training the same rows UNPACKED" in proc.stderr + proc.stdout
+    assert "Training the same rows UNPACKED" in stderr + stdout
 
 
 def test_plan_and_report_say_when_a_model_trains_unpacked(family_model, packed_twelve, tmp_path):

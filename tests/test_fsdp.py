@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import read_real
+from conftest import finish_launch, launch_train, read_real
 from sftpack import api as sftpack
 from sftpack.config.run_config import build_config
 from sftpack.errors import SftpackError
@@ -57,30 +54,6 @@ def data(tmp_path_factory, tiny_model_dir) -> dict:
     return {"recipe": recipe, "out_dir": folder / "out", "rows": packed.manifest["totals"]["rows"]}
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _launch(accelerate_config: str, config: Path) -> subprocess.Popen:
-    """Start `accelerate launch` on 2 ranks (its own rendezvous port: launches may overlap)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(REPO / "configs" / "accelerate" / accelerate_config), "--main_process_port", str(_free_port()),
-         "-m", "sftpack", "train", "--config", str(config)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen) -> tuple[str, str]:
-    stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    return stdout, stderr
-
-
 def _config(tiny_model_dir, data, out: Path, monitor: dict | None = None, **train) -> Path:
     """STEPS steps of one packed row per rank, constant LR (so a run cut at step 1 and resumed
     follows the same schedule as a whole run), eval per source and a checkpoint at the last step."""
@@ -102,17 +75,17 @@ def runs(tmp_path_factory, tiny_model_dir, data) -> dict:
     """ddp: STEPS steps; cut: fsdp step 1, saved; fsdp: resumed from cut's checkpoint-1 to STEPS
     (with a sample prompt answered before and after)."""
     root = tmp_path_factory.mktemp("fsdp-runs")
-    ddp = _launch("ddp.yaml", _config(tiny_model_dir, data, root / "ddp"))
-    cut = _launch("fsdp.yaml", _config(tiny_model_dir, data, root / "cut", max_steps=1, eval_strategy="no",
+    ddp = launch_train("ddp.yaml", _config(tiny_model_dir, data, root / "ddp"))
+    cut = launch_train("fsdp.yaml", _config(tiny_model_dir, data, root / "cut", max_steps=1, eval_strategy="no",
                                        save_steps=1))
-    out = {"ddp": (root / "ddp", _finish(ddp)), "cut": (root / "cut", _finish(cut))}
+    out = {"ddp": (root / "ddp", finish_launch(ddp)), "cut": (root / "cut", finish_launch(cut))}
     (root / "fsdp").mkdir()
     shutil.copytree(root / "cut" / "checkpoint-1", root / "fsdp" / "checkpoint-1")
     # Sample prompts: generate runs a forward without backward, after which FSDP2 leaves its root
     # module gathered; the per-rank count must still see the shards.
-    fsdp = _launch("fsdp.yaml", _config(tiny_model_dir, data, root / "fsdp", resume_from_checkpoint=True,
+    fsdp = launch_train("fsdp.yaml", _config(tiny_model_dir, data, root / "fsdp", resume_from_checkpoint=True,
                                         monitor={"sample_prompts": ["Hi"], "sample_max_new_tokens": 2}))
-    out["fsdp"] = (root / "fsdp", _finish(fsdp))
+    out["fsdp"] = (root / "fsdp", finish_launch(fsdp))
     return out
 
 

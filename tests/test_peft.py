@@ -5,9 +5,7 @@ that merges them, and the memory estimate `plan` prints (its adapter count again
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REAL_TEMPLATES
+from conftest import REAL_TEMPLATES, finish_launch, launch_train
 
 from sftpack.config.run_config import apply_overrides, build_config, parse_yaml
 from sftpack.errors import SftpackError
@@ -241,12 +239,7 @@ def test_two_process_ddp_with_an_adapter(tiny_model_dir, packed_chat, tmp_path):
     cfg = lora_config(tiny_model_dir, packed_chat, out, validation=False, max_steps=2, save_strategy="no")
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-         str(REPO / "configs/accelerate/ddp_cpu.yaml"), "-m", "sftpack", "train", "--config", str(config)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    stdout, stderr = finish_launch(launch_train("ddp.yaml", config), timeout=240)
     manifest = json.loads((out / RUN_MANIFEST).read_text())
     assert manifest["distributed"]["world_size"] == 2 and manifest["steps"] == 2
     assert (out / FINAL_DIR / "adapter_model.safetensors").is_file()
