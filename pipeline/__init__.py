@@ -11,9 +11,13 @@ imported on first use, so `import sftpack` stays fast and pulls in neither torch
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import Any
 
 __version__ = "0.1.0"
+
+# TRL and PEFT import bitsandbytes, whose CPU backend warns at import that it cannot fetch an optional hub kernel.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # name -> module that defines it (imported on first access)
 _LAZY = {

@@ -75,7 +75,7 @@ def test_demo_config_loads_with_overrides():
     (["train.max_length=128"], "train.max_length: conflicts with data.max_length"),
     (["model.dtype=float32", "train.bf16=true"], "train.bf16 True conflicts with model.dtype float32"),
     (["model.dtype=float16"], "model.dtype: 'float16' is not one of"),
-    (["extra.key=1"], "extra: unknown key; valid keys here: data, model, monitor, train"),
+    (["extra.key=1"], "extra: unknown key; valid keys here: data, model, monitor, peft, train"),
 ])
 def test_bad_config_names_the_key(overrides, expected):
     with pytest.raises(SftpackError) as err:

@@ -39,7 +39,7 @@ STEPS = 2
 pytestmark = pytest.mark.xdist_group("fsdp")  # the module's launches run once, on one worker
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def data(tmp_path_factory, tiny_model_dir) -> dict:
     """A 2-source recipe (eval/<source> splits held out), mixed and packed once: the launches reuse both."""
     folder = tmp_path_factory.mktemp("fsdp-data")
@@ -70,7 +70,7 @@ def _config(tiny_model_dir, data, out: Path, monitor: dict | None = None, **trai
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def runs(tmp_path_factory, tiny_model_dir, data) -> dict:
     """ddp: STEPS steps; cut: fsdp step 1, saved; fsdp: resumed from cut's checkpoint-1 to STEPS
     (with a sample prompt answered before and after)."""

@@ -80,13 +80,13 @@ def _tiny(kind: str, folder: Path, tokenizer_dir: Path, template: str | None) ->
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, model_dir) -> Path:
     """A trained 2-layer Llama with SmolLM2's tokenizer and template."""
     return _tiny("llama", tmp_path_factory.mktemp("gguf-llama"), model_dir, None)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_qwen3(tmp_path_factory, stand_in) -> Path:
     """A trained 2-layer Qwen3 on SmolLM2's tokenizer plus Qwen3's added control tokens; its
     tokenizer folder keeps SmolLM2's template, the export passes Qwen3's."""
@@ -94,7 +94,7 @@ def tiny_qwen3(tmp_path_factory, stand_in) -> Path:
     return _tiny("qwen3", tmp_path_factory.mktemp("gguf-qwen3"), Path(tokenizer.name_or_path), QWEN3_TEMPLATE)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llama_f16(tiny_llama, tmp_path_factory) -> tuple[Path, dict]:
     """The tiny Llama exported at f16: (the GGUF, write_gguf's record)."""
     out = tmp_path_factory.mktemp("gguf-llama-f16") / "export" / "tiny.gguf"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import logging
 import re
 import types
 import typing
@@ -26,9 +25,6 @@ import yaml
 
 from sftpack.config.data_options import DEFAULT_MAX_LENGTH
 from sftpack.errors import SftpackError
-
-# TRL and PEFT import bitsandbytes, whose CPU backend warns that it cannot fetch an optional hub kernel.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 SCHEMA_PATH = files("sftpack.schemas") / "run_config.schema.json"  # schemas/ in the repo, sftpack/schemas/ installed
 

@@ -120,12 +120,10 @@ def write_gguf(hf_dir: Path, out_file: Path, *, outtype: str, chat_template: str
                       f"(gguf-py {tool['gguf_py']}), vendored in llama-cpp-python {tool['llama_cpp_python']}")
     from sftpack import __version__
 
-    settings = {
-        "model_dir": str(hf_dir), "chat_template": chat_template, "stop_tokens": list(stop_tokens),
-        "report": None,  # set below: where the converter run says why it failed
-        "strings": {"sftpack.version": __version__, "sftpack.llama_cpp_python": tool["llama_cpp_python"],
-                    "sftpack.converter": converter_text},
-    }
+    settings = {"model_dir": str(hf_dir), "chat_template": chat_template, "stop_tokens": list(stop_tokens),
+                "report": None,  # set below: where the converter run says why it failed
+                "strings": {"sftpack.version": __version__, "sftpack.llama_cpp_python": tool["llama_cpp_python"],
+                            "sftpack.converter": converter_text}}
     modelfile = out_file.with_name("Modelfile")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sftpack-gguf-") as scratch, \

@@ -16,7 +16,6 @@ output formats in `pipeline/planning/format.py`.
 
 from __future__ import annotations
 
-import dataclasses
 
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +24,7 @@ from sftpack.errors import SftpackError
 from sftpack.planning.arithmetic import BatchPlan, StepCounts, count_steps, plan_batch
 from sftpack.planning.format import plan_config, plan_json, write_plot
 from sftpack.planning.request import Plan, PlanRequest
+from sftpack.planning.strategy import full_finetune_choice
 from sftpack.planning.table import (DEFAULT_PER_DEVICE_BATCH, LORA_LR_FACTOR, LORA_RANK, SizeRow, count_parameters,
                                     parse_params, pick_row)
 
@@ -105,7 +105,8 @@ def make_plan(req: PlanRequest) -> Plan:
     sources.update({"num_gpus": "flag" if req.gpus != 1 else "default", "warmup_ratio": sources["warmup_steps"],
                     "optimizer_steps_per_epoch": "computed", "total_steps": "computed"})
     memory = _memory(req, base, model_path, num_params, start["per_device_train_batch_size"], max_length, notes)
-    choice = _strategy(req, memory)
+    choice = None if req.gpu_memory is None else full_finetune_choice(memory["by"], memory["shape"].layers,
+                                                                       req.gpus, req.gpu_memory)
     notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     values = _planned_values(start, batch, steps) | _memory_values(memory, row, start, sources)
     return Plan(
@@ -114,29 +115,6 @@ def make_plan(req: PlanRequest) -> Plan:
         max_length=max_length, notes=tuple(notes), base_config=base, model_path=model_path,
         data_path=req.data, extra_train={"warmup_steps": start["warmup_steps"]}, strategy=choice,
     )
-
-
-def _strategy(req: PlanRequest, memory: Mapping[str, Any]):
-    """DDP, FSDP2 or neither for a full fine-tune on --gpus GPUs of --gpu-memory GiB (None without
-    --gpu-memory), from memory.py's per-component estimate of one unsharded replica."""
-    if req.gpu_memory is None:
-        return None
-    from sftpack.planning.strategy import GIB, Parts, choose
-
-    def choice(checkpointing: bool):
-        full = memory["by"][checkpointing]["full"]
-        parts = Parts(weights=full.weights, gradients=full.gradients, optimizer=full.optimizer,
-                      activations=full.activations, unit=full.weights / max(memory["shape"].layers, 1))
-        return choose(parts, req.gpus, req.gpu_memory * GIB)
-
-    plain = choice(False)
-    if plain.strategy != "none":
-        return plain
-    checkpointed = choice(True)
-    if checkpointed.strategy == "none":
-        return plain
-    return dataclasses.replace(checkpointed, reason=checkpointed.reason + " (with activation checkpointing: "
-                                                    "train.gradient_checkpointing=true)")
 
 
 # --- resolving values ------------------------------------------------------------------

@@ -18,8 +18,9 @@ Activations are per micro-batch and never sharded by FSDP (activation checkpoint
 
 from __future__ import annotations
 
+
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 GIB = 2**30
@@ -65,6 +66,24 @@ class Choice:
     @property
     def per_gpu_bytes(self) -> float:
         return self.fsdp_bytes if self.strategy == "fsdp" else self.ddp_bytes
+
+
+def full_finetune_choice(by_checkpointing: dict, layers: int, world_size: int, gpu_memory_gib: float) -> Choice:
+    """DDP, FSDP2 or neither for a full fine-tune, from planning.memory's estimate of one unsharded
+    replica (`by_checkpointing[checkpointing]["full"]`); with activation checkpointing when only
+    that fits, and the reason says so."""
+    def choice(checkpointing: bool) -> Choice:
+        full = by_checkpointing[checkpointing]["full"]
+        parts = Parts(weights=full.weights, gradients=full.gradients, optimizer=full.optimizer,
+                      activations=full.activations, unit=full.weights / max(layers, 1))
+        return choose(parts, world_size, gpu_memory_gib * GIB)
+
+    plain = choice(False)
+    checkpointed = choice(True) if plain.strategy == "none" else None
+    if checkpointed is None or checkpointed.strategy == "none":
+        return plain
+    return replace(checkpointed, reason=f"{checkpointed.reason} (with activation checkpointing: "
+                                                    f"train.gradient_checkpointing=true)")
 
 
 def ddp_bytes(parts: Parts) -> float:

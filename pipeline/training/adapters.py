@@ -92,7 +92,7 @@ def lora_config(peft: Mapping[str, Any], new_tokens: list[int], tied: bool):
         raise SftpackError(f"peft: PEFT rejects the section: {err}") from None
 
 
-def apply_adapter(model, tokenizer, peft: Mapping[str, Any] | None, checkpointing: bool):
+def apply_adapter(model, tokenizer, peft: Mapping[str, Any] | None, checkpointing: bool, seed: int):
     """The model to train: the model itself (no `peft` section: full fine-tuning), or it wrapped in
     the adapter, with input gradients enabled for activation checkpointing (frozen embeddings would
     otherwise leave the checkpointed blocks without a gradient to recompute for).
@@ -108,6 +108,11 @@ def apply_adapter(model, tokenizer, peft: Mapping[str, Any] | None, checkpointin
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    # The adapter's random init (lora_A) follows train.seed, not whatever ran before in this process:
+    # the Trainer seeds only after the model is built.
+    from transformers import set_seed
+
+    set_seed(seed)
     try:
         wrapped = get_peft_model(model, lora_config(peft, new_tokens, tied))
     except ValueError as err:

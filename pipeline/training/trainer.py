@@ -242,7 +242,7 @@ def build_trainer(cfg: RunConfig, callbacks: Sequence[TrainerCallback] = (),
     with args.main_process_first(desc="validate and pack"):  # one process packs, the others reuse
         train_dir, val_dir = prepare_data(cfg)
     model, tokenizer = load_model(cfg.model, runtime)
-    model = apply_adapter(model, tokenizer, cfg.peft, bool(args.activation_checkpointing))
+    model = apply_adapter(model, tokenizer, cfg.peft, bool(args.activation_checkpointing), args.seed)
     quiet_library_noise(model)
     train_ds = load_packed(train_dir, tokenizer, "data.train")
     if train_examples is not None:
