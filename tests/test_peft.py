@@ -277,6 +277,26 @@ def test_export_merges_the_adapter(lora_run, tiny_model_dir, tmp_path, capsys):
     assert "exported adapter model" in capsys.readouterr().out
 
 
+def test_export_to_a_gguf_file_merges_the_adapter_and_writes_beside_it(lora_run, tmp_path):
+    """`sftpack export RUN --format gguf --out FILE.gguf` (make export's call): the file itself, the
+    Modelfile and export.json beside it, the run's stop token in the GGUF."""
+    from gguf import GGUFReader
+
+    from sftpack.cli import main as cli
+
+    out, _ = lora_run
+    target = tmp_path / "export" / "tiny.gguf"
+    assert cli(["export", str(out), "--format", "gguf", "--out", str(target)]) == 0
+    assert target.is_file() and (target.parent / "Modelfile").is_file()
+    manifest = json.loads((target.parent / EXPORT_MANIFEST).read_text())
+    assert manifest["method"] == "adapter" and manifest["gguf"]["outtype"] == "f16"
+    assert set(manifest["files"]) == {"tiny.gguf", "Modelfile"}
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([EXPORT_MANIFEST, "Modelfile", "tiny.gguf"])
+    fields = GGUFReader(target).fields
+    assert bytes(fields["general.name"].parts[-1]).decode() == "tiny"
+    assert 'PARAMETER stop "<|im_end|>"' in (target.parent / "Modelfile").read_text()
+
+
 def test_export_of_a_full_fine_tune_copies_the_model(tiny_model_dir, packed_chat, tmp_path):
     raw = lora_config(tiny_model_dir, packed_chat, tmp_path / "run", validation=False, max_steps=2,
                       save_steps=2, learning_rate=1e-3).to_dict()

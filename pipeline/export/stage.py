@@ -170,6 +170,29 @@ def _hashes(folder: Path, names: list[str] | None = None) -> dict[str, str]:
             if p.is_file() and (p.suffix == ".safetensors" if names is None else p.name in names)}
 
 
+def _gguf(src, gguf_file: Path, stops: list[str], name: str, cfg: ExportConfig) -> tuple[dict, dict]:
+    """The merged model in a temp folder beside `gguf_file`, converted by llama.cpp's converter."""
+    from transformers import AutoTokenizer
+
+    from sftpack.export.gguf import write_gguf  # optional writer (llama.cpp's gguf package)
+
+    with tempfile.TemporaryDirectory(prefix=".merged-", dir=gguf_file.parent) as merged:
+        done = write_hf(src, Path(merged), stops)
+        gguf = write_gguf(Path(merged), gguf_file, outtype=cfg.outtype,
+                          chat_template=AutoTokenizer.from_pretrained(merged).chat_template, stop_tokens=stops, name=name)
+    return done, gguf
+
+
+def _manifest(cfg: ExportConfig, src, done: dict, stops: list[str], stops_from: str, gguf: dict | None, folder: Path,
+              names: list[str]) -> dict[str, Any]:
+    from sftpack import __version__
+
+    return {"sftpack_version": __version__, **asdict(cfg), "source": str(src.weights),
+            "run": str(src.run_dir) if src.run_dir else None, **done, "stop_tokens": stops,
+            "stop_tokens_from": stops_from, "inputs": _hashes(src.weights), "gguf": gguf,
+            "files": _hashes(folder, names)}
+
+
 def run(source: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig()) -> dict[str, Any]:
     """Export a run's model (see the module docstring); returns the export manifest (OUT/export.json).
 
@@ -177,29 +200,23 @@ def run(source: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig())
         SftpackError: no model or adapter in `source`, its base model missing, a stop marker its
             tokenizer lacks, or (gguf) what the GGUF writer refuses.
     """
-    from sftpack import __version__
     from sftpack.store.atomic import atomic_dir, write_json
 
     src = find_source(source)
     stops, stops_from = stop_markers(src)
     out = Path(out)
     name = (src.run_dir or src.weights).name
+    if cfg.format == "gguf" and out.suffix == ".gguf":  # --out FILE.gguf: the file, Modelfile and export.json beside it
+        out.parent.mkdir(parents=True, exist_ok=True)
+        done, gguf = _gguf(src, out, stops, out.stem, cfg)
+        manifest = _manifest(cfg, src, done, stops, stops_from, gguf, out.parent, [out.name, "Modelfile"])
+        write_json(out.parent / EXPORT_MANIFEST, manifest)
+        return manifest
     with atomic_dir(out) as tmp:
         if cfg.format == "hf":
             done, gguf = write_hf(src, tmp, stops), None
         else:
-            with tempfile.TemporaryDirectory(prefix=".merged-", dir=out.parent) as merged:
-                done = write_hf(src, Path(merged), stops)
-                from sftpack.export.gguf import write_gguf  # optional writer (llama.cpp's gguf package)
-
-                from transformers import AutoTokenizer
-
-                gguf = write_gguf(Path(merged), tmp / f"{name}.gguf", outtype=cfg.outtype,
-                                  chat_template=AutoTokenizer.from_pretrained(merged).chat_template,
-                                  stop_tokens=stops, name=name)
-        manifest = {"sftpack_version": __version__, **asdict(cfg), "source": str(src.weights),
-                    "run": str(src.run_dir) if src.run_dir else None, **done, "stop_tokens": stops,
-                    "stop_tokens_from": stops_from, "inputs": _hashes(src.weights), "gguf": gguf,
-                    "files": _hashes(tmp, [p.name for p in tmp.iterdir()])}
+            done, gguf = _gguf(src, tmp / f"{name}.gguf", stops, name, cfg)
+        manifest = _manifest(cfg, src, done, stops, stops_from, gguf, tmp, [p.name for p in tmp.iterdir()])
         write_json(tmp / EXPORT_MANIFEST, manifest)
     return manifest
