@@ -26,6 +26,23 @@ MODELS = __import__("json").loads((REAL_TEMPLATES / "models.json").read_text(enc
 """Per real template (file stem): its model's special and stop tokens (templates/real/README.md)."""
 
 
+def chat_and_alpaca_recipe(folder: Path, per_source: int, eval_count: int) -> Path:
+    """A 2-source recipe in `folder`: `per_source` short real records each of fastchat (chat) and
+    alpaca (alpaca), `eval_count` of each held out as eval/<source>, seed 3."""
+    import json
+
+    import yaml
+
+    sources = []
+    for name, real in (("chat", "fastchat_dummy_conversation"), ("alpaca", "alpaca_en_demo")):
+        records = [r for r in read_real(real) if len(json.dumps(r)) < 900][:per_source]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        sources.append({"name": name, "path": str(folder / f"{name}.jsonl")})
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump({"sources": sources, "eval": {"count": eval_count}, "seed": 3}))
+    return path
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The converted default model (written by `make model`)."""

@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import finish_launch, launch_train, read_real
+from conftest import chat_and_alpaca_recipe, finish_launch, launch_train
 from sftpack import api as sftpack
 from sftpack.config.run_config import build_config
 from sftpack.errors import SftpackError
@@ -43,13 +43,7 @@ pytestmark = pytest.mark.xdist_group("fsdp")  # the module's launches run once, 
 def data(tmp_path_factory, tiny_model_dir) -> dict:
     """A 2-source recipe (eval/<source> splits held out), mixed and packed once: the launches reuse both."""
     folder = tmp_path_factory.mktemp("fsdp-data")
-    sources = []
-    for name, real in (("chat", "fastchat_dummy_conversation"), ("alpaca", "alpaca_en_demo")):
-        records = [r for r in read_real(real) if len(json.dumps(r)) < 900][:24]
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        sources.append({"name": name, "path": str(folder / f"{name}.jsonl")})
-    recipe = folder / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump({"sources": sources, "eval": {"count": 3}, "seed": 3}))
+    recipe = chat_and_alpaca_recipe(folder, per_source=24, eval_count=3)
     packed = sftpack.pack([recipe], folder / "out" / "packed", tokenizer=str(tiny_model_dir), max_length=256)
     return {"recipe": recipe, "out_dir": folder / "out", "rows": packed.manifest["totals"]["rows"]}
 

@@ -4,15 +4,13 @@ which is checked against TRL's own evaluation of all the splits together."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-import yaml
 from transformers import TrainerCallback
 
 from sftpack import api as sftpack  # sftpack.report and sftpack.train are shadowed once their subpackages are imported
-from conftest import read_real, wandb_history
+from conftest import chat_and_alpaca_recipe, wandb_history
 from sftpack.config.run_config import build_config
 from sftpack.errors import SftpackError
 
@@ -27,15 +25,7 @@ class KeepLogs(TrainerCallback):
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("mix-train")
-    sources = []
-    for name, real in (("chat", "fastchat_dummy_conversation"), ("alpaca", "alpaca_en_demo")):
-        records = [r for r in read_real(real) if len(json.dumps(r)) < 900][:40]
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-        sources.append({"name": name, "path": str(folder / f"{name}.jsonl")})
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump({"sources": sources, "eval": {"count": 4}, "seed": 3}))
-    return path
+    return chat_and_alpaca_recipe(tmp_path_factory.mktemp("mix-train"), per_source=40, eval_count=4)
 
 
 @pytest.fixture(scope="module")
