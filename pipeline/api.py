@@ -188,9 +188,9 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     from sftpack.reporting.scan import ReportConfig
 
     run_config = load_run_config(config)
-    _unknown("report", options, [f.name for f in dataclasses.fields(ReportConfig)] + ["strategy"])
+    _unknown("report", options, [f.name for f in dataclasses.fields(ReportConfig)])
     values = data_values(run_config, options)
-    values.pop("strategy", None)  # the estimate packs as pack does by default
+    values.pop("strategy", None)  # the estimate packs as pack does by default (bfd)
     return report_stage.run(list(inputs), out, ReportConfig(**values), read_options(run_config, format, split, columns))
 
 

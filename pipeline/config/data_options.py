@@ -9,6 +9,8 @@ tests/test_foundation.py checks the two agree.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from sftpack.templates.fields import RESERVED_TEMPLATE_ARGS
@@ -64,3 +66,46 @@ def data_values(run_config: Any | None, flags: dict[str, Any]) -> dict[str, Any]
                   "truncation": data.truncation, "chat_template_kwargs": dict(data.chat_template_kwargs) or None,
                   "stop_tokens": None if data.stop_tokens is None else tuple(data.stop_tokens)}
     return values | {key: value for key, value in flags.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """The options of DATA_KEYS, each defined once: which text of a conversation becomes which tokens,
+    and how they are packed. pack (`PackConfig`) and report (`ReportConfig`) extend it."""
+
+    tokenizer: str | None = None
+    """Tokenizer folder (usually the model folder)."""
+    max_length: int = DEFAULT_MAX_LENGTH
+    """Longest row in tokens; longer examples are dropped or truncated."""
+    chat_template: str | None = None
+    """Path to a Jinja chat template that replaces the tokenizer's own."""
+    strategy: str = "bfd"
+    """bfd: best-fit-decreasing packing; none: one example per row."""
+    train_on: str = "all"
+    """all: every assistant turn is trained; last: only the final one."""
+    turns: str = "auto"
+    """auto: a conversation whose template renders a turn unlike at inference is split into the
+    fewest sequences that train every turn as the model writes it; whole: one sequence as rendered."""
+    reasoning: str = "train"
+    """Assistant reasoning: train (with the answer), mask (rendered, not trained), drop (removed)."""
+    truncation: str = "drop"
+    """Examples longer than max_length: drop (counted) or truncate (keep the start, counted)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Template arguments for every render (enable_thinking, reasoning_effort, ...); a record's own
+    `chat_template_kwargs` take precedence."""
+    stop_tokens: tuple[str, ...] | None = None
+    """The tokens that end an assistant turn; None: generation_config.json's eos_token_id, else
+    inferred from the template's rendering (pipeline/templates/stop_markers.py)."""
+
+    def data_problems(self) -> list[str]:
+        """What is wrong with these options (a list stop_tokens becomes a tuple first)."""
+        if isinstance(self.stop_tokens, list):
+            object.__setattr__(self, "stop_tokens", tuple(self.stop_tokens))
+        return problems(dataclasses.asdict(self))
+
+    def mask_options(self) -> MaskOptions:
+        """The options that decide which tokens are trained."""
+        return MaskOptions(self.train_on, self.turns, self.reasoning)
+
+
+assert tuple(f.name for f in dataclasses.fields(DataOptions)) == DATA_KEYS

@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sftpack.config.data_options import DEFAULT_MAX_LENGTH
-from sftpack.config.data_options import problems as data_problems
+from sftpack.config.data_options import DataOptions
 from sftpack.errors import SftpackError
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS, control_token_check, first_reject
@@ -51,25 +50,10 @@ EXAMPLE_SCHEMA = {
 
 
 @dataclass(frozen=True)
-class ReportConfig:
-    tokenizer: str | None = None
-    """Tokenizer (model) folder; None: no token statistics (raw JSONL) or the manifest's (packed)."""
-    max_length: int = DEFAULT_MAX_LENGTH
-    """Row length the data would be packed to: over it, examples are dropped or truncated."""
-    chat_template: str | None = None
-    """Jinja template file replacing the tokenizer's own."""
-    train_on: str = "all"
-    """all: every assistant turn is trained; last: only the final one (as in pack)."""
-    turns: str = "auto"
-    """auto: split where the template renders a turn unlike at inference; whole: as rendered (as in pack)."""
-    reasoning: str = "train"
-    """Assistant reasoning: train, mask or drop (as in pack)."""
-    truncation: str = "drop"
-    """What pack would do with examples over max_length: drop or truncate."""
-    chat_template_kwargs: dict[str, Any] | None = None
-    """Template arguments for every render (as in pack)."""
-    stop_tokens: tuple[str, ...] | None = None
-    """The tokens that end an assistant turn (as in pack)."""
+class ReportConfig(DataOptions):
+    """report's options: the data options as pack would use them (config/data_options.py), then the
+    report's own. tokenizer None: no token statistics (raw JSONL) or the manifest's (packed)."""
+
     batch_size: int = 512
     """Conversations per tokenizer call."""
     examples: int = 10
@@ -80,7 +64,7 @@ class ReportConfig:
     """An example longer than factor x the median length, or shorter than median / factor, is extreme."""
 
     def __post_init__(self) -> None:
-        problems = data_problems(dataclasses.asdict(self))
+        problems = self.data_problems()
         if self.batch_size < 1 or self.examples < 0 or self.short_answer_chars < 0:
             problems.append("batch_size must be positive; examples and short_answer_chars 0 or more")
         if self.extreme_factor <= 1:
@@ -132,9 +116,7 @@ class _Encoder:
         self.tokenizer, self.renderer = load_renderer(cfg.tokenizer, cfg.chat_template,
                                                       template_kwargs=cfg.chat_template_kwargs,
                                                       stop_tokens=cfg.stop_tokens)
-        from sftpack.templates.masking import MaskOptions
-
-        self.options, self.max_length = MaskOptions(cfg.train_on, cfg.turns, cfg.reasoning), cfg.max_length
+        self.options, self.max_length = cfg.mask_options(), cfg.max_length
 
     def encode_examples(self, records: list[dict]) -> list:
         """Each record through masking's encode_batch (pack's code): a list of EncodedExample."""
