@@ -25,3 +25,21 @@ def test_quantization_values_bitsandbytes_refuses_are_config_errors(quantization
         build_config(_adapter_config(quantization))
     assert says in str(err.value)
     build_config(_adapter_config({"load_in_4bit": True, "llm_int8_threshold": 6.0, "bnb_4bit_compute_dtype": "float32"}))
+
+
+def test_plan_reads_any_config_its_parameter_count_reads(tmp_path, capsys):
+    """`sftpack plan --model` on GPT-2's names (n_embd, n_head) and on a Mamba model (no attention heads)
+    plans, the memory estimate from the config's dims or, lacking heads, from the size with a note;
+    both died of KeyError: 'num_attention_heads' once plan estimated memory."""
+    from transformers import GPT2Config, MambaConfig
+
+    from sftpack.cli import main as cli
+
+    for name, config in {"gpt2": GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=256, bos_token_id=0,
+                                            eos_token_id=0),
+                         "mamba": MambaConfig(hidden_size=64, num_hidden_layers=2, vocab_size=256)}.items():
+        config.save_pretrained(tmp_path / name)
+        assert cli(["plan", "--model", str(tmp_path / name), "--examples", "100", "--gpu-memory", "80"]) == 0
+        out = capsys.readouterr().out
+        assert "memory per GPU" in out and "method: full" in out
+        assert ("has no num_attention_heads" in out) == (name == "mamba")

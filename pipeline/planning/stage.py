@@ -235,10 +235,15 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
     from sftpack.config.data_options import DEFAULT_MAX_LENGTH
     from sftpack.planning.memory import METHODS, ModelShape, estimate, recommend
 
-    shape = ModelShape.from_config(model_path) if model_path else ModelShape.from_parameters(num_params)
+    why = "no config.json"
+    try:
+        shape = ModelShape.from_config(model_path) if model_path else ModelShape.from_parameters(num_params)
+    except ValueError as err:  # not an attention decoder the estimate knows: estimated from the size
+        why, shape = f"{model_path}/config.json: {err}", ModelShape.from_parameters(num_params)
     if shape.approximate:
-        notes.append(f"memory: no config.json, so a Llama-like shape of {shape.parameters / 1e9:.2f}B parameters "
-                     f"({shape.layers} layers, hidden {shape.hidden}, vocabulary 32k) stands in; give --model for exact dims")
+        notes.append(f"memory: {why}, so a Llama-like shape of {shape.parameters / 1e9:.2f}B parameters "
+                     f"({shape.layers} layers, hidden {shape.hidden}, vocabulary 32k) stands in"
+                     f"{'; give --model for exact dims' if not model_path else ''}")
     tokens = per_device * (max_length or DEFAULT_MAX_LENGTH)
     dtype_bytes = 4 if base is not None and base.model.dtype == "float32" else 2  # auto on a GPU: bf16
     rank = int((base.peft or {}).get("r", LORA_RANK)) if base is not None else LORA_RANK
