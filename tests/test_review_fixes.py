@@ -43,3 +43,22 @@ def test_plan_reads_any_config_its_parameter_count_reads(tmp_path, capsys):
         out = capsys.readouterr().out
         assert "memory per GPU" in out and "method: full" in out
         assert ("has no num_attention_heads" in out) == (name == "mamba")
+
+
+def test_plan_notes_a_model_that_trains_unpacked(tmp_path, capsys):
+    """`plan` runs train's own probe (training.isolation.for_run): LFM2's short convolutions leak across
+    packed rows on this CPU, so the plan says it trains unpacked and what to install; Llama gets no note."""
+    from transformers import Lfm2Config, LlamaConfig
+
+    from sftpack.cli import main as cli
+
+    small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=256, max_position_embeddings=1024)
+    Lfm2Config(**small, full_attn_idxs=[1], block_auto_adjust_ff_dim=False).save_pretrained(tmp_path / "lfm2")
+    LlamaConfig(**small, head_dim=16).save_pretrained(tmp_path / "llama")
+    assert cli(["plan", "--model", str(tmp_path / "lfm2"), "--examples", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "model type lfm2 with sdpa attention trains UNPACKED on this machine" in out
+    assert "to train packed, install causal-conv1d (pip install causal-conv1d) on a CUDA GPU" in out
+    assert cli(["plan", "--model", str(tmp_path / "llama"), "--examples", "100"]) == 0
+    assert "UNPACKED" not in capsys.readouterr().out
