@@ -62,3 +62,17 @@ def test_plan_notes_a_model_that_trains_unpacked(tmp_path, capsys):
     assert "to train packed, install causal-conv1d (pip install causal-conv1d) on a CUDA GPU" in out
     assert cli(["plan", "--model", str(tmp_path / "llama"), "--examples", "100"]) == 0
     assert "UNPACKED" not in capsys.readouterr().out
+
+
+def test_export_to_a_gguf_path_that_is_a_folder_is_refused_before_any_work(tiny_model_dir, tmp_path):
+    """`--format gguf --out x.gguf` where x.gguf is a folder (what `make export` made before
+    --out FILE.gguf wrote a file): refused up front naming it, not after the merge (a traceback from
+    the rename over a folder, or an unrelated refusal). The folder is left as it was."""
+    from sftpack.export.stage import ExportConfig
+    from sftpack.export.stage import run as export
+
+    stale = tmp_path / "demo.gguf"
+    (stale / "demo.gguf").mkdir(parents=True)
+    with pytest.raises(SftpackError, match=r"--out .*demo.gguf: a folder, not a GGUF file"):
+        export(tiny_model_dir, stale, ExportConfig(format="gguf"))
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.gguf"] and [p.name for p in stale.iterdir()] == ["demo.gguf"]

@@ -203,8 +203,11 @@ def run(source: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig())
     from sftpack.store.atomic import atomic_dir, write_json
 
     src = find_source(source)
-    stops, stops_from = stop_markers(src)
     out = Path(out)
+    if cfg.format == "gguf" and out.suffix == ".gguf" and out.is_dir():
+        raise SftpackError(f"--out {out}: a folder, not a GGUF file (an older `make export` made such a folder); "
+                           f"remove it, or give another --out")
+    stops, stops_from = stop_markers(src)
     name = (src.run_dir or src.weights).name
     if cfg.format == "gguf" and out.suffix == ".gguf":  # --out FILE.gguf: the file, Modelfile and export.json beside it
         out.parent.mkdir(parents=True, exist_ok=True)
