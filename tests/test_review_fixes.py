@@ -76,3 +76,62 @@ def test_export_to_a_gguf_path_that_is_a_folder_is_refused_before_any_work(tiny_
     with pytest.raises(SftpackError, match=r"--out .*demo.gguf: a folder, not a GGUF file"):
         export(tiny_model_dir, stale, ExportConfig(format="gguf"))
     assert [p.name for p in tmp_path.iterdir()] == ["demo.gguf"] and [p.name for p in stale.iterdir()] == ["demo.gguf"]
+
+
+def _adapter_on(base_dir, name_or_path: str, out):
+    """A LoRA adapter folder on `base_dir`'s model whose adapter_config.json names `name_or_path`, as a
+    run on that model saves it (with the tokenizer), its lora_B moved off zero so merging changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    model.name_or_path = model.config._name_or_path = name_or_path
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, parameter in adapted.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    adapted.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    return adapted.eval()
+
+
+def test_export_merges_an_adapter_on_a_hub_model(tiny_model_dir, tmp_path):
+    """An adapter trained on a hub model (model.name_or_path=org/name, as the README's GPU section runs)
+    names that hub id as its base; export loads it from the Hugging Face cache and merges. It was refused
+    as 'not found' because the id is not a folder."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--sftpack-test--tiny-llama" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_dir, snapshot)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+    adapted = _adapter_on(tiny_model_dir, "sftpack-test/tiny-llama", tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        "sftpack-test/tiny-llama"
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "sftpack", "export", str(tmp_path / "adapter"), "--out",
+                           str(tmp_path / "merged")], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((tmp_path / "merged" / "export.json").read_text())
+    assert manifest["method"] == "adapter" and manifest["base_model"] == "sftpack-test/tiny-llama"
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    ids = torch.tensor([[1, 42, 7, 99, 5]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-4, rtol=1e-4)
+    (cache / "models--sftpack-test--tiny-llama" / "refs" / "main").unlink()  # not in the cache: a clear refusal
+    shutil.rmtree(snapshot.parent)
+    done = subprocess.run([sys.executable, "-m", "sftpack", "export", str(tmp_path / "adapter"), "--out",
+                           str(tmp_path / "again")], env=env, capture_output=True, text=True)
+    assert done.returncode != 0 and "base model sftpack-test/tiny-llama not found" in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "again").exists()

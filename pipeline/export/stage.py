@@ -119,10 +119,12 @@ def _merged(src: Source, tokenizer):
     from sftpack.training.adapters import fit_vocabulary
 
     base = json.loads((src.weights / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if not (Path(base) / "config.json").is_file():
-        raise SftpackError(f"{src.weights}/adapter_config.json: base model {base} not found (a path relative to "
-                           f"where training ran); run export from there, or edit base_model_name_or_path")
-    stored = AutoConfig.from_pretrained(base).dtype
+    try:  # a folder (relative to where training ran), or a hub model (model.name_or_path=org/name)
+        stored = AutoConfig.from_pretrained(base).dtype
+    except (OSError, ValueError):
+        raise SftpackError(f"{src.weights}/adapter_config.json: base model {base} not found, neither a folder (a "
+                           f"path relative to where training ran) nor a hub model this machine can load; run "
+                           f"export from there, or edit base_model_name_or_path") from None
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge in full precision
     fit_vocabulary(model, tokenizer)  # the rows the adapter's new tokens live in
     merged = PeftModel.from_pretrained(model, str(src.weights)).merge_and_unload()
