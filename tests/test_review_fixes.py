@@ -135,3 +135,34 @@ def test_export_merges_an_adapter_on_a_hub_model(tiny_model_dir, tmp_path):
                            str(tmp_path / "again")], env=env, capture_output=True, text=True)
     assert done.returncode != 0 and "base model sftpack-test/tiny-llama not found" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "again").exists()
+
+
+def test_plan_method_is_full_when_full_fits_sharded(tmp_path, capsys):
+    """7B on 8 GPUs of 60 GiB: a replica does not fit but FSDP2 shards do, so the plan's method is full
+    (README: "full when full fits") with the FSDP accelerate config, and the written run config has no
+    peft section (on 20 GiB, with activation checkpointing). The method counted replicas only: lora,
+    written beside an FSDP config sized for full fine-tuning."""
+    import json
+
+    import yaml
+
+    from sftpack.cli import main as cli
+
+    def plan(*flags):
+        assert cli(["plan", "--params", "7B", "--examples", "10000", "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert plan("--gpus", "8", "--gpu-memory", "60")["method"] == "full"
+    assert plan("--gpus", "1", "--gpu-memory", "60")["method"] == "lora"  # one GPU cannot shard
+    assert plan("--gpus", "2", "--gpu-memory", "12")["method"] == "qlora"  # not even a shard of full fits
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"model": {"name_or_path": "m"}, "data": {"train": "x.jsonl"},
+                                    "train": {"output_dir": str(tmp_path / "out")}}))
+    # 20 GiB: shards fit with activation checkpointing only, and the run config says so.
+    assert cli(["plan", "--params", "7B", "--examples", "10000", "--gpus", "8", "--gpu-memory", "20",
+                "--config", str(base), "--write-config", str(tmp_path / "run.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "method: full" in out and "strategy fsdp on 8 GPU(s)" in out
+    written = yaml.safe_load((tmp_path / "run.yaml").read_text())
+    assert "peft" not in written and written["train"]["gradient_checkpointing"] is True
+    assert yaml.safe_load((tmp_path / "run.accelerate.yaml").read_text())["distributed_type"] == "FSDP"

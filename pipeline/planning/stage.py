@@ -105,8 +105,7 @@ def make_plan(req: PlanRequest) -> Plan:
     sources.update({"num_gpus": "flag" if req.gpus != 1 else "default", "warmup_ratio": sources["warmup_steps"],
                     "optimizer_steps_per_epoch": "computed", "total_steps": "computed"})
     memory = _memory(req, base, model_path, num_params, start["per_device_train_batch_size"], max_length, notes)
-    choice = None if req.gpu_memory is None else full_finetune_choice(memory["by"], memory["shape"].layers,
-                                                                       req.gpus, req.gpu_memory)
+    choice = memory["choice"]
     notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     values = _planned_values(start, batch, steps) | _memory_values(memory, row, start, sources)
     return Plan(
@@ -251,11 +250,11 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
                                            checkpointing=checkpointing, world_size=req.gpus) for method in METHODS}
           for checkpointing in (False, True)}
     totals = {ck: {method: memory.gib()["total"] for method, memory in by[ck].items()} for ck in by}
-    method = checkpointing = None
+    choice = method = checkpointing = None
     if req.gpu_memory is not None:
-        method = recommend(totals[False], req.gpu_memory)
-        if method is None and (method := recommend(totals[True], req.gpu_memory)) is not None:
-            checkpointing = True
+        choice = full_finetune_choice(by, shape.layers, req.gpus, req.gpu_memory)
+        method, checkpointing = _fitting_method(totals, choice, req.gpu_memory)
+        if checkpointing:
             notes.append(f"{method} fits {req.gpu_memory:g} GiB only with activation checkpointing: "
                          f"train.gradient_checkpointing=true")
         if method is None:
@@ -263,7 +262,22 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
                          f"qlora with checkpointing ({totals[True]['qlora']} GiB): lower --per-device-batch or "
                          f"data.max_length, or use more GPUs with sharding (FSDP)")
     return {"by": by, "totals": totals, "method": method, "checkpointing": checkpointing, "tokens": tokens,
-            "dtype_bytes": dtype_bytes, "rank": rank, "shape": shape}
+            "dtype_bytes": dtype_bytes, "rank": rank, "shape": shape, "choice": choice}
+
+
+def _fitting_method(totals: Mapping[bool, Mapping[str, float]], choice, gpu_memory: float) -> tuple[str | None, bool | None]:
+    """The cheapest method that fits, without activation checkpointing before with it: full when it fits
+    on these GPUs as the strategy runs it (a replica each, or FSDP2 shards: `choice`), else lora, then
+    qlora (a replica each). Returns (method, True when only with checkpointing); (None, None): none fits."""
+    from sftpack.planning.memory import recommend
+
+    for checkpointing in (False, True):
+        if choice.strategy != "none" and choice.checkpointing == checkpointing:
+            return "full", checkpointing or None
+        adapter = recommend({m: t for m, t in totals[checkpointing].items() if m != "full"}, gpu_memory)
+        if adapter is not None:
+            return adapter, checkpointing or None
+    return None, None
 
 
 def _memory_values(memory: Mapping[str, Any], row: SizeRow, start: dict[str, Any], sources: dict[str, str]) -> dict:

@@ -62,6 +62,8 @@ class Choice:
     min_gpus_fsdp: int | None
     """Fewest GPUs on which FSDP2 fits (None: not even on many: the activations alone do not fit)."""
     reason: str
+    checkpointing: bool = False
+    """It fits only with activation checkpointing (full_finetune_choice)."""
 
     @property
     def per_gpu_bytes(self) -> float:
@@ -82,7 +84,7 @@ def full_finetune_choice(by_checkpointing: dict, layers: int, world_size: int, g
     checkpointed = choice(True) if plain.strategy == "none" else None
     if checkpointed is None or checkpointed.strategy == "none":
         return plain
-    return replace(checkpointed, reason=f"{checkpointed.reason} (with activation checkpointing: "
+    return replace(checkpointed, checkpointing=True, reason=f"{checkpointed.reason} (with activation checkpointing: "
                                                     f"train.gradient_checkpointing=true)")
 
 
