@@ -10,7 +10,7 @@ from sftpack.errors import SftpackError
 
 def _adapter_config(quantization: dict) -> dict:
     return {"model": {"name_or_path": "models/smollm2-135m-instruct", "quantization": quantization},
-            "data": {"train": "data.jsonl"}, "train": {"output_dir": "out"}, "peft": {"r": 4}}
+            "data": {"train": "no-such-data.jsonl"}, "train": {"output_dir": "out"}, "peft": {"r": 4}}
 
 
 @pytest.mark.parametrize("quantization, says", [
@@ -18,13 +18,17 @@ def _adapter_config(quantization: dict) -> dict:
     ({"load_in_4bit": True, "load_in_8bit": True}, "only one can be used"),
     ({"load_in_4bit": True, "bnb_4bit_compute_dtype": "float33"}, "float33"),
 ])
-def test_quantization_values_bitsandbytes_refuses_are_config_errors(quantization, says):
-    """A value BitsAndBytesConfig refuses is a config error naming model.quantization, not a traceback
-    (TypeError, AttributeError) or a 'model.name_or_path: cannot load' after the data work."""
-    with pytest.raises(SftpackError, match="model.quantization: transformers BitsAndBytesConfig refuses it") as err:
-        build_config(_adapter_config(quantization))
-    assert says in str(err.value)
-    build_config(_adapter_config({"load_in_4bit": True, "llm_int8_threshold": 6.0, "bnb_4bit_compute_dtype": "float32"}))
+def test_quantization_values_bitsandbytes_refuses_stop_train_before_any_work(quantization, says):
+    """A value BitsAndBytesConfig refuses stops train (and sanity) first, naming model.quantization: it
+    was a TypeError or AttributeError traceback, or 'model.name_or_path: cannot load', after the data work
+    (data.train here does not exist: reading it would be a different error)."""
+    from sftpack.training.sanity import run as sanity
+    from sftpack.training.stage import run as train
+
+    for run in (train, sanity):
+        with pytest.raises(SftpackError, match="model.quantization: transformers BitsAndBytesConfig refuses it") as err:
+            run(build_config(_adapter_config(quantization)))
+        assert says in str(err.value)
 
 
 def test_plan_reads_any_config_its_parameter_count_reads(tmp_path, capsys):

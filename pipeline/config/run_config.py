@@ -252,25 +252,12 @@ def _adapter_errors(raw: Mapping[str, Any]) -> list[str]:
         errors += _section_errors("peft", {k: v for k, v in peft.items() if k not in OWNED_BY_SFTPACK},
                                   lora_config_fields(), "PEFT LoraConfig")
     if isinstance(quantization, Mapping):
-        unknown = _section_errors("model.quantization", quantization, dict.fromkeys(quantization_fields(), Any),
+        errors += _section_errors("model.quantization", quantization, dict.fromkeys(quantization_fields(), Any),
                                   "transformers BitsAndBytesConfig")
-        errors += unknown or _quantization_value_errors(quantization)
         if peft is None:
             errors.append("model.quantization needs a peft section: quantized weights do not train, an adapter "
                           "does (QLoRA); add `peft: {r: 16}` or remove model.quantization")
     return errors
-
-
-def _quantization_value_errors(quantization: Mapping[str, Any]) -> list[str]:
-    """What BitsAndBytesConfig itself refuses in `model.quantization` (a wrong type, an unknown dtype,
-    4 and 8 bits at once), found here rather than when the model loads, after the data work."""
-    from transformers import BitsAndBytesConfig
-
-    try:
-        BitsAndBytesConfig(**quantization)
-    except (TypeError, ValueError, AttributeError) as err:
-        return [f"model.quantization: transformers BitsAndBytesConfig refuses it: {err}."]
-    return []
 
 
 def _train_errors(train: Mapping[str, Any]) -> list[str]:
