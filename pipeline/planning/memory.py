@@ -34,7 +34,8 @@ from pathlib import Path
 METHODS = ("full", "lora", "qlora")
 GIB = 1024**3
 HEADROOM = 0.9
-"""Share of a GPU's memory a plan may fill: the rest is the CUDA context and fragmentation."""
+"""Share of a GPU's memory a plan may fill (the method here, the strategy in strategy.py): the rest is
+the CUDA context, allocator fragmentation and temporaries."""
 QUANTIZED_BYTES = 0.5 + 1 / 64
 """bytes per 4-bit weight: 4 bits, and one scale per 64-weight block (double quant shrinks it)."""
 ADAPTER_BYTES = 4

@@ -24,7 +24,7 @@ from sftpack.errors import SftpackError
 from sftpack.planning.arithmetic import BatchPlan, StepCounts, count_steps, plan_batch
 from sftpack.planning.format import plan_config, plan_json, write_plot
 from sftpack.planning.request import Plan, PlanRequest
-from sftpack.planning.strategy import full_finetune_choice
+from sftpack.planning.strategy import fitting_method, full_finetune_choice
 from sftpack.planning.table import (DEFAULT_PER_DEVICE_BATCH, LORA_LR_FACTOR, LORA_RANK, SizeRow, count_parameters,
                                     parse_params, pick_row)
 
@@ -253,7 +253,7 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
     choice = method = checkpointing = None
     if req.gpu_memory is not None:
         choice = full_finetune_choice(by, shape.layers, req.gpus, req.gpu_memory)
-        method, checkpointing = _fitting_method(totals, choice, req.gpu_memory)
+        method, checkpointing = fitting_method(totals, choice, req.gpu_memory)
         if checkpointing:
             notes.append(f"{method} fits {req.gpu_memory:g} GiB only with activation checkpointing: "
                          f"train.gradient_checkpointing=true")
@@ -263,21 +263,6 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
                          f"data.max_length, or use more GPUs with sharding (FSDP)")
     return {"by": by, "totals": totals, "method": method, "checkpointing": checkpointing, "tokens": tokens,
             "dtype_bytes": dtype_bytes, "rank": rank, "shape": shape, "choice": choice}
-
-
-def _fitting_method(totals: Mapping[bool, Mapping[str, float]], choice, gpu_memory: float) -> tuple[str | None, bool | None]:
-    """The cheapest method that fits, without activation checkpointing before with it: full when it fits
-    on these GPUs as the strategy runs it (a replica each, or FSDP2 shards: `choice`), else lora, then
-    qlora (a replica each). Returns (method, True when only with checkpointing); (None, None): none fits."""
-    from sftpack.planning.memory import recommend
-
-    for checkpointing in (False, True):
-        if choice.strategy != "none" and choice.checkpointing == checkpointing:
-            return "full", checkpointing or None
-        adapter = recommend({m: t for m, t in totals[checkpointing].items() if m != "full"}, gpu_memory)
-        if adapter is not None:
-            return adapter, checkpointing or None
-    return None, None
 
 
 def _memory_values(memory: Mapping[str, Any], row: SizeRow, start: dict[str, Any], sources: dict[str, str]) -> dict:
