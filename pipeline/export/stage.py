@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from sftpack.errors import SftpackError
+from sftpack.export.gguf import OUTTYPES  # GGUF weight types: the writer's own list (stdlib imports only)
 
 FORMATS = ("hf", "gguf")
-OUTTYPES = ("f16", "bf16", "q8_0")
 EXPORT_MANIFEST = "export.json"
 # What a checkpoint holds besides the model: the optimizer's and trainer's state, never exported.
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt")
