@@ -10,7 +10,9 @@
       ──format gguf──> the same in a temp folder ──sftpack.export.gguf.write_gguf──> OUT/<name>.gguf
                        (+ its Ollama Modelfile), export.json
 
-OUT is written in a temp folder beside it and renamed into place, export.json last.
+OUT is written in a temp folder beside it and renamed into place, export.json last. With format gguf
+an OUT ending in .gguf is the file itself: it and its Modelfile are each renamed into place beside
+it, then export.json is written there (replacing that folder's export.json and Modelfile).
 """
 
 from __future__ import annotations
