@@ -170,3 +170,18 @@ def test_plan_method_is_full_when_full_fits_sharded(tmp_path, capsys):
     written = yaml.safe_load((tmp_path / "run.yaml").read_text())
     assert "peft" not in written and written["train"]["gradient_checkpointing"] is True
     assert yaml.safe_load((tmp_path / "run.accelerate.yaml").read_text())["distributed_type"] == "FSDP"
+
+
+def test_why_rows_train_unpacked_names_both_feeds_errors():
+    """When both packed feeds raise, the reason (logged, in sftpack_run.json and in the `require`
+    refusal) gives both errors; it gave the first and a dangling '; ' ("...: X; . To train packed")."""
+    from sftpack.training.isolation import Isolation, _why_not, refusal
+
+    feeds = {"trl": "ValueError: can't keep packed sequences apart", "position_ids": "TypeError: seq_idx", "leak": 0.4}
+    reason = _why_not(feeds)
+    assert reason == "ValueError: can't keep packed sequences apart; with position_ids alone TypeError: seq_idx"
+    message = str(refusal(Isolation(route="unpacked", model_type="m", attn_implementation="sdpa", max_difference=None,
+                                    reason=reason, advice="install x")))
+    assert "; ." not in message and "TypeError: seq_idx. To train packed, install x" in message
+    assert _why_not({**feeds, "position_ids": 0.5}).endswith(
+        "with position_ids alone sequences in a packed row see each other (largest logit difference 0.5)")
