@@ -185,3 +185,28 @@ def test_why_rows_train_unpacked_names_both_feeds_errors():
     assert "; ." not in message and "TypeError: seq_idx. To train packed, install x" in message
     assert _why_not({**feeds, "position_ids": 0.5}).endswith(
         "with position_ids alone sequences in a packed row see each other (largest logit difference 0.5)")
+
+
+def test_export_of_an_fsdp_checkpoint_leaves_its_training_state_behind(tiny_model_dir, tmp_path):
+    """A checkpoint of an FSDP run holds, besides model.safetensors, accelerate's full optimizer state and
+    a second copy of the weights (optimizer.bin, pytorch_model_fsdp.bin: the names test_fsdp asserts);
+    export copies the model only. Both were copied into the exported model (3x its size, AdamW state)."""
+    import shutil
+
+    import torch
+    from accelerate.utils.constants import FSDP_MODEL_NAME, OPTIMIZER_NAME
+    from safetensors.torch import load_file
+
+    from sftpack.export.stage import run as export
+
+    checkpoint = tmp_path / "checkpoint-2"
+    shutil.copytree(tiny_model_dir, checkpoint)
+    weights = load_file(checkpoint / "model.safetensors")
+    torch.save(weights, checkpoint / f"{FSDP_MODEL_NAME}.bin")
+    torch.save({"state": {k: {"exp_avg": torch.zeros_like(v)} for k, v in weights.items()}},
+               checkpoint / f"{OPTIMIZER_NAME}.bin")
+    torch.save({}, checkpoint / "rng_state_0.pth")
+    result = export(checkpoint, tmp_path / "exported")
+    names = {p.name for p in (tmp_path / "exported").iterdir()}
+    assert "model.safetensors" in names and result["method"] == "full"
+    assert not names & {f"{FSDP_MODEL_NAME}.bin", f"{OPTIMIZER_NAME}.bin", "rng_state_0.pth"}, names

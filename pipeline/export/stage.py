@@ -29,8 +29,12 @@ from sftpack.export.gguf import OUTTYPES  # GGUF weight types: the writer's own 
 
 FORMATS = ("hf", "gguf")
 EXPORT_MANIFEST = "export.json"
-# What a checkpoint holds besides the model: the optimizer's and trainer's state, never exported.
-TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt")
+# What a checkpoint holds besides the model: the optimizer's and trainer's state, never exported. An FSDP
+# checkpoint adds accelerate's optimizer.bin and pytorch_model_fsdp*.bin (tests/test_fsdp.py); DeepSpeed's
+# adds latest and zero_to_fp32.py (its global_step*/ folders, like FSDP's sharded ones, are folders: skipped).
+TRAINING_STATE = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "trainer_state.json", "training_args.bin",
+                  "scaler.pt", "latest", "zero_to_fp32.py")
+TRAINING_STATE_PREFIXES = ("rng_state", "pytorch_model_fsdp", "optimizer_")
 
 
 @dataclass(frozen=True)
@@ -148,7 +152,7 @@ def write_hf(src: Source, dest: Path, stops: list[str]) -> dict[str, Any]:
     else:
         base = None
         for path in src.weights.iterdir():
-            if path.is_file() and path.name not in TRAINING_STATE and not path.name.startswith("rng_state"):
+            if path.is_file() and path.name not in TRAINING_STATE and not path.name.startswith(TRAINING_STATE_PREFIXES):
                 shutil.copy2(path, dest / path.name)
         generation = (GenerationConfig.from_pretrained(src.weights) if (src.weights / "generation_config.json").is_file()
                       else GenerationConfig())
