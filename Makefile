@@ -142,7 +142,7 @@ demo: $(TRAINED)
 # GGUF export needs llama-cpp-python, pinned by pyproject.toml's `export` extra and built from
 # its sdist (minutes on 2 cores the first time; the wheel is kept for later venvs), and llama.cpp's
 # converter vendored in that same sdist, unpacked into .venv/share/sftpack-llamacpp-<release>/
-# with the llama.cpp commit it comes from (sftpack.export.gguf.converter finds it there).
+# with the llama.cpp commit it comes from (sftpack.exporting.gguf.converter finds it there).
 # The build is portable x86-64 (AVX2), not -march=native: on this machine's CPU a native build
 # dies of SIGILL in llama.cpp's AMX/repacked Q8_0 path. Its wheel is kept in LLAMACPP_WHEELS
 # (pip's own cache would hand back a native wheel built earlier from the same sdist).
@@ -175,7 +175,7 @@ export: $(EXPORTED)
 $(EXPORTED): $(TRAINED) $(LLAMACPP)
 	$(SFTPACK) export $(OUT)/runs/$(notdir $(basename $(CONFIG))) --format gguf --out $@
 	@echo "Run it: llama-cli -m $@    or: cd $(@D) && ollama create $(notdir $(basename $@)) -f Modelfile && ollama run $(notdir $(basename $@))"
-	$(PY) -c 'import sys; from sftpack.export.gguf import chat; print("llama.cpp >", sys.argv[2]); print(chat(sys.argv[1], sys.argv[2]))' $@ "May I know your name?"
+	$(PY) -c 'import sys; from sftpack.exporting.gguf import chat; print("llama.cpp >", sys.argv[2]); print(chat(sys.argv[1], sys.argv[2]))' $@ "May I know your name?"
 
 test: $(STAMP) $(MODEL) $(LLAMACPP)
 	@# tests/test_ray.py runs its Ray cluster inside a network namespace (ip netns, iproute2)

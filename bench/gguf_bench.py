@@ -68,7 +68,7 @@ def main() -> None:
     from llama_cpp import Llama
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from sftpack.export.gguf import write_gguf
+    from sftpack.exporting.gguf import write_gguf
 
     torch.set_num_threads(THREADS)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

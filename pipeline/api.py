@@ -21,6 +21,7 @@ from sftpack.errors import SftpackError
 
 if TYPE_CHECKING:
     from sftpack.config.run_config import RunConfig
+    from sftpack.execution import Execution
     from sftpack.io.readers import ReadOptions
     from sftpack.planning.request import Plan
     from sftpack.store.packed_folder import PackedFolder
@@ -51,6 +52,14 @@ def read_options(config: "RunConfig | None", format: str | None = None, split: s
     return ReadOptions(format=format or default_format, split=split, columns=columns or ColumnMap())
 
 
+def execution(config: "RunConfig | None", ray: str | None = None, num_proc: int | None = None) -> "Execution":
+    """Where a stage's tasks run, chosen once: `ray` (else the config's data.ray) names a Ray cluster;
+    else `num_proc` processes here (None: the available cores). Never part of a fingerprint."""
+    from sftpack.execution import Execution
+
+    return Execution(workers=num_proc, ray=ray or (config.data.ray if config is not None else None))
+
+
 def _given(options: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
@@ -75,7 +84,8 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
         tokenizer: tokenizer folder: adds the chat-template and control-token checks.
         format, split, columns: how inputs are read.
         ray: check on a Ray cluster (local, auto, HOST:PORT); the same outputs.
-        **options: ValidateConfig fields (max_turn_chars, allow_rejects, ...).
+        **options: ValidateConfig fields (max_turn_chars, allow_rejects, ...); num_proc: processes here
+            (default: the available cores; the outputs are the same for any number).
 
     Returns:
         {"files": [each input's manifest], "totals": read/kept/rejected/blank summed}.
@@ -83,23 +93,13 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
     Raises:
         SftpackError: unreadable inputs or options (rejected lines are counted, not raised).
     """
-    from sftpack.checks import validate as validate_stage
+    from sftpack.validation.stage import ValidateConfig, run
 
     run_config = load_run_config(config)
-    _unknown("validate", options, [f.name for f in dataclasses.fields(validate_stage.ValidateConfig)])
-    if run_config is not None:
-        tokenizer = tokenizer or run_config.model.name_or_path
-        ray = ray or run_config.data.ray
-        data = run_config.data  # the template pack will use is the one checked
-        options = {"chat_template": data.chat_template, "chat_template_kwargs": dict(data.chat_template_kwargs) or None} \
-            | _given(options)
-    cfg = validate_stage.ValidateConfig(tokenizer=tokenizer, **_given(options))
-    read = read_options(run_config, format, split, columns)
-    if ray:
-        from sftpack.checks.validate_ray import run as run_on_ray
-
-        return run_on_ray(list(inputs), out_dir, cfg, read, ray)
-    return validate_stage.run(list(inputs), out_dir, cfg, read)
+    _unknown("validate", options, [f.name for f in dataclasses.fields(ValidateConfig)] + ["num_proc"])
+    where = execution(run_config, ray, options.pop("num_proc", None))
+    cfg = ValidateConfig.from_run_config(run_config, tokenizer=tokenizer, **options)
+    return run(list(inputs), out_dir, cfg, read_options(run_config, format, split, columns), where)
 
 
 def _mixed_inputs(inputs: Inputs, out_dir: str | Path) -> list[str | Path]:
@@ -130,7 +130,8 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
         config: a run config (path, mapping or RunConfig) giving model.name_or_path and data.*.
         format, split, columns: how inputs are read.
         **options: PackConfig fields: tokenizer, max_length, chat_template, strategy, train_on,
-            turns, reasoning, truncation, num_proc, ray, ...
+            turns, reasoning, truncation, ...; num_proc (processes here, default: the available
+            cores) or ray (a Ray cluster's address): where the work runs, never what it writes.
 
     Returns:
         The PackedFolder (`.reused` says whether it was there already; `.dataset()` the rows).
@@ -143,15 +144,17 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
     from sftpack.store.packed_folder import PackedFolder
 
     run_config = load_run_config(config)
-    _unknown("pack", options, [f.name for f in dataclasses.fields(PackConfig)])
+    _unknown("pack", options, [f.name for f in dataclasses.fields(PackConfig)] + ["num_proc", "ray"])
     given = _given(options)
+    where = execution(run_config, given.pop("ray", None), given.pop("num_proc", None))
     if run_config is not None:
         cfg = PackConfig.from_run_config(run_config, **given)
     elif "tokenizer" not in given:
         raise SftpackError("give tokenizer= (--tokenizer PATH), or a config with model.name_or_path")
     else:
         cfg = PackConfig(**given)
-    manifest = pack_stage.run(_mixed_inputs(inputs, out_dir), out_dir, cfg, read_options(run_config, format, split, columns))
+    manifest = pack_stage.run(_mixed_inputs(inputs, out_dir), out_dir, cfg,
+                              read_options(run_config, format, split, columns), where)
     return PackedFolder(Path(manifest["path"]), manifest)
 
 
@@ -212,7 +215,7 @@ def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None, allow_rejec
     """
     from sftpack.mixing import stage as mix_stage
 
-    return mix_stage.run(recipe, out_dir, ray, allow_rejects)
+    return mix_stage.run(recipe, out_dir, allow_rejects, execution(None, ray))
 
 
 def plan(*, plot: str | Path | None = None, write_config: str | Path | None = None,
@@ -252,7 +255,7 @@ def export(source: str | Path, out: str | Path, *, format: str = "hf", outtype: 
     Raises:
         SftpackError: no model in `source`, its base model missing, an unknown format or outtype.
     """
-    from sftpack.export import stage as export_stage
+    from sftpack.exporting import stage as export_stage
 
     return export_stage.run(source, out, export_stage.ExportConfig(format=format, outtype=outtype))
 

@@ -14,6 +14,9 @@ class SftpackError(Exception):
         super().__init__(message)
         self.exit_code = exit_code
 
+    def __reduce__(self):  # a worker process's error keeps its exit code across the pickle
+        return type(self), (str(self), self.exit_code)
+
 
 def json_error_text(err: json.JSONDecodeError) -> str:
     """`Expecting ',' delimiter at column 12`, `Unterminated string starting at column 3` (one "at")."""

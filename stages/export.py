@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sftpack.export.stage import FORMATS, OUTTYPES
+from sftpack.exporting.stage import FORMATS, OUTTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

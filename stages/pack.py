@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-rejects", action="store_true", default=None,
                         help="pack the rest when records fail validate's checks (default: data.allow_rejects of "
                              "--config, else false: stop, naming them)")
-    parser.add_argument("--num-proc", type=int, default=1,
-                        help="encoding processes (default 1); the output is the same for any value")
+    parser.add_argument("--num-proc", type=int, default=None,
+                        help="encoding processes (default: the available cores); the output is the same for any value")
     parser.add_argument("--ray", metavar="ADDRESS", help="encode and write on a Ray cluster: local, auto, HOST:PORT "
                                                          "or ray://HOST:PORT (same output; README \"More than one machine\")")
     add_data_arguments(parser)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from sftpack import api
-from sftpack.checks.validate import ValidateConfig, summary
+from sftpack.validation.stage import ValidateConfig, reject_policy, summary
 from sftpack.cli.data_options import template_args
 from sftpack.cli.input_options import add_input_arguments, read_arguments
 
@@ -26,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                          "template and arguments")
     parser.add_argument("--max-turn-chars", type=int, default=ValidateConfig.max_turn_chars,
                         help="warn about messages longer than this many characters")
+    parser.add_argument("--num-proc", type=int, default=None,
+                        help="checking processes (default: the available cores); the outputs are the same for any value")
     parser.add_argument("--ray", metavar="ADDRESS", help="check on a Ray cluster: local, auto, HOST:PORT or "
                                                          "ray://HOST:PORT (same outputs; README \"More than one machine\")")
     add_input_arguments(parser)
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     try:
         result = api.validate(args.inputs, args.out_dir, config=args.config, tokenizer=args.tokenizer, ray=args.ray,
+                              num_proc=args.num_proc,
                               max_turn_chars=args.max_turn_chars, allow_rejects=args.allow_rejects,
                               chat_template=args.chat_template,
                               chat_template_kwargs=template_args(args.template_args) if args.template_args else None,
@@ -42,10 +44,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"sftpack validate: {err.filename}: {err.strerror}", file=sys.stderr)
         return 2
     print("\n".join(summary(result)), file=sys.stderr if result["totals"]["rejected"] else sys.stdout)
-    if result["totals"]["rejected"] and not args.allow_rejects:
-        rejects = [str(Path(args.out_dir) / m["outputs"]["rejects"]["path"]) for m in result["files"]
-                   if m["counts"]["rejected"]]
-        print(f"rejected lines, with line, rule and message: {', '.join(rejects)}; fix them, or pass "
-              "--allow-rejects (data.allow_rejects: true) to go on with the kept lines", file=sys.stderr)
-        return 1
+    allowed = all(m["options"]["allow_rejects"] for m in result["files"])  # the flag, else data.allow_rejects
+    reject_policy(result, args.out_dir, allowed, "go on with the kept lines")
     return 0

@@ -67,7 +67,7 @@ def test_version(capsys):
 
 def test_help_texts_say_what_each_stage_takes():
     pack = {a.dest: a for a in _parser("pack")._actions}
-    assert pack["num_proc"].help and "default 1" in pack["num_proc"].help
+    assert pack["num_proc"].help and "default: the available cores" in pack["num_proc"].help
     assert "1024" in pack["max_length"].help
     convert_data = {a.dest: a for a in _parser("convert-data")._actions}
     assert "config" not in convert_data and "--config" not in convert_data["format"].help

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sftpack.checks.conversation_key import conversation_key
-from sftpack.checks.messages import parse_line
+from sftpack.io.lines import parse_line
 
 from conftest import REAL_DATA
 

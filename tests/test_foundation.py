@@ -104,7 +104,7 @@ def _generate(out_dir):
 
 
 def test_demo_generator_is_seeded_and_valid(tmp_path):
-    from sftpack.checks.validate import ValidateConfig, run as validate
+    from sftpack.validation.stage import ValidateConfig, run as validate
 
     first, second = _generate(tmp_path / "a"), _generate(tmp_path / "b")
     assert first == second

@@ -1,4 +1,4 @@
-"""GGUF export (sftpack.export.gguf): llama.cpp's converter writes the file, llama.cpp runs it.
+"""GGUF export (sftpack.exporting.gguf): llama.cpp's converter writes the file, llama.cpp runs it.
 
 Two tiny models made from config, each trained for a few steps until it answers three prompts
 word for word (greedy decoding of a random-init model ties; a trained one does not):
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from sftpack.errors import SftpackError
-from sftpack.export.gguf import chat, converter, write_gguf
+from sftpack.exporting.gguf import chat, converter, write_gguf
 
 REPO = Path(__file__).resolve().parent.parent
 QWEN3_TEMPLATE = (REPO / "tests" / "fixtures" / "templates" / "real" / "qwen3.jinja").read_text(encoding="utf-8")

@@ -25,8 +25,8 @@ from sftpack.packing.stage import run as pack
 from sftpack.io.readers import ColumnMap, ReadOptions
 from sftpack.reporting.stage import ReportConfig
 from sftpack.reporting.stage import run as report
-from sftpack.checks.validate import ValidateConfig
-from sftpack.checks.validate import run as validate
+from sftpack.validation.stage import ValidateConfig
+from sftpack.validation.stage import run as validate
 from sftpack.schemas.tables import DROP_REASONS, ExampleStats, validate_table
 from sftpack.cli import main as cli
 from tests.conftest import REPO
@@ -228,7 +228,7 @@ def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
     with pytest.raises(SftpackError) as caught:
         prepare_data(_run_config(model_dir, str(raw), tmp_path / "out"))
     message = str(caught.value)
-    assert "data.train" in message and "4 of 6 lines rejected" in message and "data.allow_rejects=true" in message
+    assert "data.train" in message and "4 of 6 lines failed validate's checks" in message and "data.allow_rejects: true" in message
     assert str(tmp_path / "out" / "validated" / "raw.rejects.jsonl") in message
     assert not (tmp_path / "out" / "packed").exists()  # nothing packed from a rejected input
     train, validation = prepare_data(_run_config(model_dir, str(raw), tmp_path / "out", allow_rejects=True))
@@ -237,7 +237,7 @@ def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
 
 
 def test_train_and_sanity_prepare_any_layout_once(real_data, model_dir, tmp_path, monkeypatch):
-    from sftpack.checks import validate as validate_module
+    from sftpack.validation import stage as validate_module
     from sftpack.training import data as train_data
     from sftpack.training import sanity, trainer
     from sftpack.training.sanity import SanityConfig

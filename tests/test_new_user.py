@@ -35,7 +35,7 @@ def test_pack_names_the_limit_hints_at_truncation_and_lists_drop_lengths(model_d
 
 
 def test_json_errors_say_at_once():
-    from sftpack.checks.messages import parse_line
+    from sftpack.io.lines import parse_line
 
     _, [error] = parse_line(b'{"messages": [{"role": "user", "content": "unterminated}]}\n')
     assert error.message == "Unterminated string starting at column 43", error.message

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -205,17 +206,23 @@ def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_in
     assert not again["reused"] and again["fingerprint"] != first["fingerprint"]
 
 
-def test_num_proc_gives_identical_shards(real_inputs, model_dir, tmp_path):
-    cfg1 = PackConfig(tokenizer=str(model_dir), max_length=768, num_proc=1, batch_size=64)
-    cfg2 = PackConfig(tokenizer=str(model_dir), max_length=768, num_proc=2, batch_size=64)
-    a = run(real_inputs, tmp_path / "a", cfg1)
-    b = run(real_inputs, tmp_path / "b", cfg2)
-    serial = run(real_inputs, tmp_path / "c", dataclasses.replace(cfg1, threads=1))  # no tokenizer thread
-    assert a["fingerprint"] == b["fingerprint"] == serial["fingerprint"]
-    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]] \
-        == [s["sha256"] for s in serial["shards"]]
-    stats = [pq.read_table(m["path"] + "/stats.parquet") for m in (a, serial)]
-    assert stats[0].equals(stats[1])
+def test_any_number_of_workers_writes_the_same_files(real_inputs, model_dir, tmp_path):
+    """1 worker runs every range in this process, 2 and 3 fork; the ranges differ in size with the
+    workers (io.ranges.byte_ranges) and the files do not."""
+    from sftpack.execution import Execution
+    from sftpack.execution.executors import LocalExecutor
+    from sftpack.io.ranges import byte_ranges
+    from sftpack.io.readers import ReadOptions
+
+    cfg = PackConfig(tokenizer=str(model_dir), max_length=768, batch_size=64)
+    sources, _ = ReadOptions().open_each(real_inputs)
+    assert len(byte_ranges(sources, 3)) > len(byte_ranges(sources, 1)) > len(sources)  # files are cut, more for 3
+    runs = {n: run(real_inputs, tmp_path / str(n), cfg, execution=Execution(workers=n)) for n in (1, 2, 3)}
+    assert {m["fingerprint"] for m in runs.values()} == {runs[1]["fingerprint"]}
+    assert [m["engine"] for m in runs.values()] == [LocalExecutor(n).describe() for n in (1, 2, 3)]
+    files = {n: {p.name: p.read_bytes() for p in Path(m["path"]).iterdir() if p.name != "manifest.json"}
+             for n, m in runs.items()}
+    assert "stats.parquet" in files[1] and files[1] == files[2] == files[3]
 
 
 def test_corrupt_shard_is_detected_and_rebuilt(real_inputs, model_dir, tmp_path, capsys):

@@ -65,12 +65,50 @@ def test_no_import_circles():
     assert circles == [], f"modules on an import circle: {circles}"
 
 
-def test_the_ray_executor_never_imports_a_stage():
+def _package(module: str) -> str:
+    """The subpackage a module belongs to (`sftpack.packing.stage` -> `sftpack.packing`); a top-level
+    module (`sftpack.api`, `sftpack.records`) is its own."""
+    return ".".join(module.split(".")[:2])
+
+
+def _package_graph() -> dict[str, set[str]]:
     modules = _modules()
-    stages = {"sftpack.packing.stage", "sftpack.checks.validate", "sftpack.reporting.stage", "sftpack.api", "sftpack"}
+    graph: dict[str, set[str]] = {}
     for name, path in modules.items():
-        if name.startswith("sftpack.distributed"):
-            assert not _imports(path, modules) & stages, name
+        graph.setdefault(_package(name), set()).update(_package(m) for m in _imports(path, modules))
+    return {package: imported - {package} for package, imported in graph.items()}
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), list(graph[start])
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph.get(name, ()))
+    return seen
+
+
+def test_no_package_depends_on_itself():
+    """Between subpackages too, counting every import (function-level ones included), nothing
+    imports its way back: `checks -> io -> checks` is a circle even when no module is on one."""
+    graph = _package_graph()
+    assert {"sftpack.checks", "sftpack.io", "sftpack.packing", "sftpack.execution", "sftpack.validation"} <= set(graph)
+    circles = {package: sorted(p for p in graph[package] if package in _reaches(graph, p)) for package in graph}
+    assert {package: through for package, through in circles.items() if through} == {}
+
+
+def test_the_cycle_test_finds_a_circle_between_packages():
+    graph = _package_graph() | {"sftpack.io": _package_graph()["sftpack.io"] | {"sftpack.checks"}}
+    assert "sftpack.checks" in _reaches(graph, "sftpack.io") and "sftpack.io" in _reaches(graph, "sftpack.checks")
+
+
+def test_the_executors_import_no_stage():
+    """datatrove's split: executors run steps and know nothing of any; stages import them."""
+    allowed = {"sftpack.execution", "sftpack.errors"}
+    graph = _package_graph()
+    assert graph["sftpack.execution"] <= allowed, graph["sftpack.execution"] - allowed
+    assert not _reaches(graph, "sftpack.execution") - allowed
 
 
 def test_no_module_over_400_lines_no_function_over_60():

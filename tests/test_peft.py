@@ -19,8 +19,8 @@ from conftest import REAL_TEMPLATES, finish_launch, launch_train
 
 from sftpack.config.run_config import apply_overrides, build_config, parse_yaml
 from sftpack.errors import SftpackError
-from sftpack.export.stage import EXPORT_MANIFEST
-from sftpack.export.stage import run as export
+from sftpack.exporting.stage import EXPORT_MANIFEST
+from sftpack.exporting.stage import run as export
 from sftpack.training.stage import FINAL_DIR, RUN_MANIFEST, run as train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from sftpack.distributed.cluster import CHECK_FILE, check_shared
-from sftpack.distributed.ranges import range_lines
+from sftpack.execution.cluster import CHECK_FILE, Staging
+from sftpack.io.ranges import range_lines
 from sftpack.errors import SftpackError
 
 SFTPACK = str(Path(sys.executable).parent / "sftpack")
@@ -46,7 +46,7 @@ def test_byte_ranges_give_every_line_once_with_its_number(tmp_path):
     data = b'{"a": 1}\n\n  \n{"b": 22}\r\n{"c": 333}\n\n{"d": 4444}'  # blanks, CRLF, no final newline
     path = tmp_path / "x.jsonl"
     path.write_bytes(data)
-    expected = [(n, raw) for n, raw in enumerate(data.splitlines(keepends=True), start=1) if raw.strip()]
+    expected = list(enumerate(data.splitlines(keepends=True), start=1))  # blank ones too: validate counts them
     for cut in range(1, len(data) + 1):
         bounds = list(range(0, len(data), cut)) + [len(data)]
         found, before = [], 0
@@ -59,17 +59,17 @@ def test_byte_ranges_give_every_line_once_with_its_number(tmp_path):
 def test_a_node_that_cannot_see_the_output_folder_is_named(tmp_path):
     staging = tmp_path / "out" / ".incomplete-1-x" / ".staging"
     with pytest.raises(SftpackError, match=r"cannot see the output folder .*out.*missing.*same path"):
-        check_shared(str(staging), "token")
+        Staging(str(staging), "token").check()
     staging.mkdir(parents=True)
     (staging / CHECK_FILE).write_text("another run's token")
     with pytest.raises(SftpackError, match="is another folder"):
-        check_shared(str(staging), "token")
+        Staging(str(staging), "token").check()
     (staging / CHECK_FILE).write_text("token")
-    check_shared(str(staging), "token")
+    Staging(str(staging), "token").check()
 
 
 def test_a_workers_error_reaches_the_user_without_rays_traceback():
-    from sftpack.distributed.cluster import run_dataset
+    from sftpack.execution.cluster import run_dataset
 
     class RemoteError(Exception):  # how Ray hands back a task's exception: its traceback in the text
         pass
@@ -165,7 +165,7 @@ def cluster(ray_tmp):
         node = ns.start([RAY, "start", "--address", HEAD, *common], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         out = node.communicate(timeout=120)[0]
         assert node.returncode == 0, out.decode(errors="replace")[-3000:]
-        wait = ("from sftpack.distributed.cluster import wait_for_cluster; "
+        wait = ("from sftpack.execution.cluster import wait_for_cluster; "
                 f"wait_for_cluster({HEAD!r}, 2, timeout_s=90)")
         subprocess.run(ns.command([sys.executable, "-c", wait]), env=ENV, check=True, timeout=120)
         yield ns
@@ -247,14 +247,14 @@ def _wait_for(predicate, timeout: float, what: str, details=lambda: ""):
 
 
 def _encoder_pids(ns: Namespace) -> list[int]:
-    """Ray Data's encode actors in our namespace (process title `ray::MapWorker(MapBatches(Encoder))...`)."""
+    """Ray Data's encode actors in our namespace (process title `ray::MapWorker(MapBatches(EncodeRanges))...`)."""
     pids = []
     for pid in ns.pids():
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "MapBatches(Encoder)" in title:
+        if "MapBatches(EncodeRanges)" in title:
             pids.append(pid)
     return pids
 

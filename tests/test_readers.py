@@ -24,8 +24,8 @@ from sftpack.errors import SftpackError
 from sftpack.store.fingerprint import file_identity
 from sftpack.io.layouts import convert_alpaca, parse_role_map
 from sftpack.io.readers import ColumnMap, ReadOptions, open_input
-from sftpack.checks.validate import ValidateConfig
-from sftpack.checks.validate import run as validate
+from sftpack.validation.stage import ValidateConfig
+from sftpack.validation.stage import run as validate
 from sftpack.cli import main as cli
 from tests.conftest import REPO
 

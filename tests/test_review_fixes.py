@@ -72,8 +72,8 @@ def test_export_to_a_gguf_path_that_is_a_folder_is_refused_before_any_work(tiny_
     """`--format gguf --out x.gguf` where x.gguf is a folder (what `make export` made before
     --out FILE.gguf wrote a file): refused up front naming it, not after the merge (a traceback from
     the rename over a folder, or an unrelated refusal). The folder is left as it was."""
-    from sftpack.export.stage import ExportConfig
-    from sftpack.export.stage import run as export
+    from sftpack.exporting.stage import ExportConfig
+    from sftpack.exporting.stage import run as export
 
     stale = tmp_path / "demo.gguf"
     (stale / "demo.gguf").mkdir(parents=True)
@@ -197,7 +197,7 @@ def test_export_of_an_fsdp_checkpoint_leaves_its_training_state_behind(tiny_mode
     from accelerate.utils.constants import FSDP_MODEL_NAME, OPTIMIZER_NAME
     from safetensors.torch import load_file
 
-    from sftpack.export.stage import run as export
+    from sftpack.exporting.stage import run as export
 
     checkpoint = tmp_path / "checkpoint-2"
     shutil.copytree(tiny_model_dir, checkpoint)

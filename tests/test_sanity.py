@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from sftpack.errors import SftpackError
-from sftpack.reporting.inspect import mark_trained
+from sftpack.templates.trained_text import mark_trained
 from sftpack.training.sanity import SanityConfig, held_out_prompt, loss_verdict, split_sequences
 from sftpack.cli import main as cli
 

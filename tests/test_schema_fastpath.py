@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sftpack.checks.schema import msgspec_type, schema_fast_type, schema_validator
-from sftpack.checks.messages import parse_line, schema_errors
+from sftpack.checks.messages import schema_errors
+from sftpack.io.lines import parse_line
 
 from conftest import REAL_DATA
 

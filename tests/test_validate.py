@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from sftpack.checks.messages import classify_line, parse_line, schema_errors
-from sftpack.checks.validate import ValidateConfig, run
+from sftpack.checks.messages import classify_line, schema_errors
+from sftpack.io.lines import parse_line
+from sftpack.validation.stage import ValidateConfig, run
 from sftpack.cli import main as cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -358,7 +359,7 @@ def big_file(tmp_path_factory) -> Path:
 
 MEMORY_PROBE = """
 import json, resource, sys
-from sftpack.checks.validate import ValidateConfig, run
+from sftpack.validation.stage import ValidateConfig, run
 big, small, out = sys.argv[1:4]
 run([small], out + "/warm", ValidateConfig())  # imports, schema compile, first allocations
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -25,110 +25,17 @@ template renders the conversation and every trained turn answers something:
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 import msgspec
 
 from sftpack.checks.schema import schema_fast_type, schema_validator
-from sftpack.errors import json_error_text
+from sftpack.io.lines import parse_line
+from sftpack.records import ROLES, Record, RowError, shorten
 from sftpack.templates.fields import REASONING_FIELDS, TRAIN_FLAG
 
-ROLES = ("system", "user", "assistant", "tool")
-MAX_MESSAGE_CHARS = 200  # error messages quote the offending value; keep them one line
-
-
-@dataclass(frozen=True)
-class RowError:
-    """One problem with one line."""
-
-    path: str
-    """JSON pointer to the offending value (`/messages/2/content`); "" for the whole line."""
-    rule: str
-    """Short stable name of the check, used for counting (`rejected_<rule>`)."""
-    message: str
-    """What is wrong and, where it helps, how to fix it."""
-
-    def as_dict(self) -> dict[str, str]:
-        return asdict(self)
-
-
-Record = dict[str, Any]
 Check = Callable[[Record], Iterable[RowError]]
-
-
-def _shorten(text: str) -> str:
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
-
-
-# ---------------------------------------------------------------- layer 1: bytes -> object
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON (use null or a string)")
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-# The fast path: msgspec decodes an object line ~1.6x faster than json, to the same value
-# (numbers, duplicate keys, escapes: tests/test_schema_fastpath.py). It accepts less (no NaN or
-# Infinity, no 1e400, no surrounding whitespace but JSON's), and lines it fails on, or that could
-# differ (lone-surrogate escapes; nesting near the recursion limit, where both give up at depths
-# that depend on the call stack), go through json, which writes every error.
-_FAST_DECODER = msgspec.json.Decoder()
-_FAST_MAX_BRACKETS = 500  # fewer [ and { than this: nested far less deeply than either limit
-
-
-def parse_line(raw: bytes, fast: bool = True) -> tuple[Record | None, list[RowError]]:
-    """Decode one line (UTF-8 JSON holding one object and nothing else).
-
-    Args:
-        raw: the line's bytes, with or without its line ending.
-        fast: try msgspec first. False decodes with json alone (the reference the fast path is
-            tested against); the result is the same.
-
-    Returns:
-        (the object, []) or (None, [one error]) with rule invalid_utf8, invalid_json,
-        not_object, trailing_garbage or lone_surrogate.
-    """
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return None, [RowError("", "invalid_utf8", f"byte {raw[err.start]:#04x} at byte offset {err.start} is not "
-                                                     "UTF-8; re-encode the file as UTF-8")]
-    if fast and raw.count(b"[") + raw.count(b"{") < _FAST_MAX_BRACKETS and not _SURROGATE_ESCAPE.search(text):
-        try:
-            value = _FAST_DECODER.decode(raw)
-        except msgspec.DecodeError:  # also its ValidationError (numbers out of range)
-            value = None
-        if type(value) is dict:
-            return value, []
-    text = text.strip()
-    if text.startswith("\ufeff"):
-        return None, [RowError("", "invalid_json", "line starts with a byte-order mark; save the file as UTF-8 "
-                                                    "without BOM")]
-    try:
-        value, end = _DECODER.raw_decode(text)
-    except json.JSONDecodeError as err:
-        return None, [RowError("", "invalid_json", json_error_text(err))]
-    except (ValueError, RecursionError) as err:
-        return None, [RowError("", "invalid_json", str(err) or "nested too deeply")]
-    if text[end:].strip():
-        return None, [RowError("", "trailing_garbage", f"text after the JSON value at column {end + 1}: "
-                                                        f"{_shorten(text[end:].strip())!r}; one object per line")]
-    if not isinstance(value, dict):
-        return None, [RowError("", "not_object", f"the line is a JSON {type(value).__name__}, expected an object "
-                                                  "with a `messages` list")]
-    if _SURROGATE_ESCAPE.search(text):  # rare: only then pay for the full check
-        try:
-            json.dumps(value, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError as err:
-            return None, [RowError("", "lone_surrogate", f"a \\u{ord(err.object[err.start]):04x} escape is half of a "
-                                                          "UTF-16 surrogate pair; such text cannot be tokenized; fix "
-                                                          "the escape or remove it")]
-    return value, []
 
 
 # ---------------------------------------------------------------- layer 2: JSON Schema
@@ -161,7 +68,7 @@ def schema_errors(record: Any, fast: bool = True) -> list[RowError]:
     errors = []
     for err in schema_validator().iter_errors(record):
         path = _pointer(err.absolute_path)
-        message = _shorten(err.message)
+        message = shorten(err.message)
         if err.validator == "enum" and path.endswith("/role"):
             message += "; map other role names (human -> user, gpt -> assistant): --role-map user=human,assistant=gpt"
         errors.append((list(map(str, err.absolute_path)), RowError(path, f"schema_{err.validator}", message)))
@@ -357,7 +264,7 @@ def template_check(renderer: Any) -> Check:
             with_string_arguments(renderer, messages, lambda: renderer.render(messages, tools, kwargs=kwargs))
         except Exception as err:  # noqa: BLE001 - a template is user code; whatever it raises is the reject
             yield RowError("/messages", "template_error", f"chat template failed: "
-                           f"{_shorten(str(err) or type(err).__name__)}{argument_hint(renderer, record)}")
+                           f"{shorten(str(err) or type(err).__name__)}{argument_hint(renderer, record)}")
 
     return check_template
 
@@ -369,6 +276,34 @@ def tokenizer_checks(tokenizer: Any, renderer: Any) -> list[Check]:
 
 
 # ---------------------------------------------------------------- one line, all layers
+
+def first_reject(record: dict | None, error: RowError | None, checks: list[Check]) -> RowError | None:
+    """The first problem validate would report for one record, or None when validate keeps it.
+
+    The same layers in the same order as validate's `check_row` (the reader's parse or conversion
+    error, the JSON Schema, then `checks`), stopping at the first error: pack and report count a
+    record once, under its first rule.
+
+    Args:
+        record: the record in messages form; None when it could not be read or converted.
+        error: the reader's error for it (`Row.error`), if any.
+        checks: conversation checks for a schema-valid record, in order (ROW_CHECKS, then
+            control_token_check for the tokenizer in use).
+
+    Returns:
+        The first RowError, or None.
+    """
+    if error is not None:
+        return error
+    errors = schema_errors(record)  # the fast path decides almost every row; jsonschema only for bad ones
+    if errors:
+        return errors[0]
+    for check in checks:
+        for found in check(record):
+            return found
+    return None
+
+
 
 def classify_line(raw: bytes, checks: list[Check] | None = None,
                   max_errors: int = 20) -> tuple[Record | None, list[RowError]]:

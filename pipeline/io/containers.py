@@ -26,11 +26,12 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from sftpack.errors import SftpackError
 from sftpack.store.fingerprint import file_identity
-from sftpack.checks.messages import RowError, parse_line
+from sftpack.io.lines import parse_line
+from sftpack.records import RowError
 
 JSONL_SUFFIXES = {".gz": "jsonl.gz", ".zst": "jsonl.zst", ".zstd": "jsonl.zst"}
 DATA_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd")
@@ -75,14 +76,19 @@ def _open_jsonl(path: Path, container: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
+def line_items(lines: Iterable[tuple[int, bytes]]) -> Iterator[Item]:
+    """Numbered JSONL lines as items: blank ones as (number, raw, None, None), the rest parsed."""
+    for number, raw in lines:
+        if not raw.strip():
+            yield number, raw, None, None
+            continue
+        record, errors = parse_line(raw)
+        yield number, raw, record, errors[0] if errors else None
+
+
 def _jsonl_items(path: Path, container: str) -> Iterator[Item]:
     with _open_jsonl(path, container) as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                yield number, raw, None, None
-                continue
-            record, errors = parse_line(raw)
-            yield number, raw, record, errors[0] if errors else None
+        yield from line_items(enumerate(handle, start=1))
 
 
 def _arrow_batches(path: Path, container: str, batch_size: int) -> Iterator[Any]:

@@ -54,10 +54,10 @@ from functools import partial
 from typing import Any, Callable
 
 from sftpack.errors import SftpackError, json_error_text
-from sftpack.checks.messages import ROLES, RowError
+from sftpack.records import ROLES, Record, RowError
 from sftpack.io.prompt_completion import prompt_completion_messages
 
-Record = dict[str, Any]
+
 LAYOUTS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 FORMATS = ("auto", *LAYOUTS)
 TARGETS = (*ROLES, "function_call")

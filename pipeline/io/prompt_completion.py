@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftpack.checks.messages import RowError
+from sftpack.records import RowError
 
 KEYS = ("prompt", "completion")
 _ROLE = {"prompt": "user", "completion": "assistant"}

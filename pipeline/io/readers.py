@@ -29,14 +29,13 @@ from sftpack.io.containers import (DATA_SUFFIXES, Item, container_identity, drop
                                        file_items, load_dataset, locate_glob, locate_path, looks_like_dataset_name,
                                        output_stem)
 from sftpack.io.layouts import FORMATS, ColumnMap, Record, converter, detect_layout
-from sftpack.checks.messages import RowError
+from sftpack.io.ranges import InputRange, range_items
+from sftpack.records import RowError
 
 # The public entry. ColumnMap, converter (layouts), file_container and DATA_SUFFIXES
-# (containers) are listed because callers import them from here: stages, tests,
-# pipeline/reporting/stage.py, pipeline/distributed/driver.py; `_file_items` likewise, for pipeline/distributed/driver.py.
+# (containers) are listed because callers import them from here: stages, tests, pipeline/reporting/stage.py.
 __all__ = ["DATA_SUFFIXES", "ColumnMap", "InputSource", "ReadOptions", "Row", "converter", "file_container",
            "open_input", "provenance_line", "reference"]
-_file_items = file_items
 
 PROVENANCE_KEYS = ("input", "row")
 """Keys that converted lines carry: the input file the record came from and its row there."""
@@ -145,17 +144,30 @@ class InputSource:
         return (self.layout == "messages" and self.columns.is_default()
                 and all(file_container(f).startswith("jsonl") for f in self.files) and self.dataset is None)
 
-    def _label(self, path: Path) -> str:
+    def label(self, path: Path) -> str:
+        """How rows name one of its files: relative to the input's folder or glob root, else its name."""
         return str(path.relative_to(self.root)) if self.root is not None else path.name
+
+    def example_stem(self, label: str) -> str:
+        """What names an example without an id, before `:line`: `x` for x.jsonl (x:12, as pack has
+        always named them); a file of a folder or glob is named under it (data/part-0:12), so ids
+        stay unique across its files."""
+        if len(self.files) <= 1:
+            return self.stem
+        return f"{self.stem}/{label.split('.', 1)[0]}"
+
+    def _dataset_items(self) -> Iterator[Item]:
+        for number, record in enumerate(self.dataset, start=1):
+            yield number, None, drop_nulls(dict(record)), None
 
     def _items(self) -> Iterator[tuple[str, Item]]:
         if self.dataset is not None:
             label = f"{self.spec}[{self.split}]"
-            for number, record in enumerate(self.dataset, start=1):
-                yield label, (number, None, drop_nulls(dict(record)), None)
+            for item in self._dataset_items():
+                yield label, item
             return
         for path in self.files:
-            label = self._label(path)
+            label = self.label(path)
             for item in file_items(path):
                 yield label, item
 
@@ -168,16 +180,12 @@ class InputSource:
         Returns:
             An iterator of Row.
         """
-        convert = converter(self.layout, self.columns)
-        for label, (number, raw, record, error) in self._items():
-            if record is None and error is None:
-                if blanks:
-                    yield Row(label, number, None, None, raw)
-                continue
-            original = record
-            if error is None:
-                record, error = convert(record)
-            yield Row(label, number, record, error, raw, original)
+        return _rows(self._items(), converter(self.layout, self.columns), blanks)
+
+    def range_rows(self, task: InputRange, blanks: bool = False) -> Iterator[Row]:
+        """The rows of one of this input's ranges (io.ranges), as `rows` gives them for that part."""
+        items = self._dataset_items() if task.path == "" else range_items(task)
+        return _rows(((task.label, item) for item in items), converter(self.layout, self.columns), blanks)
 
     def batches(self, batch_size: int = 1000, blanks: bool = False) -> Iterator[list[Row]]:
         """`rows()` in lists of `batch_size` (the last one shorter).
@@ -220,7 +228,7 @@ class InputSource:
                 digest.update(line)
                 size, rows = size + len(line), rows + 1
             return {"path": self.spec, "sha256": digest.hexdigest(), "bytes": size, "rows": rows} | reading
-        per_file = [(self._label(path), container_identity(path)) for path in self.files]
+        per_file = [(self.label(path), container_identity(path)) for path in self.files]
         if len(per_file) == 1:
             sha = per_file[0][1]["sha256"]
         else:
@@ -243,6 +251,18 @@ class InputSource:
                 break
         # Nothing readable: read as messages, so every line is rejected as validate always did.
         return "messages", self.columns
+
+
+def _rows(items: Iterator[tuple[str, Item]], convert: Any, blanks: bool) -> Iterator[Row]:
+    for label, (number, raw, record, error) in items:
+        if record is None and error is None:
+            if blanks:
+                yield Row(label, number, None, None, raw)
+            continue
+        original = record
+        if error is None:
+            record, error = convert(record)
+        yield Row(label, number, record, error, raw, original)
 
 
 # ---------------------------------------------------------------- opening

@@ -9,7 +9,7 @@ the one a duplicate is kept in favour of.
            ──MinHash-LSH candidates, exact Jaccard of shingle sets──> near_duplicate {kept, jaccard} ┘
            ──> .spill/<i>.kept.jsonl
 
-Locally one pass does it all. Under --ray with near dedup (pipeline/distributed/mix_tasks.py) the
+Locally one pass does it all. On a Ray cluster with near dedup (pipeline/mixing/on_cluster.py) the
 cluster looks up each line's contamination (decontaminate.Contamination) and groups lines into
 components of the LSH's candidate graph; a first pass screens here in order, Duplicates runs per component on the nodes
 (pipeline/mixing/near_graph.py says why that decides the same), and a last pass writes every
@@ -40,7 +40,7 @@ class Cleaner:
 
     def __init__(self, recipe: Recipe, removed: Removed, lookups: Contamination, eval_copies: dict[int, tuple[str, str]],
                  contamination: IO[bytes], cluster: Any = None):
-        """`cluster`: a distributed.mix_tasks.ClusterLines under --ray."""
+        """`cluster`: a mixing.on_cluster.ClusterLines on a Ray cluster."""
         self.recipe, self.removed, self.lookups, self.eval_copies = recipe, removed, lookups, eval_copies
         self.contamination = contamination
         self.filters = Filters(recipe.filters, recipe.tokenizer)

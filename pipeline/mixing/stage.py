@@ -27,12 +27,14 @@ from typing import Any
 
 from sftpack import __version__
 from sftpack.errors import SftpackError
+from sftpack.execution import Execution
 from sftpack.io.readers import InputSource
 from sftpack.mixing import sampling
 from sftpack.mixing.clean import Cleaner
 from sftpack.mixing.decontaminate import Contamination, EvalIndex, NgramIndex, benchmark_files
 from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_dialogues, spill_lines
 from sftpack.mixing.recipe import NearDedup, Recipe, load_recipe
+from sftpack.records import reject_policy as refuse_rejects
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
 from sftpack.store.manifest import MANIFEST, read_manifest
@@ -79,18 +81,18 @@ def _reuse(folder: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | None = None,
-        allow_rejects: bool | None = None) -> dict[str, Any]:
+def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, allow_rejects: bool | None = None,
+        execution: Execution | None = None) -> dict[str, Any]:
     """Mix the recipe's sources into `out_dir/<fingerprint>/`, or reuse that folder.
 
     Args:
         recipe: a Recipe, a recipe YAML path or a mapping (pipeline/mixing/recipe.py).
         out_dir: parent of the mixture folder.
-        ray: run the lookups, band keys and per-component deduplication on this Ray cluster (local, auto,
-            HOST:PORT); the same files. Every node must see out_dir at the same path. Not part of
-            the fingerprint.
         allow_rejects: over the recipe's `allow_rejects` when given (--allow-rejects). Not part of
             the fingerprint: the folder is written either way, as pack's.
+        execution: with a Ray address, the lookups, band keys and per-component deduplication run on
+            that cluster (mixing/on_cluster.py); the same files. Every node must see out_dir at the
+            same path. Not part of the fingerprint.
 
     Returns:
         The manifest, with `path` (the folder) and `reused` added.
@@ -110,20 +112,12 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, ray: str | No
     existing = _reuse(folder)
     if existing is not None:
         return reject_policy(existing | {"path": str(folder), "reused": True}, recipe)
-    engine = {"name": "local"}
-    if ray:
-        from sftpack.distributed.cluster import connect, leave
-
-        engine = connect(ray)
-    try:
-        with atomic_dir(folder) as tmp:
-            counts = _build(tmp, recipe, opened, ray is not None)
-            shutil.rmtree(tmp / SPILL)
-            manifest = _manifest(tmp, recipe, fp, identities, counts, started) | {"engine": engine}
-            write_json(tmp / MANIFEST, manifest)
-    finally:
-        if ray:
-            leave()  # no late node message after the folder path, printed last
+    with (execution or Execution()).executor() as executor, atomic_dir(folder) as tmp:
+        counts = _build(tmp, recipe, opened, executor.distributed)
+        shutil.rmtree(tmp / SPILL)
+        engine = {"name": "local"} if not executor.distributed else executor.describe()
+        manifest = _manifest(tmp, recipe, fp, identities, counts, started) | {"engine": engine}
+        write_json(tmp / MANIFEST, manifest)
     return reject_policy(manifest | {"path": str(folder), "reused": False}, recipe)
 
 
@@ -137,18 +131,14 @@ def _per_rule(rejected: Counter) -> str:
 
 def reject_policy(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
     """The manifest, unless lines were rejected (schema, conversation rules) and the recipe does not
-    allow rejects: one reject policy, as validate's and pack's.
-
-    Raises:
-        SftpackError: (exit 1) the count per rule and the first rejected lines as file:line [rule].
-    """
+    allow rejects (records.reject_policy); the first rejected lines come from removed.jsonl."""
     rejected = _rejected(manifest)
-    if not rejected or recipe.allow_rejects:
-        return manifest
     paths = {spec.name: spec.path for spec in recipe.sources}
-    first = []
+    first: list[str] = []
     with open(Path(manifest["path"]) / "removed.jsonl", "rb") as handle:
         for raw in handle:
+            if len(first) == 5 or not rejected or recipe.allow_rejects:
+                break
             if b'"reason": "rejected_' not in raw:
                 continue
             entry = json.loads(raw)
@@ -156,14 +146,12 @@ def reject_policy(manifest: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
                 error = (entry.get("errors") or [{}])[0]
                 source = paths[entry["source"]]
                 where = source if Path(source).is_file() else f"{source}: {entry['input']}"
-                first.append(f"\n  {where}:{entry['row']} [{error.get('rule', entry['reason'][9:])}] {error.get('message', '')}")
-                if len(first) == 5:
-                    break
-    counts = _per_rule(rejected)
-    raise SftpackError(
-        f"mix: {sum(rejected.values())} of {manifest['totals']['in']} records failed the schema or the conversation "
-        f"rules ({counts}); the first:{''.join(first)}\n{Path(manifest['path']) / 'removed.jsonl'} lists every one; fix "
-        "them, or pass --allow-rejects (allow_rejects: true in the recipe) to mix the rest", exit_code=1)
+                first.append(f"{where}:{entry['row']} [{error.get('rule', entry['reason'][9:])}] {error.get('message', '')}")
+    refuse_rejects(recipe.allow_rejects, {k.removeprefix("rejected_"): v for k, v in rejected.items()},
+                   manifest["totals"]["in"], "records", first,
+                   f"{Path(manifest['path']) / 'removed.jsonl'} lists every one", "mix the rest", where="mix",
+                   setting="allow_rejects: true in the recipe")
+    return manifest
 
 
 def summary(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -193,7 +181,7 @@ def summary(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     return lines + [manifest["path"]], warnings
 
 
-def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> dict[str, SourceCounts]:
+def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], on_cluster: bool) -> dict[str, SourceCounts]:
     """Passes 1-4 (pipeline/mixing/passes.py) into `tmp`; returns the counts per source."""
     counts = {s.name: SourceCounts(tokens=0 if recipe.tokenizer else None) for s in recipe.sources}
     decon = recipe.decontaminate
@@ -209,8 +197,8 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], ray: bool) -> d
         lookups = Contamination(index, evals)
         lookups.mark_boilerplate((spill_dialogues(path) for path in spills), decon.boilerplate_share)
         cluster = None
-        if ray:  # lookups, band keys and per-component deduplication on the nodes
-            from sftpack.distributed.mix_tasks import ClusterLines
+        if on_cluster:  # lookups, band keys and per-component deduplication on the nodes
+            from sftpack.mixing.on_cluster import ClusterLines
 
             cluster = ClusterLines(spills, lookups, recipe.dedup)
         Cleaner(recipe, removed, lookups, eval_copies, matches, cluster).run(tmp, held, valid, counts)

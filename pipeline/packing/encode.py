@@ -1,28 +1,25 @@
-"""Encoding for the pack stage, one batch of rows at a time, in whichever process runs it.
+"""Encoding for the pack stage: one input range per task, on whichever worker runs it.
 
-    Batch (input name, example-id stem, rows) ──first_reject (validate's checks)──> kept records
+    InputRange (io.ranges) ──InputSource.range_rows──> rows, in batches of batch_size
+        ──first_reject (validate's checks)──> kept records
         ──masking.encode_batch (template, mask, tokenize)──> sequences ──_fit (max_length)──>
-        spill record batch (input_ids, labels, example_id) + one stats entry per row + audit counts
+        staging/spill-RRRRRR.arrow (input_ids, labels, example_id) + staging/stats-RRRRRR.parquet
+        (one entry per row) ──> the driver gets lengths, trained tokens, drop counts and audit counts
 
-`set_worker_state` loads what `encode_lines` needs into this process once (the tokenizer, the
-renderer, stop ids, the checks); pack's local run (`encode_all`, threads or forked processes) and
-the Ray actors (pipeline/distributed/encode.py) both call it, so both encode the same way.
+`EncodeRanges` is the step: set up once per worker (the tokenizer, the renderer, stop ids, the
+checks), then one range per task, the same on a local worker and on a Ray node.
 """
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from sftpack.templates.masking import AUDIT_KEYS, IGNORE_INDEX
-from sftpack.checks.messages import ROW_CHECKS, Check, RowError, control_token_check, schema_errors
-from sftpack.progress import progress_bar
-from sftpack.io.readers import InputSource
+from sftpack.checks.messages import ROW_CHECKS, Check, control_token_check, first_reject
 
 if TYPE_CHECKING:
     from sftpack.packing.options import PackConfig
@@ -54,66 +51,13 @@ AUDIT_TOTALS = AUDIT_KEYS + ("sequences_without_stop", "examples_without_trained
 stop" audit: kept sequences (not truncated) whose last trained token is no stop marker, and
 examples with no trained token (dropped)."""
 
-_WORKER: dict[str, Any] = {}
-
-
-def set_worker_state(cfg: PackConfig, tokenizer: Any, renderer: Any) -> None:
-    """Load this process's encoding state: what `encode_lines` reads for every batch.
-
-    Called once per process that encodes: pack's driver before it forks or starts threads (the
-    workers inherit it) and each Ray encoding actor.
-
-    Args:
-        cfg: pack options.
-        tokenizer: the loaded tokenizer (tokenizer.load_renderer).
-        renderer: its chat template renderer.
-    """
-    stop_ids = frozenset(tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers)
-    # validate's checks but the template one (encoding renders every record anyway)
-    checks = list(ROW_CHECKS) + [control_token_check(tokenizer)]
-    _WORKER.update(cfg=cfg, tokenizer=tokenizer, renderer=renderer, max_token_chars=max_token_chars(tokenizer),
-                   stop_ids=stop_ids, checks=checks)
-
-
-
 def max_token_chars(tokenizer) -> int:
     """The most characters one token of the vocabulary decodes to."""
     vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     return max(len(tokenizer.convert_tokens_to_string([token])) for token in vocab if token is not None)
 
 
-Batch = tuple[str, str, list[tuple[int, "dict | None", "RowError | None"]]]
-"""(input file name, example-id stem, [(line or row number, record in messages form, reader's error)])."""
-
-
-def first_reject(record: dict | None, error: RowError | None, checks: list[Check]) -> RowError | None:
-    """The first problem validate would report for one record, or None when validate keeps it.
-
-    The same layers in the same order as validate's `check_row` (the reader's parse or conversion
-    error, the JSON Schema, then `checks`), stopping at the first error: pack and report count a
-    record once, under its first rule.
-
-    Args:
-        record: the record in messages form; None when it could not be read or converted.
-        error: the reader's error for it (`Row.error`), if any.
-        checks: conversation checks for a schema-valid record, in order (ROW_CHECKS, then
-            control_token_check for the tokenizer in use).
-
-    Returns:
-        The first RowError, or None.
-    """
-    if error is not None:
-        return error
-    errors = schema_errors(record)  # the fast path decides almost every row; jsonschema only for bad ones
-    if errors:
-        return errors[0]
-    for check in checks:
-        for found in check(record):
-            return found
-    return None
-
-
-def _check_rows(input_name: str, stem: str, rows: list) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:
+def _check_rows(input_name: str, stem: str, rows: list, checks: list[Check]) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:
     """One stats entry per row, and (entry index, conversation) for the rows validate would keep.
 
     A rejected row is dropped as `rejected_<rule>`, its rule and field kept for first_drops.
@@ -123,7 +67,7 @@ def _check_rows(input_name: str, stem: str, rows: list) -> tuple[list[tuple[int,
         entry = {"example_id": f"{stem}:{number}", "source": None, "input": input_name, "line": number,
                  "turns": 0, "sequences": 0, "tokens": 0, "trained_tokens": 0, "truncated": False,
                  "dropped": None}
-        reject = first_reject(record, error, _WORKER["checks"])
+        reject = first_reject(record, error, checks)
         if reject is not None:
             entry.update(dropped=f"rejected_{reject.rule}", rule=reject.rule,
                          error=f"{reject.path or '(line)'}: {reject.message}")
@@ -138,19 +82,43 @@ def _check_rows(input_name: str, stem: str, rows: list) -> tuple[list[tuple[int,
     return records, stats
 
 
-def encode_lines(batch: Batch) -> dict[str, Any]:
-    """Check and encode one batch of rows from one input file.
+@dataclass(frozen=True)
+class Encoder:
+    """What encoding reads for every batch, loaded once per worker (`Encoder.load`)."""
 
-    Returns the spill record batch (kept examples only) and one stats entry per row.
-    """
+    cfg: PackConfig
+    tokenizer: Any
+    renderer: Any
+    max_token_chars: int
+    stop_ids: frozenset[int]
+    checks: list[Check]
+    """validate's checks but the template one (encoding renders every record anyway)."""
+
+    @classmethod
+    def load(cls, cfg: PackConfig, tokenizer: Any = None, renderer: Any = None) -> "Encoder":
+        """The encoder for `cfg`, with its tokenizer and renderer (loaded here unless given)."""
+        if tokenizer is None:
+            tokenizer, renderer = cfg.load_renderer()
+        stop_ids = frozenset(tokenizer.convert_tokens_to_ids(m) for m in renderer.stop_markers)
+        return cls(cfg, tokenizer, renderer, max_token_chars(tokenizer), stop_ids,
+                   list(ROW_CHECKS) + [control_token_check(tokenizer)])
+
+    def encode(self, input_name: str, stem: str, rows: list) -> dict[str, Any]:
+        """Check and encode one batch of rows (number, record, reader's error) from one input file.
+
+        Returns the spill record batch (kept examples only), one stats entry per row and audit counts.
+        """
+        return encode_rows(self, input_name, stem, rows)
+
+
+def encode_rows(enc: Encoder, input_name: str, stem: str, rows: list) -> dict[str, Any]:
+    """Encoder.encode."""
     from sftpack.templates.masking import TemplateNotMaskable, encode_batch
 
-    cfg: PackConfig = _WORKER["cfg"]
-    input_name, stem, rows = batch
-    records, stats = _check_rows(input_name, stem, rows)
-
-    max_chars = cfg.max_length * _WORKER["max_token_chars"] if cfg.truncation == "drop" else None
-    encoded = encode_batch(_WORKER["renderer"], _WORKER["tokenizer"], [r for _, r in records], cfg.mask_options(),
+    cfg = enc.cfg
+    records, stats = _check_rows(input_name, stem, rows, enc.checks)
+    max_chars = cfg.max_length * enc.max_token_chars if cfg.truncation == "drop" else None
+    encoded = encode_batch(enc.renderer, enc.tokenizer, [r for _, r in records], cfg.mask_options(),
                            max_chars=max_chars)
     kept: list[tuple[str, np.ndarray, np.ndarray]] = []
     audit: dict[str, int] = {}
@@ -174,7 +142,7 @@ def encode_lines(batch: Batch) -> dict[str, Any]:
                 if value and key in PER_EXAMPLE:
                     audit[f"{key}_examples"] = audit.get(f"{key}_examples", 0) + 1
             if not entry["truncated"]:
-                without = sum(not _ends_with_stop(labels, _WORKER["stop_ids"]) for _, labels in sequences)
+                without = sum(not _ends_with_stop(labels, enc.stop_ids) for _, labels in sequences)
                 if without:
                     audit["sequences_without_stop"] = audit.get("sequences_without_stop", 0) + without
     ids_out, labels_out, kept_ids = [k[1] for k in kept], [k[2] for k in kept], [k[0] for k in kept]
@@ -218,95 +186,6 @@ def _spill_batch(ids: list[np.ndarray], labels: list[np.ndarray], example_ids: l
     return pa.RecordBatch.from_arrays(
         [_list_array(ids), _list_array(labels), pa.array(example_ids, pa.string())], schema=SPILL_SCHEMA
     )
-
-
-def line_batches(sources: list[InputSource], batch_size: int) -> Iterator[Batch]:
-    """Stream every input's rows (readers: parsed and converted to messages form) in batches.
-
-    Blank lines are skipped. A batch names one file: the reader's batches of a folder or glob
-    may span two files, so they are split there (batch sizes do not change the output).
-
-    Args:
-        sources: the opened inputs, in order.
-        batch_size: rows per batch at most.
-
-    Returns:
-        An iterator of Batch.
-    """
-    for source in sources:
-        for rows in source.batches(batch_size):
-            for label, group in itertools.groupby(rows, key=lambda row: row.file):
-                yield label, example_stem(source, label), [(row.number, row.record, row.error) for row in group]
-
-
-def example_stem(source: InputSource, label: str) -> str:
-    """What names an example without an id, before `:line`: `x` for x.jsonl (x:12, as pack has
-    always named them); a file of a folder or glob is named under it (data/part-0:12), so ids
-    stay unique across its files."""
-    if len(source.files) <= 1:
-        return source.stem
-    return f"{source.stem}/{label.split('.', 1)[0]}"
-
-
-
-def _threaded_map(fn, items: Iterator, threads: int) -> Iterator:
-    """map(fn, items) on `threads` threads, results in order, at most `threads` items in flight
-    (Executor.map would read every batch first)."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(threads, thread_name_prefix="sftpack-encode") as executor:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(executor.submit(fn, item))
-                if len(pending) >= threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-
-
-def encode_all(sources: list[InputSource], cfg: PackConfig, spill_path: Path, stats_path: Path,
-                total_lines: int) -> tuple[np.ndarray, dict[str, int], list[dict], dict[str, int]]:
-    """Encode every line into the spill file; return sequence lengths, drop counts, first errors
-    and the audit counts (AUDIT_TOTALS)."""
-    import pyarrow.parquet as pq  # here, not at the top: a reused run never needs it (~60 ms with compute)
-    lengths: list[int] = []
-    dropped: dict[str, int] = {}
-    first_errors: list[dict] = []
-    audit = dict.fromkeys(AUDIT_TOTALS, 0)
-    batches = line_batches(sources, cfg.batch_size)
-    progress = progress_bar(total_lines, "pack: encode")
-    with pa.OSFile(str(spill_path), "wb") as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as spill, \
-            pq.ParquetWriter(str(stats_path), STATS_SCHEMA) as stats_writer:
-        if cfg.num_proc > 1:
-            # fork: workers inherit the loaded tokenizer and renderer in _WORKER.
-            pool = multiprocessing.get_context("fork").Pool(cfg.num_proc)
-            results = pool.imap(encode_lines, batches, chunksize=1)
-        elif cfg.threads > 1:
-            pool = None
-            results = _threaded_map(encode_lines, batches, cfg.threads)
-        else:
-            pool = None
-            results = map(encode_lines, batches)
-        try:
-            for result in results:
-                spill.write_batch(result["spill"])
-                for key, value in result["audit"].items():
-                    audit[key] += value
-                lengths.extend(np.asarray(result["spill"].column("input_ids").value_lengths()).tolist())
-                count_drops(result["stats"], dropped, first_errors)
-                stats_writer.write_table(pa.Table.from_pylist(result["stats"], schema=STATS_SCHEMA))
-                progress.update(len(result["stats"]))
-        finally:
-            progress.close()
-            if pool is not None:
-                pool.terminate()
-    audit["examples_without_trained_tokens"] = dropped.get("no_trained_tokens", 0)
-    return np.asarray(lengths, dtype=np.int64), dropped, first_errors, audit
 
 
 def count_drops(stats: list[dict[str, Any]], dropped: dict[str, int], first: list[dict[str, Any]]) -> None:

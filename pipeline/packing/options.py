@@ -1,7 +1,8 @@
 """Pack's options: one frozen dataclass, each field defined once with its default and meaning.
 
-Kept apart from the stage so that the encoding workers and the Ray executor, which receive a
-PackConfig, never import the pack stage itself.
+Kept apart from the stage so that the encoding workers, which receive a PackConfig, never import the
+pack stage itself. Where the work runs (workers, a Ray cluster) is not an option here but an
+`sftpack.execution.Execution`: it never changes the output.
 """
 
 from __future__ import annotations
@@ -41,12 +42,6 @@ class PackConfig:
     stop_tokens: tuple[str, ...] | None = None
     """The tokens that end an assistant turn; None: generation_config.json's eos_token_id, else
     inferred from the template's rendering (pipeline/templates/stop_markers.py)."""
-    num_proc: int = 1
-    """Encoding processes; the output is identical for any value."""
-    threads: int = 2
-    """Encoding threads when num_proc is 1: while one is inside the Rust tokenizer (which releases
-    the GIL) the other renders the next batch, so tokenizing overlaps templating on a second core;
-    1 is strictly serial. The output is identical for any value."""
     batch_size: int = 512
     """Conversations per tokenizer call."""
     shard_tokens: int = 32_000_000
@@ -54,33 +49,30 @@ class PackConfig:
     allow_rejects: bool = False
     """Go on when records fail validate's checks (they are dropped and counted as rejected_<rule>
     either way); False: the stage fails naming them, as validate does. Not part of the output."""
-    ray: str | None = None
-    """Encode and write on a Ray cluster (pipeline/distributed/driver.py): local, auto, HOST:PORT or
-    ray://HOST:PORT; None runs here. The output is identical either way."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop_tokens, list):
             object.__setattr__(self, "stop_tokens", tuple(self.stop_tokens))
         problems = data_problems(dataclasses.asdict(self))
-        if self.num_proc < 1 or self.threads < 1 or self.batch_size < 1 or self.shard_tokens < 1:
-            problems.append("num_proc, threads, batch_size and shard_tokens must be positive")
+        if self.batch_size < 1 or self.shard_tokens < 1:
+            problems.append("batch_size and shard_tokens must be positive")
         if problems:
             raise SftpackError("options: " + "; ".join(problems))
 
     @classmethod
     def from_run_config(cls, run_config: Any, **overrides: Any) -> "PackConfig":
         """The pack options a run config implies (model.name_or_path, data.*), then `overrides`."""
-        implied = {"ray": run_config.data.ray, "allow_rejects": run_config.data.allow_rejects}
-        return cls(**data_values(run_config, implied | overrides))
+        return cls(**data_values(run_config, {"allow_rejects": run_config.data.allow_rejects} | overrides))
 
     def mask_options(self) -> MaskOptions:
         """The options that decide which tokens are trained."""
         return MaskOptions(self.train_on, self.turns, self.reasoning)
 
     def output_options(self) -> dict[str, Any]:
-        """The options that change the output (num_proc, threads, batch_size, ray and allow_rejects do not)."""
+        """The options that change the output (batch_size and allow_rejects do not; where the work runs is
+        not an option: sftpack.execution)."""
         return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("num_proc", "threads", "batch_size", "tokenizer", "ray", "allow_rejects")}
+                if k not in ("batch_size", "tokenizer", "allow_rejects")}
 
     def load_renderer(self) -> tuple[Any, Any]:
         """(tokenizer, ChatRenderer) with this config's template, template arguments and stop tokens."""

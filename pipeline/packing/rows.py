@@ -1,6 +1,5 @@
-"""Packed rows and shard files: gather each row's sequences from the spill and write them as
-Arrow shards of about `shard_tokens` tokens (pack's local run; pipeline/distributed/write.py uses
-the same `gathered_batches` and `shard_ranges` on a Ray cluster, so the bytes are the same).
+"""Packed rows from the spills: each row's sequences gathered in row order (`gathered_batches`), and
+rows cut into shards of about `shard_tokens` tokens (`shard_ranges`); packing/steps.py writes them.
 """
 
 from __future__ import annotations
@@ -142,44 +141,3 @@ def shard_ranges(row_tokens: np.ndarray, shard_tokens: int) -> list[range]:
         total += tokens
     ranges.append(range(start, len(row_tokens)))
     return ranges
-
-
-def write_shards(folder: Path, spill_path: Path, bins: list[list[int]], lengths: np.ndarray,
-                 shard_tokens: int) -> list[dict[str, Any]]:
-    """Write `bins` (rows as spill sequence indices) into `folder` as data-*.arrow shards.
-
-    Args:
-        folder: the packed folder being built.
-        spill_path: the spill file (encode_all's output); row i of it is sequence i.
-        bins: the packed rows.
-        lengths: every sequence's length in tokens.
-        shard_tokens: tokens per shard, about (a shard holds at least one row).
-
-    Returns:
-        One manifest entry per shard: file, sha256, rows, tokens, trained_tokens.
-    """
-    row_tokens = np.fromiter((lengths[row].sum() for row in bins), dtype=np.int64, count=len(bins))
-    ranges = shard_ranges(row_tokens, shard_tokens) if bins else [range(0)]
-    chunks = [row_chunks(rows) for rows in ranges]  # one record batch each, per shard
-    scratch = folder / ".gather"
-    batches = gathered_batches([spill_path], bins, [c for shard in chunks for c in shard], scratch)
-    shards = []
-    progress = progress_bar(len(bins), "pack: write")
-    for index, rows in enumerate(ranges):
-        name = shard_name(index, len(ranges))
-        trained = 0
-
-        def counted(shard_batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            nonlocal trained
-            for batch in shard_batches:
-                labels = np.asarray(batch.column("labels").flatten())
-                trained += int((labels != IGNORE_INDEX).sum())
-                progress.update(batch.num_rows)
-                yield batch
-
-        sha = write_shard(folder / name, counted(itertools.islice(batches, len(chunks[index]))))
-        shards.append({"file": name, "sha256": sha, "rows": len(rows),
-                       "tokens": int(row_tokens[rows.start:rows.stop].sum()), "trained_tokens": trained})
-    progress.close()
-    shutil.rmtree(scratch, ignore_errors=True)
-    return shards

@@ -23,6 +23,7 @@ covers the input's bytes as stored plus how they were read (layout, column map, 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import time
 
@@ -32,15 +33,20 @@ from typing import TYPE_CHECKING, Any
 from sftpack import __version__
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.errors import SftpackError
+from sftpack.execution import Execution
+from sftpack.execution.cluster import Staging
 from sftpack.store.fingerprint import file_identity, fingerprint, sha256_file, tokenizer_files_identity, tokenizer_identity
 from sftpack.io.readers import InputSource, ReadOptions
 from sftpack.packing.options import PackConfig
+from sftpack.records import reject_policy as refuse_rejects
 from sftpack.templates.tokenizer import check_tokenizer_folder
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
 if TYPE_CHECKING:
     import numpy as np
 
+STAGING = ".staging"
+"""The task files' folder inside the temp output: removed before the rename, and with it if the run dies."""
 # Bump when the bytes pack writes for the same inputs and options change meaning.
 PACK_FORMAT_VERSION = 3  # 2: rows from pack_bins (BFD + local search); 3: stop markers inferred, not guessed
 
@@ -113,8 +119,8 @@ def _fingerprint_of(sources: list[InputSource], cfg: PackConfig) -> tuple[str, l
     return fp, input_ids, tokenizer_files
 
 
-def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
-        read: ReadOptions | None = None) -> dict[str, Any]:
+def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig, read: ReadOptions | None = None,
+        execution: Execution | None = None) -> dict[str, Any]:
     """Pack `inputs` into `out_dir/<fingerprint>/`, or reuse that folder when sound.
 
     Args:
@@ -123,6 +129,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
         out_dir: parent folder of packed folders.
         cfg: pack options.
         read: how inputs are read (layout, split, column map); auto-detected layout by default.
+        execution: where the tasks run (workers here, or a Ray cluster); the output is the same.
 
     Returns:
         The manifest, with `path` (the packed folder) and `reused` added.
@@ -141,16 +148,12 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
             return reject_policy({**existing.manifest, "path": str(folder), "reused": True}, cfg)
         print(f"pack: {folder} failed verification, rebuilding: {problems[0]}", file=sys.stderr)
 
-    # Building imports what a reused run never needs (numpy, the template, the encoders): that
-    # keeps a reused pack's start-up short.
-    from sftpack.packing.encode import set_worker_state
-
     tokenizer, renderer = cfg.load_renderer()
     identity = tokenizer_identity(tokenizer, renderer.template) | {"files_sha256": tokenizer_files,
                                                                    "stop_markers": renderer.stop.as_manifest()}
-    set_worker_state(cfg, tokenizer, renderer)  # forked workers inherit it
     try:
-        manifest = _build(folder, sources, input_ids, identity, fp, cfg, started, tokenizer_files)
+        manifest = _build(folder, sources, input_ids, identity, fp, cfg, started, tokenizer_files,
+                          (tokenizer, renderer), execution or Execution())
     except OSError as err:  # disk full, file size limit, permissions: nothing is left behind
         raise SftpackError(f"{folder}: writing the packed folder failed: {err.strerror or err} "
                            f"({err.filename or 'shard data'}); free space or choose another --out-dir",
@@ -159,58 +162,37 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: PackConfig,
 
 
 def reject_policy(manifest: dict[str, Any], cfg: PackConfig) -> dict[str, Any]:
-    """The manifest, unless records failed validate's checks and `cfg.allow_rejects` is off.
-
-    The folder is written either way (rejects are not in the fingerprint), so a run with
-    --allow-rejects afterwards reuses it.
-
-    Raises:
-        SftpackError: (exit 1, as validate) naming the count per rule and the first rejected lines.
-    """
+    """The manifest, unless records failed validate's checks and `cfg.allow_rejects` is off
+    (records.reject_policy). The folder is written either way (rejects are not in the fingerprint),
+    so a run with --allow-rejects afterwards reuses it."""
     dropped = manifest["totals"]["dropped"]
     rejected = {k.removeprefix("rejected_"): v for k, v in dropped.items() if k.startswith("rejected_")}
-    if not rejected or cfg.allow_rejects:
-        return manifest
-    first = [d for d in manifest["first_drops"] if d["reason"].startswith("rejected_")][:5]
-    lines = "".join(f"\n  {d['input']}:{d['line']} [{d['rule']}] {d['message']}" for d in first)
-    raise SftpackError(
-        f"{sum(rejected.values())} of {manifest['totals']['examples_read']} examples failed validate's checks "
-        f"({', '.join(f'{k}={v}' for k, v in rejected.items())}); the first:{lines}\n"
-        "`sftpack validate INPUT --out-dir DIR` writes every one to a rejects file with its line and rule; fix "
-        "them, or pass --allow-rejects (data.allow_rejects: true) to pack the rest", exit_code=1)
+    first = [f"{d['input']}:{d['line']} [{d['rule']}] {d['message']}" for d in manifest["first_drops"]
+             if d["reason"].startswith("rejected_")]
+    refuse_rejects(cfg.allow_rejects, rejected, manifest["totals"]["examples_read"], "examples", first,
+                   "`sftpack validate INPUT --out-dir DIR` writes every one to a rejects file with its line and rule",
+                   "pack the rest")
+    return manifest
 
 
 def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], identity: dict, fp: str,
-           cfg: PackConfig, started: float, tokenizer_files: dict | None = None) -> dict[str, Any]:
+           cfg: PackConfig, started: float, tokenizer_files: dict, loaded: tuple, execution: Execution) -> dict[str, Any]:
     """Encode, pack and write the folder under a temp name; rename it into place last."""
-    from sftpack.packing.encode import encode_all
-    from sftpack.packing.rows import write_shards
     from sftpack.packing.bins import one_per_row, pack_bins
+    from sftpack.packing.steps import encode_all, write_all
     from sftpack.store.shards import write_dataset_metadata
 
-    with atomic_dir(folder) as tmp:
-        spill_path = tmp / ".spill.arrow"
-        if cfg.ray:  # encode and write on a Ray cluster, the same bytes (pipeline/distributed/driver.py)
-            from sftpack.distributed.driver import RayPack
-
-            cluster = RayPack(tmp, sources, input_ids, cfg, tokenizer_files)
-            engine = cluster.engine
-            lengths, dropped, first_errors, audit = cluster.encode()
-        else:
-            engine = {"name": "local", "num_proc": cfg.num_proc, "threads": cfg.threads}
-            lengths, dropped, first_errors, audit = encode_all(
-                sources, cfg, spill_path, tmp / "stats.parquet",
-                sum(i.get("lines", i.get("rows", 0)) for i in input_ids))
+    with atomic_dir(folder) as tmp, execution.executor() as executor:
+        staging = Staging.create(tmp / STAGING)
+        total_lines = sum(i.get("lines", i.get("rows", 0)) for i in input_ids)
+        encoded = encode_all(executor, sources, cfg, staging, tokenizer_files, loaded, total_lines)
+        lengths = encoded["lengths"]
         if lengths.size == 0:
-            raise SftpackError(f"no example left to pack; drop reasons: {dropped or 'no input lines'}; "
-                               f"first: {first_errors[:3]}")
+            raise SftpackError(f"no example left to pack; drop reasons: {encoded['dropped'] or 'no input lines'}; "
+                               f"first: {encoded['first'][:3]}")
         bins = pack_bins(lengths, cfg.max_length) if cfg.strategy == "bfd" else one_per_row(lengths)
-        if cfg.ray:
-            shards = cluster.write_shards(bins, lengths)
-            cluster.close()
-        else:
-            shards = write_shards(tmp, spill_path, bins, lengths, cfg.shard_tokens)
-            spill_path.unlink()
+        shards = write_all(executor, staging, tmp, bins, encoded, cfg)
+        shutil.rmtree(staging.path)
         write_dataset_metadata(tmp, [s["file"] for s in shards], fp)
         manifest = {
             "fingerprint": fp,
@@ -220,10 +202,10 @@ def _build(folder: Path, sources: list[InputSource], input_ids: list[dict], iden
             "inputs": input_ids,
             "tokenizer": identity,
             "options": dataclasses.asdict(cfg),
-            "engine": engine,  # information only: not in the fingerprint, the output is the same
+            "engine": executor.describe(),  # information only: not in the fingerprint, the output is the same
             "shards": shards,
-            "totals": _totals(tmp, lengths, len(bins), shards, dropped, audit, cfg.max_length),
-            "first_drops": first_errors,
+            "totals": _totals(tmp, lengths, len(bins), shards, encoded["dropped"], encoded["audit"], cfg.max_length),
+            "first_drops": encoded["first"],
             "seconds": round(time.time() - started, 3),
         }
         write_json(tmp / MANIFEST, manifest)

@@ -26,10 +26,9 @@ import numpy as np
 
 from sftpack.errors import SftpackError
 from sftpack.templates.masking import IGNORE_INDEX
+from sftpack.templates.trained_text import ANSI_CLOSE, ANSI_OPEN, CLOSE, OPEN, decode, mark_trained, mask_runs
 from sftpack.store.packed_folder import MANIFEST, PackedFolder
 
-OPEN, CLOSE = "[[", "]]"
-ANSI_OPEN, ANSI_CLOSE = "\x1b[1;32m", "\x1b[0m"
 
 
 @dataclass(frozen=True)
@@ -98,47 +97,14 @@ def token_pieces(tokenizer: Any, input_ids: np.ndarray, labels: np.ndarray) -> l
     ids = np.asarray(input_ids).tolist()
     special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
     pieces: list[Piece] = []
-    for start, stop in _mask_runs(trained):
-        run_text = _decode(tokenizer, ids[start:stop])
+    for start, stop in mask_runs(trained):
+        run_text = decode(tokenizer, ids[start:stop])
         texts = _token_texts(tokenizer, ids[start:stop], trained[start:stop])
         if "".join(text for text, _ in texts) != run_text:
             texts = [(run_text, tuple(ids[start:stop]))]
         flag = bool(trained[start])
         pieces += [Piece(text, run, flag, len(run) == 1 and run[0] in special) for text, run in texts]
     return pieces
-
-
-def _mask_runs(trained: np.ndarray) -> list[tuple[int, int]]:
-    """(start, stop) of each run of consecutive tokens with the same mask, in order."""
-    starts = np.concatenate([[0], np.flatnonzero(trained[1:] != trained[:-1]) + 1, [trained.size]]).tolist()
-    return [(start, stop) for start, stop in zip(starts[:-1], starts[1:]) if start < stop]
-
-
-def _decode(tokenizer: Any, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-
-
-def mark_trained(tokenizer: Any, input_ids: np.ndarray, labels: np.ndarray, color: bool) -> str:
-    """Decode `input_ids`, wrapping each run of trained tokens (label != -100) in markers.
-
-    Args:
-        tokenizer: a transformers tokenizer.
-        input_ids: int (n,) token ids.
-        labels: int (n,) labels, -100 where not trained.
-        color: ANSI bold green instead of [[...]].
-
-    Returns:
-        The decoded text with markers.
-    """
-    # One decode per run (the text token_pieces' pieces add up to), without per-token decoding.
-    opened, closed = (ANSI_OPEN, ANSI_CLOSE) if color else (OPEN, CLOSE)
-    trained = np.asarray(labels) != IGNORE_INDEX
-    ids = np.asarray(input_ids).tolist()
-    parts = []
-    for start, stop in _mask_runs(trained):
-        text = _decode(tokenizer, ids[start:stop])
-        parts.append(f"{opened}{text}{closed}" if trained[start] else text)
-    return "".join(parts)
 
 
 def load_tokenizer(folder: Path, manifest: dict[str, Any], override: str | None) -> Any:

@@ -1,7 +1,7 @@
 """Report, part 1: raw conversations -> the examples table (one row per valid example) and the
 counts a scan accumulates (rejects per rule, roles, system prompts, tools, duplicates).
 
-    inputs --readers, pack.first_reject (validate's checks)--> rejects counted per rule
+    inputs --readers, messages.first_reject (validate's checks)--> rejects counted per rule
            --encode_batch (template, mask, tokenize)--> template errors join the rejects
            --conversation_facts + token counts--> examples table (polars)
 
@@ -32,9 +32,8 @@ from sftpack.config.data_options import DEFAULT_MAX_LENGTH
 from sftpack.config.data_options import problems as data_problems
 from sftpack.errors import SftpackError
 from sftpack.checks.conversation_key import conversation_hash
-from sftpack.checks.messages import ROW_CHECKS, control_token_check
+from sftpack.checks.messages import ROW_CHECKS, control_token_check, first_reject
 from sftpack.checks.scripts import dominant_scripts
-from sftpack.packing.encode import example_stem, first_reject
 from sftpack.progress import progress_bar
 from sftpack.reporting.samples import SampleCandidates
 from sftpack.io.readers import InputSource, ReadOptions, Row
@@ -290,7 +289,7 @@ def scan_jsonl(inputs: list[InputSource | Path], cfg: ReportConfig,
                         rule, message = tokens.split("\t", 1)
                         scan.reject(row.where(), rule, message)
                     else:
-                        kept.append(((row.file, example_stem(source, row.file), row.number), row.record, tokens))
+                        kept.append(((row.file, source.example_stem(row.file), row.number), row.record, tokens))
                 texts = ["\n".join(m["content"] for m in r["messages"]) for _, r, _ in kept]
                 for (where, record, tokens), script in zip(kept, dominant_scripts(texts)):
                     scan.add(where, record, tokens, script)

@@ -2,7 +2,7 @@
 
 Raw conversations (any container and layout validate reads: pipeline/io/readers.py, streamed in batches):
 
-    x.jsonl --readers, pack.first_reject (the validate checks)--> rejects: counted per rule, lines kept
+    x.jsonl --readers, messages.first_reject (the validate checks)--> rejects: counted per rule, lines kept
             --encode_batch (template, mask, tokenize; batched)--> template errors join the rejects
             --conversation_facts + token counts--> examples table (polars, one row per valid example)
             --summaries, findings (kinds.py), verdict--> report.json

@@ -111,17 +111,17 @@ def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
     Raises:
         SftpackError: unreadable input; rejected lines unless data.allow_rejects; no valid line.
     """
-    from sftpack.checks import validate
+    from sftpack.execution import Execution
     from sftpack.io.readers import ReadOptions
     from sftpack.packing import stage as pack
     from sftpack.packing.options import PackConfig
+    from sftpack.validation import stage as validate
 
     out = Path(cfg.data.out_dir)
+    execution = Execution(ray=cfg.data.ray)  # validate and pack run where data.ray says, as the stages alone do
     try:
-        checked = validate.run([spec], out / "validated", validate.ValidateConfig(
-            tokenizer=cfg.model.name_or_path, chat_template=cfg.data.chat_template,
-            chat_template_kwargs=dict(cfg.data.chat_template_kwargs) or None, allow_rejects=cfg.data.allow_rejects),
-            ReadOptions(cfg.data.format))
+        checked = validate.run([spec], out / "validated", validate.ValidateConfig.from_run_config(cfg),
+                               ReadOptions(cfg.data.format), execution)
     except SftpackError as err:
         raise SftpackError(f"{key}: {err}{_demo_data_hint(spec)}", exit_code=err.exit_code) from None
     result = checked["files"][0]
@@ -130,16 +130,13 @@ def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
     if not counts["kept"]:
         raise SftpackError(f"{key} {spec}: no valid line (all {counts['read'] - counts['blank']} rejected); see "
                            f"{rejects}", exit_code=1)
-    if counts["rejected"] and not cfg.data.allow_rejects:
-        rules = ", ".join(f"{k.removeprefix('rejected_')}={v}" for k, v in counts.items() if k.startswith("rejected_"))
-        raise SftpackError(f"{key} {spec}: {counts['rejected']} of {counts['read']} lines rejected ({rules}); see "
-                           f"{rejects}. Fix or drop them, or set data.allow_rejects=true to train on the "
-                           f"{counts['kept']} kept", exit_code=1)
+    validate.reject_policy(checked, out / "validated", cfg.data.allow_rejects, f"train on the {counts['kept']} kept",
+                           where=f"{key} {spec}")
     if counts["rejected"]:
         logger.warning("%s: %d of %d lines rejected (see %s); training on the %d kept (data.allow_rejects)", spec,
                        counts["rejected"], counts["read"], rejects, counts["kept"])
     kept = out / "validated" / result["outputs"]["kept"]["path"]
-    manifest = pack.run([kept], out / "packed", PackConfig.from_run_config(cfg))
+    manifest = pack.run([kept], out / "packed", PackConfig.from_run_config(cfg), execution=execution)
     logger.info("%s -> %s (%s)", spec, manifest["path"], "reused" if manifest.get("reused") else "packed")
     return Path(manifest["path"])
 

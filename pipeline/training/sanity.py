@@ -27,7 +27,7 @@ from sftpack.config.run_config import RunConfig
 from sftpack.errors import SftpackError
 from sftpack.training.generation import greedy
 from sftpack.training.isolation import describe
-from sftpack.reporting.inspect import mark_trained
+from sftpack.templates.trained_text import mark_trained
 from sftpack.templates.masking import IGNORE_INDEX
 
 # "Decreased": the mean of the last ENDS losses is at least MIN_DECREASE below the median of

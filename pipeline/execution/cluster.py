@@ -1,4 +1,4 @@
-"""Joining a Ray cluster and what every worker checks before it trusts a path (pack and validate on Ray).
+"""Joining a Ray cluster, and what every worker checks before it trusts a path (the staging folder, an input).
 
 Every node must see the inputs, the tokenizer folder and --out-dir at the same paths (shared
 storage): `check_shared` and `check_input` name the node and the path it could not see. A worker's
@@ -11,7 +11,9 @@ import logging
 import os
 import secrets
 import socket
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -103,40 +105,61 @@ def run_dataset(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 
 def node_name() -> str:
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return f"this machine ({socket.gethostname()})"
     try:
-        import ray
-
         return f"Ray node {ray.util.get_node_ip_address()} ({socket.gethostname()})"
     except Exception:
         return f"Ray node {socket.gethostname()}"
 
 
-def check_shared(staging: str, token: str) -> None:
-    """Raise unless this process sees the driver's staging folder (the same `token` in its check file).
+@dataclass(frozen=True)
+class Staging:
+    """A folder for a stage's task files inside its temp output, with a check file that proves a
+    worker sees the driver's folder (on a cluster: the same shared storage at the same path)."""
 
-    Raises:
-        SftpackError: naming this node and the path, and the fix.
-    """
-    path = Path(staging) / CHECK_FILE
-    try:
-        seen = path.read_text(encoding="ascii")
-    except OSError:
-        seen = None
-    if seen != token:
-        raise SftpackError(f"{node_name()} cannot see the output folder {Path(staging).parent.parent} "
-                           f"({path} {'missing' if seen is None else 'is another folder'}): every node must "
-                           "mount --out-dir at the same path (shared storage)", exit_code=2)
+    path: str
+    token: str
+
+    @classmethod
+    def create(cls, folder: Path) -> "Staging":
+        folder.mkdir(parents=True, exist_ok=True)
+        token = secrets.token_hex(16)
+        (folder / CHECK_FILE).write_text(token, encoding="ascii")
+        return cls(str(folder.resolve()), token)
+
+    def file(self, name: str) -> Path:
+        return Path(self.path) / name
+
+    def check(self) -> None:
+        """Raise unless this process sees the driver's staging folder (the same token in its check file).
+
+        Raises:
+            SftpackError: naming this node and the path, and the fix.
+        """
+        path = Path(self.path) / CHECK_FILE
+        try:
+            seen = path.read_text(encoding="ascii")
+        except OSError:
+            seen = None
+        if seen != self.token:
+            raise SftpackError(f"{node_name()} cannot see the output folder {Path(self.path).parent} "
+                               f"({path} {'missing' if seen is None else 'is another folder'}): every node must "
+                               "mount --out-dir at the same path (shared storage)", exit_code=2)
 
 
 def check_input(path: str, size: int) -> None:
+    """Raise unless `path` is there with the `size` the run was planned with."""
     try:
         actual = os.path.getsize(path)
     except OSError:
         actual = None
     if actual != size:
         raise SftpackError(f"{node_name()} cannot see the input {path} as the driver does "
-                           f"({'missing' if actual is None else f'{actual} bytes, driver {size}'}): every node "
-                           "must see the inputs at the same path (shared storage)", exit_code=2)
+                           f"({'missing' if actual is None else f'{actual} bytes, driver {size}'}): the input "
+                           "changed during the run, or (on a cluster) this node does not see the inputs at the "
+                           "same path (shared storage)", exit_code=2)
 
 
 def atomic_path(path: Path) -> Path:

@@ -1,6 +1,6 @@
 """llama.cpp's own `convert_hf_to_gguf.py`, run with sftpack's metadata added.
 
-`sftpack.export.gguf.write_gguf` runs this file in a child process as
+`sftpack.exporting.gguf.write_gguf` runs this file in a child process as
 
     python -P llamacpp_convert.py CONVERTER_DIR SETTINGS_JSON -- CONVERTER_ARGS...
 

@@ -1,4 +1,4 @@
-"""Mix's per-record work on a Ray cluster (`sftpack mix --ray ADDRESS`): decontamination lookups (eval
+"""Mix's per-record work on a Ray cluster (`sftpack mix --ray ADDRESS`; the executor is a RayExecutor): decontamination lookups (eval
 near copies, benchmark n-grams),
 MinHash signatures and band keys in Ray Data map tasks, grouping on band keys, and deduplication
 per component of the candidate graph, on the nodes. The driver screens and writes in order.
@@ -73,7 +73,7 @@ class Spills:
 
     def lines(self, ordinals: list[int]) -> list[bytes]:
         """The lines of ascending `ordinals`, each file opened once."""
-        from sftpack.distributed.cluster import check_input
+        from sftpack.execution.cluster import check_input
 
         found: list[bytes] = []
         files = np.searchsorted(self.firsts, ordinals, side="right") - 1
@@ -87,7 +87,7 @@ class Spills:
 
     def read(self, first: int, count: int) -> list[bytes]:
         """`count` lines from ordinal `first` (all in one file)."""
-        from sftpack.distributed.cluster import check_input
+        from sftpack.execution.cluster import check_input
 
         f = int(np.searchsorted(self.firsts, first, side="right") - 1)
         check_input(self.paths[f], self.sizes[f])
@@ -161,15 +161,6 @@ def _bucket(block: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"members": column}
 
 
-def _co_located(dataset: Any, keys: list[str], partitions: int) -> Any:
-    """`dataset` with all rows of equal `keys` in one block, as Ray's own map_groups arranges them."""
-    from ray.data.context import DataContext, ShuffleStrategy
-
-    if DataContext.get_current().shuffle_strategy in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
-        return dataset.repartition(partitions, keys=keys)
-    return dataset.sort(keys)
-
-
 class _Deduplicator:
     """Map task over components: reads a component's lines, deduplicates them with the local code."""
 
@@ -205,7 +196,8 @@ class ClusterLines:
         import ray
         import ray.data
 
-        from sftpack.distributed.cluster import cluster_cpus, run_dataset
+        from sftpack.execution.cluster import cluster_cpus, run_dataset
+        from sftpack.execution.on_ray import group_on_ray
         from sftpack.mixing.near_graph import Components
 
         spills = Spills(spill_paths)
@@ -222,13 +214,13 @@ class ClusterLines:
         self.partitions = 4 * cluster_cpus()
         if dedup.near is None:
             return
-        bands = _co_located(self.keyed.map_batches(_band_rows, batch_format="numpy"), ["band"], self.partitions)
-        for bucket in run_dataset(bands.map_batches(_bucket, batch_format="numpy", batch_size=None).iter_rows()):
+        bands = self.keyed.map_batches(_band_rows, batch_format="numpy")
+        for bucket in group_on_ray(bands, "band", self.partitions, _bucket):
             self.components.union(np.asarray(bucket["members"], dtype=np.int64))
 
     def rows(self) -> Iterator[tuple[dict[str, Any] | None, int]]:
         """(match or None, class rep) of every line, in priority order; the rep is the class's first line."""
-        from sftpack.distributed.cluster import run_dataset
+        from sftpack.execution.cluster import run_dataset
 
         reps: dict[bytes, int] = {}
         for row in run_dataset(self.keyed.select_columns(["ordinal", "match", "klass"]).iter_rows()):
@@ -244,7 +236,7 @@ class ClusterLines:
         """
         import ray.data
 
-        from sftpack.distributed.cluster import run_dataset
+        from sftpack.execution.cluster import run_dataset
 
         groups = self.components.groups(ordinals, reps)
         if not groups:

@@ -7,7 +7,7 @@
     + generation_config.json whose eos_token_id holds the stop markers the run trained the model to
       emit (its packed data's manifest, recorded in sftpack_run.json), so generation stops there
       ──format hf──>   OUT/ model.safetensors, config.json, generation_config.json, tokenizer, export.json
-      ──format gguf──> the same in a temp folder ──sftpack.export.gguf.write_gguf──> OUT/<name>.gguf
+      ──format gguf──> the same in a temp folder ──sftpack.exporting.gguf.write_gguf──> OUT/<name>.gguf
                        (+ its Ollama Modelfile), export.json
 
 OUT is written in a temp folder beside it and renamed into place, export.json last. With format gguf
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpack.errors import SftpackError
-from sftpack.export.gguf import OUTTYPES  # GGUF weight types: the writer's own list (stdlib imports only)
+from sftpack.exporting.gguf import OUTTYPES  # GGUF weight types: the writer's own list (stdlib imports only)
 
 FORMATS = ("hf", "gguf")
 EXPORT_MANIFEST = "export.json"
@@ -182,7 +182,7 @@ def _gguf(src, gguf_file: Path, stops: list[str], name: str, cfg: ExportConfig) 
     """The merged model in a temp folder beside `gguf_file`, converted by llama.cpp's converter."""
     from transformers import AutoTokenizer
 
-    from sftpack.export.gguf import write_gguf  # optional writer (llama.cpp's gguf package)
+    from sftpack.exporting.gguf import write_gguf  # optional writer (llama.cpp's gguf package)
 
     with tempfile.TemporaryDirectory(prefix=".merged-", dir=gguf_file.parent) as merged:
         done = write_hf(src, Path(merged), stops)
