@@ -10,7 +10,9 @@
       ──format gguf──> the same in a temp folder ──sftpack.exporting.gguf.write_gguf──> OUT/<name>.gguf
                        (+ its Ollama Modelfile), export.json
 
-OUT is written in a temp folder beside it and renamed into place, export.json last.
+OUT is written in a temp folder beside it and renamed into place, export.json last. With format gguf
+an OUT ending in .gguf is the file itself: it and its Modelfile are each renamed into place beside
+it, then export.json is written there (replacing that folder's export.json and Modelfile).
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from sftpack.errors import SftpackError
+from sftpack.exporting.gguf import OUTTYPES  # GGUF weight types: the writer's own list (stdlib imports only)
 
 FORMATS = ("hf", "gguf")
-OUTTYPES = ("f16", "bf16", "q8_0")
 EXPORT_MANIFEST = "export.json"
-# What a checkpoint holds besides the model: the optimizer's and trainer's state, never exported.
-TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt")
+# What a checkpoint holds besides the model: the optimizer's and trainer's state, never exported. An FSDP
+# checkpoint adds accelerate's optimizer.bin and pytorch_model_fsdp*.bin (tests/test_fsdp.py); DeepSpeed's
+# adds latest and zero_to_fp32.py (its global_step*/ folders, like FSDP's sharded ones, are folders: skipped).
+TRAINING_STATE = ("optimizer.pt", "optimizer.bin", "scheduler.pt", "trainer_state.json", "training_args.bin",
+                  "scaler.pt", "latest", "zero_to_fp32.py")
+TRAINING_STATE_PREFIXES = ("rng_state", "pytorch_model_fsdp", "optimizer_")
 
 
 @dataclass(frozen=True)
@@ -119,10 +125,12 @@ def _merged(src: Source, tokenizer):
     from sftpack.training.adapters import fit_vocabulary
 
     base = json.loads((src.weights / "adapter_config.json").read_text())["base_model_name_or_path"]
-    if not (Path(base) / "config.json").is_file():
-        raise SftpackError(f"{src.weights}/adapter_config.json: base model {base} not found (a path relative to "
-                           f"where training ran); run export from there, or edit base_model_name_or_path")
-    stored = AutoConfig.from_pretrained(base).dtype
+    try:  # a folder (relative to where training ran), or a hub model (model.name_or_path=org/name)
+        stored = AutoConfig.from_pretrained(base).dtype
+    except (OSError, ValueError):
+        raise SftpackError(f"{src.weights}/adapter_config.json: base model {base} not found, neither a folder (a "
+                           f"path relative to where training ran) nor a hub model this machine can load; run "
+                           f"export from there, or edit base_model_name_or_path") from None
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge in full precision
     fit_vocabulary(model, tokenizer)  # the rows the adapter's new tokens live in
     merged = PeftModel.from_pretrained(model, str(src.weights)).merge_and_unload()
@@ -144,7 +152,7 @@ def write_hf(src: Source, dest: Path, stops: list[str]) -> dict[str, Any]:
     else:
         base = None
         for path in src.weights.iterdir():
-            if path.is_file() and path.name not in TRAINING_STATE and not path.name.startswith("rng_state"):
+            if path.is_file() and path.name not in TRAINING_STATE and not path.name.startswith(TRAINING_STATE_PREFIXES):
                 shutil.copy2(path, dest / path.name)
         generation = (GenerationConfig.from_pretrained(src.weights) if (src.weights / "generation_config.json").is_file()
                       else GenerationConfig())
@@ -203,8 +211,11 @@ def run(source: str | Path, out: str | Path, cfg: ExportConfig = ExportConfig())
     from sftpack.store.atomic import atomic_dir, write_json
 
     src = find_source(source)
-    stops, stops_from = stop_markers(src)
     out = Path(out)
+    if cfg.format == "gguf" and out.suffix == ".gguf" and out.is_dir():
+        raise SftpackError(f"--out {out}: a folder, not a GGUF file (an older `make export` made such a folder); "
+                           f"remove it, or give another --out")
+    stops, stops_from = stop_markers(src)
     name = (src.run_dir or src.weights).name
     if cfg.format == "gguf" and out.suffix == ".gguf":  # --out FILE.gguf: the file, Modelfile and export.json beside it
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -28,14 +28,14 @@ bench/PEFT.md checks the numbers against measured peaks for SmolLM2-135M on CPU.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 METHODS = ("full", "lora", "qlora")
 GIB = 1024**3
 HEADROOM = 0.9
-"""Share of a GPU's memory a plan may fill: the rest is the CUDA context and fragmentation."""
+"""Share of a GPU's memory a plan may fill (the method here, the strategy in strategy.py): the rest is
+the CUDA context, allocator fragmentation and temporaries."""
 QUANTIZED_BYTES = 0.5 + 1 / 64
 """bytes per 4-bit weight: 4 bits, and one scale per 64-weight block (double quant shrinks it)."""
 ADAPTER_BYTES = 4
@@ -78,14 +78,25 @@ class ModelShape:
 
     @classmethod
     def from_config(cls, model_dir: str | Path) -> "ModelShape":
-        """Read config.json (text config of multimodal models too)."""
-        config = json.loads((Path(model_dir) / "config.json").read_text())
-        config = config.get("text_config", config)
-        heads = config["num_attention_heads"]
-        return cls(layers=config["num_hidden_layers"], hidden=config["hidden_size"],
-                   intermediate=config.get("intermediate_size", 4 * config["hidden_size"]), heads=heads,
-                   kv_heads=config.get("num_key_value_heads") or heads, vocab=config["vocab_size"],
-                   tied=bool(config.get("tie_word_embeddings", False)))
+        """Read the model's config (transformers' names, so GPT-2's n_embd is hidden_size; the text
+        config of multimodal models).
+
+        Raises:
+            ValueError: the config has no attention decoder's dims (a Mamba model has no heads).
+        """
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir).get_text_config()
+        dims = {key: getattr(config, key, None) for key in
+                ("num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size")}
+        missing = [key for key, value in dims.items() if not isinstance(value, int)]
+        if missing:
+            raise ValueError(f"model type {config.model_type} has no {', '.join(missing)}")
+        heads, hidden = dims["num_attention_heads"], dims["hidden_size"]
+        return cls(layers=dims["num_hidden_layers"], hidden=hidden,
+                   intermediate=getattr(config, "intermediate_size", None) or 4 * hidden, heads=heads,
+                   kv_heads=getattr(config, "num_key_value_heads", None) or heads, vocab=dims["vocab_size"],
+                   tied=bool(getattr(config, "tie_word_embeddings", False)))
 
     @classmethod
     def from_parameters(cls, parameters: int) -> "ModelShape":

@@ -24,7 +24,7 @@ from sftpack.errors import SftpackError
 from sftpack.planning.arithmetic import BatchPlan, StepCounts, count_steps, plan_batch
 from sftpack.planning.format import plan_config, plan_json, write_plot
 from sftpack.planning.request import Plan, PlanRequest
-from sftpack.planning.strategy import full_finetune_choice
+from sftpack.planning.strategy import fitting_method, full_finetune_choice
 from sftpack.planning.table import (DEFAULT_PER_DEVICE_BATCH, LORA_LR_FACTOR, LORA_RANK, SizeRow, count_parameters,
                                     parse_params, pick_row)
 
@@ -105,8 +105,7 @@ def make_plan(req: PlanRequest) -> Plan:
     sources.update({"num_gpus": "flag" if req.gpus != 1 else "default", "warmup_ratio": sources["warmup_steps"],
                     "optimizer_steps_per_epoch": "computed", "total_steps": "computed"})
     memory = _memory(req, base, model_path, num_params, start["per_device_train_batch_size"], max_length, notes)
-    choice = None if req.gpu_memory is None else full_finetune_choice(memory["by"], memory["shape"].layers,
-                                                                       req.gpus, req.gpu_memory)
+    choice = memory["choice"]
     notes += [f"strategy {choice.strategy} on {req.gpus} GPU(s) of {req.gpu_memory:g} GiB: {choice.reason}"] if choice else []
     values = _planned_values(start, batch, steps) | _memory_values(memory, row, start, sources)
     return Plan(
@@ -235,10 +234,15 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
     from sftpack.config.data_options import DEFAULT_MAX_LENGTH
     from sftpack.planning.memory import METHODS, ModelShape, estimate, recommend
 
-    shape = ModelShape.from_config(model_path) if model_path else ModelShape.from_parameters(num_params)
+    why = "no config.json"
+    try:
+        shape = ModelShape.from_config(model_path) if model_path else ModelShape.from_parameters(num_params)
+    except ValueError as err:  # not an attention decoder the estimate knows: estimated from the size
+        why, shape = f"{model_path}/config.json: {err}", ModelShape.from_parameters(num_params)
     if shape.approximate:
-        notes.append(f"memory: no config.json, so a Llama-like shape of {shape.parameters / 1e9:.2f}B parameters "
-                     f"({shape.layers} layers, hidden {shape.hidden}, vocabulary 32k) stands in; give --model for exact dims")
+        notes.append(f"memory: {why}, so a Llama-like shape of {shape.parameters / 1e9:.2f}B parameters "
+                     f"({shape.layers} layers, hidden {shape.hidden}, vocabulary 32k) stands in"
+                     f"{'; give --model for exact dims' if not model_path else ''}")
     tokens = per_device * (max_length or DEFAULT_MAX_LENGTH)
     dtype_bytes = 4 if base is not None and base.model.dtype == "float32" else 2  # auto on a GPU: bf16
     rank = int((base.peft or {}).get("r", LORA_RANK)) if base is not None else LORA_RANK
@@ -246,11 +250,11 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
                                            checkpointing=checkpointing, world_size=req.gpus) for method in METHODS}
           for checkpointing in (False, True)}
     totals = {ck: {method: memory.gib()["total"] for method, memory in by[ck].items()} for ck in by}
-    method = checkpointing = None
+    choice = method = checkpointing = None
     if req.gpu_memory is not None:
-        method = recommend(totals[False], req.gpu_memory)
-        if method is None and (method := recommend(totals[True], req.gpu_memory)) is not None:
-            checkpointing = True
+        choice = full_finetune_choice(by, shape.layers, req.gpus, req.gpu_memory)
+        method, checkpointing = fitting_method(totals, choice, req.gpu_memory)
+        if checkpointing:
             notes.append(f"{method} fits {req.gpu_memory:g} GiB only with activation checkpointing: "
                          f"train.gradient_checkpointing=true")
         if method is None:
@@ -258,7 +262,7 @@ def _memory(req: PlanRequest, base, model_path: str | None, num_params: int, per
                          f"qlora with checkpointing ({totals[True]['qlora']} GiB): lower --per-device-batch or "
                          f"data.max_length, or use more GPUs with sharding (FSDP)")
     return {"by": by, "totals": totals, "method": method, "checkpointing": checkpointing, "tokens": tokens,
-            "dtype_bytes": dtype_bytes, "rank": rank, "shape": shape}
+            "dtype_bytes": dtype_bytes, "rank": rank, "shape": shape, "choice": choice}
 
 
 def _memory_values(memory: Mapping[str, Any], row: SizeRow, start: dict[str, Any], sources: dict[str, str]) -> dict:

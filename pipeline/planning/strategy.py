@@ -3,6 +3,7 @@ only a shard does, neither when even the shard does not. Pure functions over byt
 
     per-GPU bytes by component (planning/memory.py: weights, gradients, optimizer, activations)
         + GPUs + memory per GPU ──choose──> Choice: ddp | fsdp | single | none, per-GPU bytes under each
+    Choice + per-GPU totals by method ──fitting_method──> full | lora | qlora (full when it fits either way)
     Choice ──accelerate_config──> the accelerate YAML (configs/accelerate/<strategy>.yaml's keys,
                                   num_processes = GPUs), written beside the run config by `plan`
 
@@ -23,10 +24,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-GIB = 2**30
-HEADROOM = 0.9
-"""Share of a GPU's memory a plan may fill (the CUDA context, allocator fragmentation and
-temporaries take the rest)."""
+from sftpack.planning.memory import GIB, HEADROOM, recommend  # one headroom for the method and the strategy
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,8 @@ class Choice:
     min_gpus_fsdp: int | None
     """Fewest GPUs on which FSDP2 fits (None: not even on many: the activations alone do not fit)."""
     reason: str
+    checkpointing: bool = False
+    """It fits only with activation checkpointing (full_finetune_choice)."""
 
     @property
     def per_gpu_bytes(self) -> float:
@@ -82,8 +82,26 @@ def full_finetune_choice(by_checkpointing: dict, layers: int, world_size: int, g
     checkpointed = choice(True) if plain.strategy == "none" else None
     if checkpointed is None or checkpointed.strategy == "none":
         return plain
-    return replace(checkpointed, reason=f"{checkpointed.reason} (with activation checkpointing: "
+    return replace(checkpointed, checkpointing=True, reason=f"{checkpointed.reason} (with activation checkpointing: "
                                                     f"train.gradient_checkpointing=true)")
+
+
+def fitting_method(totals: dict[bool, dict[str, float]], choice: Choice,
+                   gpu_memory: float) -> tuple[str | None, bool | None]:
+    """The cheapest method that fits, without activation checkpointing before with it: full when it fits
+    on these GPUs as the strategy runs it (a replica each, or FSDP2 shards: `choice`, from
+    full_finetune_choice), else lora, then qlora (a replica each: memory.recommend).
+
+    Returns:
+        (method, True when it fits only with activation checkpointing else None); (None, None): none fits.
+    """
+    for checkpointing in (False, True):
+        if choice.strategy != "none" and choice.checkpointing == checkpointing:
+            return "full", checkpointing or None
+        adapter = recommend({m: t for m, t in totals[checkpointing].items() if m != "full"}, gpu_memory)
+        if adapter is not None:
+            return adapter, checkpointing or None
+    return None, None
 
 
 def ddp_bytes(parts: Parts) -> float:

@@ -1,6 +1,6 @@
 """Adapters: LoRA, DoRA and QLoRA on the loaded model, from the run config's `peft` section.
 
-    model.quantization ──check_quantization──> refused before any work where it cannot run
+    model.quantization ──check_quantization──> refused before any work where it cannot run (or its values)
     model.quantization ──quantization_config──> BitsAndBytesConfig for from_pretrained (QLoRA)
     model + tokenizer ──fit_vocabulary──> embedding rows for every tokenizer id; the new rows' ids
     model + peft section ──apply_adapter──> PeftModel: only the adapter (and new token rows) train
@@ -29,16 +29,22 @@ DEFAULT_TARGET_MODULES = "all-linear"
 
 
 def check_quantization(quantization: Mapping[str, Any] | None) -> None:
-    """Refuse `model.quantization` before any work when bitsandbytes is missing.
+    """Refuse `model.quantization` before any work when bitsandbytes is missing or BitsAndBytesConfig
+    refuses its values (a wrong type, an unknown dtype, 4 and 8 bits at once; the config check knows
+    only its keys).
 
     bitsandbytes 0.50 runs 4-bit and 8-bit layers on CPU as well as on CUDA GPUs, so its
     presence is what decides (bench/PEFT.md: QLoRA trains on this machine's CPU).
 
     Raises:
-        SftpackError: quantization asked for, bitsandbytes not installed.
+        SftpackError: quantization asked for, bitsandbytes not installed; a value refused.
     """
     if not quantization:
         return
+    try:
+        quantization_config(quantization, "float32")
+    except (TypeError, ValueError, AttributeError) as err:
+        raise SftpackError(f"model.quantization: transformers BitsAndBytesConfig refuses it: {err}") from None
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:

@@ -48,7 +48,7 @@ def prepare_data(cfg: RunConfig) -> tuple[Path, Validation]:
     its train.jsonl and each eval/<source>.jsonl then go the same way.
 
     Returns:
-        (train folder, validation folder, {source: folder} for a recipe, or None).
+        (train folder, validation): validation is one folder, {source: folder} for a recipe, or None.
 
     Raises:
         SftpackError: data.train missing, an input that cannot be read, a folder left by a pack

@@ -269,7 +269,7 @@ def _why_not(feeds: dict[str, Any]) -> str:
     leaks = [feeds[k] for k in ("trl", "position_ids") if isinstance(feeds[k], float)]
     seen = f"sequences in a packed row see each other (largest logit difference {min(leaks):.2g})" if leaks else ""
     if isinstance(feeds["trl"], str):
-        return f"{feeds['trl']}; " + (f"with position_ids alone {seen}" if seen else "")
+        return f"{feeds['trl']}; with position_ids alone " + (seen or str(feeds["position_ids"]))
     return seen
 
 

@@ -162,23 +162,21 @@ def load_model(model: ModelConfig, runtime: Runtime):
 
 def unpacked_note(model_path: str | None, totals: dict | None) -> str | None:
     """For `plan` and the report: one sentence when this model cannot keep packed rows apart on this
-    machine and trains unpacked (training.isolation's probe), with what that costs in rows (a packed
-    folder's manifest totals), else None."""
-    from sftpack.training.isolation import decide, install_advice, model_config
+    machine and trains unpacked (training.isolation's probe, as train runs it: same dtype and device),
+    with what that costs in rows (a packed folder's manifest totals), else None."""
+    from sftpack.training.isolation import for_run
 
-    config = model_config(model_path) if model_path else None
-    if config is None:
+    if not model_path:
         return None
     try:
-        runtime = resolve_runtime(ModelConfig(name_or_path=model_path))
-        isolation = decide(config, runtime.attn_implementation)
+        isolation = for_run(model_path, "auto", resolve_runtime(ModelConfig(name_or_path=model_path)))
     except SftpackError:
         return None  # train says why, with the whole config
-    if isolation.packed:
+    if isolation is None or isolation.packed:
         return None
     rows = ""
     if totals and totals.get("rows") and totals.get("sequences_packed"):
         rows = (f": its {totals['rows']} packed rows train as {totals['sequences_packed']} padded rows, one per "
                 f"sequence ({totals['sequences_packed'] / totals['rows']:.1f}x the rows per step)")
     return (f"model type {isolation.model_type} with {isolation.attn_implementation} attention trains UNPACKED on "
-            f"this machine ({isolation.reason}){rows}; to train packed, {install_advice(config, runtime.device)}")
+            f"this machine ({isolation.reason}){rows}; to train packed, {isolation.advice}")
