@@ -43,6 +43,24 @@ def chat_and_alpaca_recipe(folder: Path, per_source: int, eval_count: int) -> Pa
     return path
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Restore `--dist loadgroup`'s grouping under pytest 9: pytest-xdist 3.8 tags a grouped test by
+    assigning `item._nodeid += "@<group>"`, which pytest 9 no longer reads (a node's id lives in
+    `item._id`), so every xdist_group mark was ignored and each worker built the shared session
+    fixtures of a group again (test_fsdp's three launches ran twice, on both workers at once).
+    The same tag, set where pytest 9 keeps the id; a no-op wherever xdist's own tag took effect."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        names = {str(m.args[0] if m.args else m.kwargs.get("name", "default")) for m in item.iter_markers("xdist_group")}
+        tag = "@" + "_".join(sorted(names))
+        if names and not item.nodeid.endswith(tag):
+            item._id = NodeId.parse(item.nodeid + tag)
+
+
 @pytest.fixture(scope="session")
 def model_dir() -> Path:
     """The converted default model (written by `make model`)."""

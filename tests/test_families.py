@@ -2,15 +2,18 @@
 trains the same rows unpacked and says so (pipeline/training/isolation.py, issue 28).
 
 Per family: a tiny random-init model from the family's own config class (width 64, 2 layers of
-different kinds where it has several, SmolLM2's tokenizer), 12 real fastchat conversations packed
+different kinds where it has several, SmolLM2's tokenizer), 6 real fastchat conversations packed
 into rows of 512 tokens, one eval over every row in one batch through the trainer `sftpack train`
-builds; for two families the whole `sftpack train` (one step at learning rate 0, then the eval).
+builds; for two families (llama, gpt_oss) through the whole `sftpack train` instead (one step at
+learning rate 0, then the eval), its manifest checked as the trainer is.
 Float32, with the attention `auto` picks on this CPU. `eval_loss` must equal the token-weighted loss
 of the same sequences run one at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -76,10 +79,11 @@ def family_config(family: str, tokenizer):
 
 
 @pytest.fixture(scope="session")
-def packed_twelve(real_data, model_dir, tmp_path_factory) -> Path:
-    """12 real fastchat conversations (59-125 tokens) packed into rows of at most 512 tokens."""
+def packed_six(real_data, model_dir, tmp_path_factory) -> Path:
+    """6 real fastchat conversations (59-125 tokens) packed into rows of at most 512 tokens: the
+    first row holds several of them (the eval's cost is per token: SmolLM2's 49k-wide head)."""
     lines = (real_data / "fastchat_dummy_conversation.jsonl").read_text(encoding="utf-8").splitlines()
-    return pack_lines(lines[:12], model_dir, 512, tmp_path_factory.mktemp("twelve"), "twelve")
+    return pack_lines(lines[:6], model_dir, 512, tmp_path_factory.mktemp("six"), "six")
 
 
 @pytest.fixture(scope="session")
@@ -99,8 +103,10 @@ def family_model(tmp_path_factory, smol_tokenizer):
     return get
 
 
+@functools.cache
 def sequences_alone_loss(model_dir: Path, packed: Path) -> float:
-    """Token-weighted loss of every packed sequence run on its own (no packing, no padding), float64 sums."""
+    """Token-weighted loss of every packed sequence run on its own (no packing, no padding), float64 sums.
+    Cached: a family's model folder is written once per session and never changed."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     total, count = torch.zeros((), dtype=torch.float64), 0
     with torch.no_grad():
@@ -127,49 +133,58 @@ def run_config(model_dir: Path, packed: Path, out: Path, **data) -> dict:
                       "router_aux_loss_coef": 0.0}}  # eval_loss is the LM loss alone (an MoE's aux loss adds to it)
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_packed_eval_loss_equals_the_sequences_alone(family, family_model, packed_twelve, tmp_path):
-    """Every family through the trainer train builds (probe, collator, model load): one eval over every
-    row in one batch equals the sequences alone. The probe's verdict: packed feeds exact, or visibly
-    leaking or raising; a leak is always visible to it (the row run as one sequence differs)."""
-    model_dir = family_model(family)
-    session = build_trainer(build_config(run_config(model_dir, packed_twelve, tmp_path)))
-    isolation = session.isolation
-    assert isolation.route == FAMILIES[family][1], isolation
-    assert isolation.feeds["leak"] > 1e-2
-    if isolation.packed:
-        assert isolation.max_difference < 1e-5
+CLI_FAMILIES = ["llama", "gpt_oss"]
+"""Checked through the whole `sftpack train` (test_sftpack_train_one_step_at_lr_0) instead of the trainer alone."""
+
+
+def check_probe(family: str, isolation: dict, model_dir: Path) -> None:
+    """The probe's verdict: packed feeds exact, or visibly leaking or raising; a leak is always
+    visible to it (the row run as one sequence differs). Its tiny copy keeps the family."""
+    assert isolation["route"] == FAMILIES[family][1], isolation
+    assert isolation["feeds"]["leak"] > 1e-2
+    if isolation["route"] != "unpacked":
+        assert isolation["max_difference"] < 1e-5
     else:
-        assert all(isinstance(v, str) or v > 1e-4 for v in isolation.feeds.values()), isolation.feeds
+        assert all(isinstance(v, str) or v > 1e-4 for v in isolation["feeds"].values()), isolation["feeds"]
     tiny = tiny_config(AutoConfig.from_pretrained(model_dir))
     assert tiny.model_type == family and tiny.hidden_size == 64 and tiny.vocab_size == 256
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in CLI_FAMILIES])
+def test_packed_eval_loss_equals_the_sequences_alone(family, family_model, packed_six, tmp_path):
+    """Every family through the trainer train builds (probe, collator, model load): one eval over every
+    row in one batch equals the sequences alone, and the probe's verdict (check_probe)."""
+    model_dir = family_model(family)
+    session = build_trainer(build_config(run_config(model_dir, packed_six, tmp_path)))
+    check_probe(family, dataclasses.asdict(session.isolation), model_dir)
+    assert session.isolation.packed == (FAMILIES[family][1] != "unpacked")
     eval_loss = session.trainer.evaluate()["eval_loss"]
-    assert eval_loss == pytest.approx(sequences_alone_loss(model_dir, packed_twelve), abs=1e-5)
+    assert eval_loss == pytest.approx(sequences_alone_loss(model_dir, packed_six), abs=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt_oss"])
-def test_sftpack_train_one_step_at_lr_0(family, family_model, packed_twelve, tmp_path, capsys):
+@pytest.mark.parametrize("family", CLI_FAMILIES)
+def test_sftpack_train_one_step_at_lr_0(family, family_model, packed_six, tmp_path, capsys):
     """`sftpack train` as a user runs it: packed (llama), unpacked with auto picking eager (gpt-oss);
-    the manifest records the probe."""
+    the manifest records the probe, whose verdict is checked as for every other family, and the
+    one eval's loss equals the sequences alone."""
     model_dir = family_model(family)
     config = tmp_path / "run.yaml"
-    raw = run_config(model_dir, packed_twelve, tmp_path / "run")
+    raw = run_config(model_dir, packed_six, tmp_path / "run")
     raw["train"]["metric_for_best_model"] = "eval_loss"  # the manifest's best_eval_loss: the one eval's loss
     config.write_text(yaml.safe_dump(raw))
     assert cli(["train", "--config", str(config)]) == 0
     manifest = json.loads((tmp_path / "run" / RUN_MANIFEST).read_text())
-    isolation = manifest["isolation"]
-    assert isolation["route"] == FAMILIES[family][1]
+    check_probe(family, manifest["isolation"], model_dir)
     assert manifest["runtime"]["attn_implementation"] == ("eager" if family == "gpt_oss" else "sdpa")
     assert manifest["steps"] == 1
-    assert manifest["best_eval_loss"] == pytest.approx(sequences_alone_loss(model_dir, packed_twelve), abs=1e-5)
+    assert manifest["best_eval_loss"] == pytest.approx(sequences_alone_loss(model_dir, packed_six), abs=1e-5)
 
 
-def test_unpacked_step_gives_the_gradients_of_the_sequences_alone(family_model, packed_twelve, tmp_path):
+def test_unpacked_step_gives_the_gradients_of_the_sequences_alone(family_model, packed_six, tmp_path):
     """One training step on the unpacked route (Qwen3.5-style conv + attention: LFM2) back-propagates
     exactly the token-weighted loss of the packed rows' sequences run one at a time."""
     model_dir = family_model("lfm2")
-    session = build_trainer(build_config(run_config(model_dir, packed_twelve, tmp_path)))
+    session = build_trainer(build_config(run_config(model_dir, packed_six, tmp_path)))
     trainer = session.trainer
     assert isinstance(trainer.data_collator, UnpackedCollator)
     rows = [trainer.train_dataset[0]]
@@ -216,12 +231,12 @@ def test_require_refuses_before_any_work(family_model, real_data, tmp_path, caps
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
 
 
-def test_two_process_ddp_trains_unpacked(family_model, packed_twelve, tmp_path):
+def test_two_process_ddp_trains_unpacked(family_model, packed_six, tmp_path):
     """The same guarantee for 2-process DDP (gloo, CPU): a family that cannot keep packed rows apart here
     trains them unpacked on both processes, and says so. (`sanity` builds its trainer through the same
     build_trainer; tests/test_sanity.py checks its report names the route.)"""
     model_dir = family_model("lfm2")
-    raw = run_config(model_dir, packed_twelve, tmp_path / "run")
+    raw = run_config(model_dir, packed_six, tmp_path / "run")
     raw["train"].update(max_steps=2, eval_strategy="no", learning_rate=1e-3)
     raw["data"]["validation"] = None
     config = tmp_path / "run.yaml"
@@ -234,16 +249,16 @@ def test_two_process_ddp_trains_unpacked(family_model, packed_twelve, tmp_path):
     assert "Training the same rows UNPACKED" in stderr + stdout
 
 
-def test_plan_and_report_say_when_a_model_trains_unpacked(family_model, packed_twelve, tmp_path):
+def test_plan_and_report_say_when_a_model_trains_unpacked(family_model, packed_six, tmp_path):
     """`plan` and the packed report name the model type, why, and the cost in rows; not for one that packs."""
-    totals = json.loads((packed_twelve / "manifest.json").read_text())["totals"]
+    totals = json.loads((packed_six / "manifest.json").read_text())["totals"]
     rows = f"its {totals['rows']} packed rows train as {totals['sequences_packed']} padded rows, one per sequence"
-    plan = sftpack.plan(model=str(family_model("qwen3_5_text")), data=str(packed_twelve))
+    plan = sftpack.plan(model=str(family_model("qwen3_5_text")), data=str(packed_six))
     [note] = [n for n in plan.notes if "UNPACKED" in n]
     assert "model type qwen3_5_text" in note and rows in note and "causal-conv1d" in note
-    assert not [n for n in sftpack.plan(model=str(family_model("llama")), data=str(packed_twelve)).notes
+    assert not [n for n in sftpack.plan(model=str(family_model("llama")), data=str(packed_six)).notes
                 if "UNPACKED" in n]
-    report = sftpack.report([str(packed_twelve)], tmp_path / "r.html", tokenizer=str(family_model("qwen3_5_text")))
+    report = sftpack.report([str(packed_six)], tmp_path / "r.html", tokenizer=str(family_model("qwen3_5_text")))
     [finding] = [f for f in report["findings"] if f["kind"] == "trains_unpacked"]
     assert rows in finding["message"] and "Rows that train unpacked" in (tmp_path / "r.html").read_text()
 
