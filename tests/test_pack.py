@@ -206,17 +206,20 @@ def test_reuse_is_decided_from_file_hashes_without_loading_the_tokenizer(real_in
     assert not again["reused"] and again["fingerprint"] != first["fingerprint"]
 
 
-def test_any_number_of_workers_writes_the_same_files(real_inputs, model_dir, tmp_path):
+def test_any_number_of_workers_writes_the_same_files(real_inputs, model_dir, tmp_path, monkeypatch):
     """1 worker runs every range in this process, 2 and 3 fork; the ranges differ in size with the
     workers (io.ranges.byte_ranges) and the files do not."""
     from sftpack.execution import Execution
     from sftpack.execution.executors import LocalExecutor
     from sftpack.io.ranges import byte_ranges
     from sftpack.io.readers import ReadOptions
+    from sftpack.packing import steps
 
     cfg = PackConfig(tokenizer=str(model_dir), max_length=768, batch_size=64)
     sources, _ = ReadOptions().open_each(real_inputs)
-    assert len(byte_ranges(sources, 3)) > len(byte_ranges(sources, 1)) > len(sources)  # files are cut, more for 3
+    small = 64 << 10  # so that these small files are cut: pack's own minimum range is 1 MB
+    assert len(byte_ranges(sources, 3, small)) > len(byte_ranges(sources, 1, small)) > len(sources)
+    monkeypatch.setattr(steps, "MIN_RANGE_BYTES", small)
     runs = {n: run(real_inputs, tmp_path / str(n), cfg, execution=Execution(workers=n)) for n in (1, 2, 3)}
     assert {m["fingerprint"] for m in runs.values()} == {runs[1]["fingerprint"]}
     assert [m["engine"] for m in runs.values()] == [LocalExecutor(n).describe() for n in (1, 2, 3)]

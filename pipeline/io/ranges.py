@@ -21,7 +21,9 @@ from sftpack.io.containers import Item, file_container, file_items, line_items
 RANGE_BYTES = 8 << 20
 """Largest byte range one task reads: big enough that per-task overhead is small, small enough that
 a retried range costs little and every worker gets several."""
-MIN_RANGE_BYTES = 64 << 10
+CLUSTER_MIN_RANGE_BYTES = 64 << 10
+"""The smallest range on a cluster, whatever the stage's own minimum: its workers are started anyway,
+and many CPUs want many ranges."""
 
 
 @dataclass(frozen=True)
@@ -46,9 +48,10 @@ class InputRange:
     """The line number of the first line starting in [start, end)."""
 
 
-def byte_ranges(sources: list[Any], workers: int, distributed: bool = False) -> list[InputRange]:
+def byte_ranges(sources: list[Any], workers: int, min_bytes: int, distributed: bool = False) -> list[InputRange]:
     """The units of work for `sources` (readers.InputSource), sized for `workers`: about four ranges a
-    worker, RANGE_BYTES at most, MIN_RANGE_BYTES at least; first lines not yet counted (`numbered`).
+    worker, RANGE_BYTES at most and `min_bytes` at least (a stage's smallest range worth a task: below
+    it, starting a worker costs more than it saves); first lines not yet counted (`numbered`).
 
     Raises:
         SftpackError: a dataset name when `distributed` (nodes read files, and it has none).
@@ -58,7 +61,8 @@ def byte_ranges(sources: list[Any], workers: int, distributed: bool = False) -> 
             raise SftpackError(f"{source.spec}: --ray reads input files on the nodes, and a dataset name has none; "
                                "write it with `sftpack convert-data` first, or run without --ray")
     total = sum(os.path.getsize(f) for source in sources for f in source.files)
-    range_bytes = int(min(RANGE_BYTES, max(MIN_RANGE_BYTES, total // (4 * workers) + 1)))
+    min_bytes = CLUSTER_MIN_RANGE_BYTES if distributed else min_bytes
+    range_bytes = int(min(RANGE_BYTES, max(min_bytes, total // (4 * workers) + 1)))
     ranges: list[InputRange] = []
     for s, source in enumerate(sources):
         if not source.files:  # a dataset name: read whole, where its cache is

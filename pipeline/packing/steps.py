@@ -34,6 +34,11 @@ from sftpack.packing.options import PackConfig
 from sftpack.templates.masking import IGNORE_INDEX
 
 
+MIN_RANGE_BYTES = 1 << 20
+"""The smallest input range pack encodes as a task of its own: about a second of encoding (a whole
+input this small runs in the driver's process, never a worker pool)."""
+
+
 def spill_name(index: int) -> str:
     return f"spill-{index:06d}.arrow"
 
@@ -240,7 +245,7 @@ def encode_all(executor: Any, sources: list[InputSource], cfg: PackConfig, stagi
     # Workers get absolute paths; the manifest keeps the options as given.
     worker_cfg = dataclasses.replace(cfg, tokenizer=str(Path(cfg.tokenizer).resolve()),
                                      chat_template=cfg.chat_template and str(Path(cfg.chat_template).resolve()))
-    ranges = numbered(byte_ranges(sources, executor.workers, executor.distributed), executor)
+    ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
     step = EncodeRanges(worker_cfg, sources, staging, tokenizer_files, None if executor.distributed else loaded)
     with progress_bar(total_lines, "pack: encode") as bar:
         results = list(executor.map(step, ranges, bar))

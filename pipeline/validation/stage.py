@@ -48,6 +48,8 @@ from sftpack.store.atomic import INCOMPLETE_PREFIX, atomic_file, remove_stale, w
 from sftpack.store.fingerprint import tokenizer_identity
 from sftpack.validation.rows import CheckRanges, Tally, merge
 
+MIN_RANGE_BYTES = 4 << 20
+"""The smallest input range validate checks as a task of its own: about half a second of checking."""
 MANIFEST_SUFFIX = ".validate.json"
 REJECTS_SUFFIX = ".rejects.jsonl"
 
@@ -193,7 +195,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
     try:
         with (execution or Execution()).executor() as executor:
             staging = Staging.create(staged)
-            ranges = numbered(byte_ranges(sources, executor.workers, executor.distributed), executor)
+            ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
             step = CheckRanges(worker_cfg, sources, staging, None if executor.distributed else loaded)
             with progress_bar(sum(i["bytes"] for i in identities), "validate", unit="B") as bar:
                 results = list(executor.map(step, ranges, bar))

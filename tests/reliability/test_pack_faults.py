@@ -55,8 +55,7 @@ def test_sigkill_leaves_nothing_that_looks_finished(inputs, model_dir, tmp_path,
 
     probes = {
         "temp folder created": lambda: bool(temp_dirs()),
-        "spill written": lambda: any((d / ".spill.arrow").exists() and (d / ".spill.arrow").stat().st_size > 200_000
-                                     for d in temp_dirs()),
+        "spill written": lambda: any(list(d.glob(".staging/spill-*.arrow")) for d in temp_dirs()),
         "shards written": lambda: any(list(d.glob("data-*.arrow")) for d in temp_dirs()),
     }
     proc = subprocess.Popen(_pack_cmd(inputs, out, model_dir), env=ENV, cwd=Path(__file__).parents[2],
@@ -65,6 +64,7 @@ def test_sigkill_leaves_nothing_that_looks_finished(inputs, model_dir, tmp_path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert _finished(out) == [] or all(verify_folder(p) == [] for p in _finished(out)), "half-written output"
+    assert reached or moment == "shards written", f"pack ended before {moment}"  # that window is milliseconds
     if reached:
         assert temp_dirs(), "the killed run's temp folder should be left, clearly marked incomplete"
     again = subprocess.run(_pack_cmd(inputs, out, model_dir), env=ENV, capture_output=True, text=True,
