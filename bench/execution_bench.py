@@ -29,9 +29,11 @@ def _inputs() -> dict[str, Path]:
     lines = [line for stem in ("alpaca_en_demo", "fastchat_dummy_conversation") for line in real_lines(stem)
              if line.strip()]
     af10.write_text("\n".join(lines * 10) + "\n", encoding="utf-8")
+    af100 = WORK / "af100.jsonl"
+    af100.write_text(af10.read_text(encoding="utf-8") * 10, encoding="utf-8")
     first20 = WORK / "first20.jsonl"
     first20.write_text("\n".join(x10.read_text(encoding="utf-8").splitlines()[:20]) + "\n", encoding="utf-8")
-    return {"x10": x10, "af10": af10, "first20": first20}
+    return {"x10": x10, "af10": af10, "af100": af100, "first20": first20}
 
 
 def _commands(inputs: dict[str, Path], base: Path | None, out: Path) -> dict[str, list[str]]:
@@ -41,13 +43,17 @@ def _commands(inputs: dict[str, Path], base: Path | None, out: Path) -> dict[str
         "floor_2core": floor + [str(inputs["x10"]), *tok],
         "pack": [SFTPACK, "pack", str(inputs["x10"]), *tok, "--max-length", "1024", "--out-dir", str(out / "pack")],
         "validate": [SFTPACK, "validate", str(inputs["af10"]), "--out-dir", str(out / "validate"), "--allow-rejects"],
+        "validate_100": [SFTPACK, "validate", str(inputs["af100"]), "--out-dir", str(out / "validate_100"),
+                         "--allow-rejects"],
         "floor_2core_20": floor + [str(inputs["first20"]), *tok],
         "pack_20": [SFTPACK, "pack", str(inputs["first20"]), *tok, "--out-dir", str(out / "pack20")],
     }
     if base is not None:
         old = ["env", f"PYTHONPATH={base}", PY, "-m", "sftpack"]
         commands["pack_base"] = old + commands["pack"][1:-1] + [str(out / "pack_base")]
-        commands["validate_base"] = old + commands["validate"][1:-3] + [str(out / "validate_base"), "--allow-rejects"]
+        commands["validate_base"] = old + commands["validate"][1:-2] + [str(out / "validate_base"), "--allow-rejects"]
+        commands["validate_100_base"] = old + commands["validate_100"][1:-2] + [str(out / "validate_100_base"),
+                                                                                  "--allow-rejects"]
     return commands
 
 
@@ -69,6 +75,7 @@ def main() -> int:
     wall = {name: median([r.wall_s for r in done]) for name, done in runs.items()}
     cpu = {name: median([r.cpu_s for r in done]) for name, done in runs.items()}
     lines = sum(1 for _ in open(inputs["af10"], encoding="utf-8"))
+    lines100 = 10 * lines
     loads = [r.load_before for done in runs.values() for r in done]
     report = [
         "# Execution layer: pack and validate against their floors",
@@ -91,6 +98,9 @@ def main() -> int:
         + (f" (the earlier tree: {wall['pack_base'] / wall['floor_2core']:.2f}x)" if "pack_base" in wall else ""),
         f"- validate: **{lines / wall['validate']:,.0f} lines/s** whole command on af10.jsonl ({lines:,} lines)"
         + (f" (the earlier tree: {lines / wall['validate_base']:,.0f})" if "validate_base" in wall else ""),
+        f"- validate: **{lines100 / wall['validate_100']:,.0f} lines/s** whole command on af100.jsonl ({lines100:,} "
+        f"lines)" + (f" (the earlier tree: {lines100 / wall['validate_100_base']:,.0f}, "
+                     f"{wall['validate_100_base'] / wall['validate_100']:.2f}x the time)" if "validate_100_base" in wall else ""),
         f"- start-up, 20 lines: pack {wall['pack_20']:.2f} s, floor {wall['floor_2core_20']:.2f} s",
     ]
     args.out.write_text("\n".join(report) + "\n", encoding="utf-8")

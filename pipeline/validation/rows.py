@@ -196,7 +196,6 @@ def merge(cfg: Any, verbatim: bool, parts: list[dict[str, Any]]) -> "Tally":
     """One input's tally from its ranges' results, in order: counts, the first warnings and rejects,
     and the duplicate warnings, found here over every kept row in input order."""
     tally = Tally(cfg, verbatim)
-    first_seen: dict[int, Any] = {}
     for part in parts:
         tally.counts.update(part["counts"])
         for kind, entries in part["warnings"].items():
@@ -204,10 +203,23 @@ def merge(cfg: Any, verbatim: bool, parts: list[dict[str, Any]]) -> "Tally":
             room = tally.warnings.examples - len(tally.warnings.first[kind])
             tally.warnings.first[kind] += entries[:max(0, room)]
         tally.first_rejects += part["first_rejects"][:max(0, cfg.examples - len(tally.first_rejects))]
-        for key, line in part["keys"].tolist():
-            if key in first_seen:
-                where = {"line": line} if verbatim else {"input": part["file"], "row": line}
-                tally.warnings.add("duplicate", **where, repeats=first_seen[key])
-            else:  # readers.Row.where() for a converted row
-                first_seen[key] = line if verbatim else f"{part['file']}:{line}"
+    _duplicates(tally, verbatim, parts)
     return tally
+
+
+def _duplicates(tally: Tally, verbatim: bool, parts: list[dict[str, Any]]) -> None:
+    """Every kept row whose conversation hash an earlier row has is a duplicate of that first row
+    (vectorised: one np.unique over the input's hashes; only the first few become entries)."""
+    keys = np.concatenate([part["keys"] for part in parts]) if parts else np.zeros((0, 2), np.int64)
+    owner = np.repeat(np.arange(len(parts)), [len(part["keys"]) for part in parts])
+    _, first, inverse = np.unique(keys[:, 0], return_index=True, return_inverse=True)
+    seen_before = first[inverse]
+    duplicates = np.flatnonzero(seen_before != np.arange(len(keys)))
+    tally.warnings.counts["duplicate"] += int(duplicates.size)
+
+    def where(row: int) -> Any:  # a converted row is named as readers.Row.where() names it
+        return int(keys[row, 1]) if verbatim else f"{parts[owner[row]]['file']}:{int(keys[row, 1])}"
+
+    for row in duplicates[:tally.warnings.examples].tolist():
+        place = {"line": int(keys[row, 1])} if verbatim else {"input": parts[owner[row]]["file"], "row": int(keys[row, 1])}
+        tally.warnings.first["duplicate"].append(place | {"repeats": where(int(seen_before[row]))})
