@@ -221,6 +221,27 @@ def _run_config(model_dir: Path, train: str, out: Path, **data) -> RunConfig:
                      data=DataConfig(train=train, max_length=256, out_dir=str(out), **data))
 
 
+def test_train_validates_and_packs_where_data_ray_says(real_data, model_dir, tmp_path, monkeypatch):
+    """data.ray reaches validate as it reaches pack (train's validation ran locally whatever it said)."""
+    from sftpack.execution import Execution
+    from sftpack.packing import stage as pack_stage
+    from sftpack.training.data import prepare_data
+    from sftpack.validation import stage as validate_stage
+
+    seen = {}
+    for name, module in (("validate", validate_stage), ("pack", pack_stage)):
+        real = module.run
+
+        def recorded(*args, _name=name, _real=real, execution=None):
+            seen[_name] = execution
+            return _real(*args)  # here: the cluster's address is only recorded
+
+        monkeypatch.setattr(module, "run", recorded)
+    raw = _real(real_data, tmp_path, "fastchat_dummy_conversation", 20)
+    prepare_data(_run_config(model_dir, str(raw), tmp_path / "out", ray="10.0.0.9:6379"))
+    assert seen == {"validate": Execution(ray="10.0.0.9:6379"), "pack": Execution(ray="10.0.0.9:6379")}
+
+
 def test_train_prepare_stops_on_rejects_unless_allowed(model_dir, tmp_path):
     from sftpack.training.data import prepare_data
 

@@ -121,7 +121,7 @@ def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
     execution = Execution(ray=cfg.data.ray)  # validate and pack run where data.ray says, as the stages alone do
     try:
         checked = validate.run([spec], out / "validated", validate.ValidateConfig.from_run_config(cfg),
-                               ReadOptions(cfg.data.format), execution)
+                               ReadOptions(cfg.data.format), execution=execution)
     except SftpackError as err:
         raise SftpackError(f"{key}: {err}{_demo_data_hint(spec)}", exit_code=err.exit_code) from None
     result = checked["files"][0]
