@@ -159,6 +159,7 @@ class CheckRanges(Step):
         if task.path:
             check_input(task.path, task.size)
         source = self.sources[task.source]
+        by_bytes = source.container == "jsonl"  # progress in bytes where the bytes read are the file's
         tally = Tally(self.cfg, source.verbatim)
         parts = {kind: self.staging.file(f"{kind}-{task.index:06d}") for kind in ("kept", "rejects")}
         temps = {kind: atomic_path(path) for kind, path in parts.items()}
@@ -166,7 +167,7 @@ class CheckRanges(Step):
         try:
             with open(temps["kept"], "wb") as kept, open(temps["rejects"], "wb") as rejects:
                 for row in source.range_rows(task, blanks=True):
-                    progress += len(row.raw) if row.raw is not None else 1
+                    progress += len(row.raw) if by_bytes else 1
                     tally.counts["read"] += 1
                     if row.blank:
                         tally.counts["blank"] += 1

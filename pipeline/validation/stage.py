@@ -197,7 +197,10 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
             staging = Staging.create(staged)
             ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
             step = CheckRanges(worker_cfg, sources, staging, None if executor.distributed else loaded)
-            with progress_bar(sum(i["bytes"] for i in identities), "validate", unit="B") as bar:
+            by_bytes = all(s.container == "jsonl" for s in sources)  # else rows: CheckRanges.units says which
+            total = sum(i["bytes"] if s.container == "jsonl" else i.get("rows", i.get("lines", 0))
+                        for s, i in zip(sources, identities))
+            with progress_bar(total, "validate", unit="B" if by_bytes else "ex") as bar:
                 results = list(executor.map(step, ranges, bar))
         files = []
         for s, source in enumerate(sources):
