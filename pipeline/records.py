@@ -60,4 +60,5 @@ def reject_policy(allow: bool, rejected: dict[str, int], read: int, unit: str, f
     rules = ", ".join(f"{rule}={count}" for rule, count in sorted(rejected.items()))
     lines = "".join(f"\n  {line}" for line in first[:5])
     raise SftpackError(f"{where + ': ' if where else ''}{total} of {read} {unit} failed validate's checks ({rules}); "
-                       f"the first:{lines}\n{listed}; fix them, or pass --allow-rejects ({setting}) to {go_on}", exit_code=1)
+                       f"the first:{lines}\n{listed}; fix them, or pass --allow-rejects ({setting}) to {go_on}",
+                       exit_code=1)

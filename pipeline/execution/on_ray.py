@@ -76,7 +76,10 @@ class RayExecutor(Executor):
         leave()
 
 
-def group_on_ray(rows: Any, key: str, partitions: int, fn: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]) -> Iterator[dict]:
+Columns = dict[str, np.ndarray]
+
+
+def group_on_ray(rows: Any, key: str, partitions: int, fn: Callable[[Columns], Columns]) -> Iterator[dict]:
     """`fn` on blocks of a Ray dataset in which all rows of equal `key` are together (as Ray's own
     map_groups arranges them); its rows."""
     from ray.data.context import DataContext, ShuffleStrategy

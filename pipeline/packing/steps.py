@@ -302,7 +302,8 @@ def write_all(executor: Any, staging: Staging, folder: Path, bins: Any, encoded:
     with progress_bar(rows, "pack: write") as bar:
         written = list(executor.map(step, tasks, bar))[1:]
     shards = [{"file": task["file"], "sha256": done["sha256"], "rows": task["stop"] - task["start"],
-               "tokens": int(row_tokens[task["start"]:task["stop"]].sum()), "trained_tokens": int(done["trained_tokens"])}
+               "tokens": int(row_tokens[task["start"]:task["stop"]].sum()),
+               "trained_tokens": int(done["trained_tokens"])}
               for task, done in zip(tasks[1:], written)]
     counted = int(encoded["trained"].sum(dtype=np.int64))
     if sum(s["trained_tokens"] for s in shards) != counted:

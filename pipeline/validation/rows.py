@@ -187,7 +187,8 @@ class CheckRanges(Step):
         finally:
             for path in temps.values():
                 path.unlink(missing_ok=True)
-        return {"counts": dict(tally.counts), "warnings": tally.warnings.first, "warning_counts": dict(tally.warnings.counts),
+        return {"counts": dict(tally.counts), "warnings": tally.warnings.first,
+                "warning_counts": dict(tally.warnings.counts),
                 "first_rejects": tally.first_rejects, "keys": np.array(tally.keys, dtype=np.int64).reshape(-1, 2),
                 "sha256": {kind: digest.hexdigest() for kind, digest in tally.digests.items()},
                 "progress": progress, "file": task.label}
@@ -222,5 +223,6 @@ def _duplicates(tally: Tally, verbatim: bool, parts: list[dict[str, Any]]) -> No
         return int(keys[row, 1]) if verbatim else f"{parts[owner[row]]['file']}:{int(keys[row, 1])}"
 
     for row in duplicates[:tally.warnings.examples].tolist():
-        place = {"line": int(keys[row, 1])} if verbatim else {"input": parts[owner[row]]["file"], "row": int(keys[row, 1])}
+        line = int(keys[row, 1])
+        place = {"line": line} if verbatim else {"input": parts[owner[row]]["file"], "row": line}
         tally.warnings.first["duplicate"].append(place | {"repeats": where(int(seen_before[row]))})

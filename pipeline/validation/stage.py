@@ -94,6 +94,11 @@ class ValidateConfig:
                        "allow_rejects": data.allow_rejects}
         return cls(**implied | {key: value for key, value in given.items() if value is not None})
 
+    def resolved(self) -> "ValidateConfig":
+        """These options with absolute tokenizer and template paths: what a worker, on any node, is handed."""
+        return dataclasses.replace(self, tokenizer=self.tokenizer and str(Path(self.tokenizer).resolve()),
+                                   chat_template=self.chat_template and str(Path(self.chat_template).resolve()))
+
     def load_renderer(self) -> tuple[Any, Any]:
         """(tokenizer, ChatRenderer) for the tokenizer checks, rendering as pack will with the same
         template and arguments (exit 2 when missing or without a chat template)."""
@@ -130,8 +135,9 @@ def _open_inputs(inputs: list[str], out_dir: Path, read: ReadOptions) -> list[In
     return sources
 
 
-def _manifest(identity: dict[str, Any], kept_path: Path, rejects_path: Path, tally: Tally, cfg: ValidateConfig,
+def _manifest(identity: dict[str, Any], out: Path, source: InputSource, tally: Tally, cfg: ValidateConfig,
               tokenizer_info: dict[str, Any] | None, started: float) -> dict[str, Any]:
+    kept_path, rejects_path = out / f"{source.stem}.jsonl", out / f"{source.stem}{REJECTS_SUFFIX}"
     counts = tally.counts
     for key in ("read", "kept", "rejected", "blank"):
         counts.setdefault(key, 0)
@@ -181,12 +187,8 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
     if not inputs:
         raise SftpackError("give at least one input", exit_code=2)
     sources = _open_inputs([str(p) for p in inputs], out, read or ReadOptions())
-    loaded, tokenizer_info, worker_cfg = None, None, cfg
-    if cfg.tokenizer:
-        loaded = cfg.load_renderer()
-        tokenizer_info = tokenizer_identity(loaded[0], loaded[1].template)
-        worker_cfg = dataclasses.replace(cfg, tokenizer=str(Path(cfg.tokenizer).resolve()),  # paths the nodes see
-                                         chat_template=cfg.chat_template and str(Path(cfg.chat_template).resolve()))
+    loaded = cfg.load_renderer() if cfg.tokenizer else None
+    tokenizer_info = tokenizer_identity(loaded[0], loaded[1].template) if loaded else None
     remove_stale(out)
     identities = [source.identity() for source in sources]
     for source in sources:  # from here until the end, the old outputs look incomplete
@@ -196,7 +198,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
         with (execution or Execution()).executor() as executor:
             staging = Staging.create(staged)
             ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
-            step = CheckRanges(worker_cfg, sources, staging, None if executor.distributed else loaded)
+            step = CheckRanges(cfg.resolved(), sources, staging, None if executor.distributed else loaded)
             by_bytes = all(s.container == "jsonl" for s in sources)  # else rows: CheckRanges.units says which
             total = sum(i["bytes"] if s.container == "jsonl" else i.get("rows", i.get("lines", 0))
                         for s, i in zip(sources, identities))
@@ -205,13 +207,12 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
         files = []
         for s, source in enumerate(sources):
             mine = [(task.index, result) for task, result in zip(ranges, results) if task.source == s]
-            tally = merge(cfg, source.verbatim, [result for _, result in mine])
-            kept_path, rejects_path = out / f"{source.stem}.jsonl", out / f"{source.stem}{REJECTS_SUFFIX}"
-            sha = {kind: _concatenate(staging, kind, mine, path)
-                   for kind, path in (("kept", kept_path), ("rejects", rejects_path))}
-            manifest = _manifest(identities[s], kept_path, rejects_path, tally, cfg, tokenizer_info, started)
-            manifest["outputs"]["kept"]["sha256"], manifest["outputs"]["rejects"]["sha256"] = sha["kept"], sha["rejects"]
-            write_json(out / f"{source.stem}{MANIFEST_SUFFIX}", manifest)
+            manifest = _manifest(identities[s], out, source, merge(cfg, source.verbatim, [r for _, r in mine]), cfg,
+                                 tokenizer_info, started)
+            for kind in ("kept", "rejects"):
+                path = out / manifest["outputs"][kind]["path"]
+                manifest["outputs"][kind]["sha256"] = _concatenate(staging, kind, mine, path)
+            write_json(out / f"{source.stem}{MANIFEST_SUFFIX}", manifest)  # last: the outputs are complete
             files.append(manifest)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
@@ -247,7 +248,8 @@ def reject_policy(result: dict[str, Any], out_dir: str | Path, allow: bool, go_o
                 rejected[key.removeprefix("rejected_")] = rejected.get(key.removeprefix("rejected_"), 0) + count
     first = [f"{_where(m['input']['path'], r)} [{e['rule']}] {e['message']}"
              for m in result["files"] for r in m["first_rejects"] for e in r["errors"][:1]]
-    listed = ", ".join(str(Path(out_dir) / m["outputs"]["rejects"]["path"]) for m in result["files"] if m["counts"]["rejected"])
+    listed = ", ".join(str(Path(out_dir) / m["outputs"]["rejects"]["path"]) for m in result["files"]
+                       if m["counts"]["rejected"])
     refuse_rejects(allow, rejected, result["totals"]["read"], "lines", first, f"{listed} list every one", go_on, where)
 
 
