@@ -1,11 +1,12 @@
 """The pack stage: conversations -> packed Arrow shard folder named by fingerprint.
 
-    inputs ──readers.open_input (any container and layout, streamed in batches)──> records
-           ──validate's checks (schema, ROW_CHECKS, control tokens); a failing record is dropped
-             as rejected_<rule>──> checked records
-           ──encode (template, mask, tokenize; batched)──> spill.arrow (+ lengths in memory)
-           ──best-fit-decreasing over lengths──> bins
-           ──gather rows from the spill (packing.rows)──> data-*.arrow, stats.parquet, manifest.json
+    inputs ──readers.open_input (any container and layout)──> input ranges (io.ranges), one task each
+           ──steps.EncodeRanges on the executor's workers: validate's checks (schema, ROW_CHECKS,
+             control tokens; a failing record is dropped as rejected_<rule>), then template, mask,
+             tokenize in batches──> staged spill and stats parts (+ lengths back to the driver)
+           ──best-fit-decreasing over lengths, on the driver──> bins
+           ──steps.WriteParts: rows gathered from the spills (packing.rows)──> data-*.arrow, stats.parquet
+           ──> manifest.json
 
 Only lengths stay in memory for packing; token data goes to disk as it is produced. The
 output folder `out_dir/<fingerprint>/` is built under a temp name and renamed when complete,
