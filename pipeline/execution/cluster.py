@@ -1,7 +1,7 @@
 """Joining a Ray cluster, and what every worker checks before it trusts a path (the staging folder, an input).
 
 Every node must see the inputs, the tokenizer folder and --out-dir at the same paths (shared
-storage): `check_shared` and `check_input` name the node and the path it could not see. A worker's
+storage): `Staging.check` and `check_input` name the node and the path it could not see. A worker's
 SftpackError reaches the user through `run_dataset` as itself, without Ray's remote traceback.
 """
 
