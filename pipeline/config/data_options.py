@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from sftpack.templates.fields import RESERVED_TEMPLATE_ARGS
@@ -106,6 +107,13 @@ class DataOptions:
     def mask_options(self) -> MaskOptions:
         """The options that decide which tokens are trained."""
         return MaskOptions(self.train_on, self.turns, self.reasoning)
+
+
+def with_absolute_paths(options: Any) -> Any:
+    """`options` (a dataclass with `tokenizer` and `chat_template`) with both paths absolute: what a
+    worker, on any node, is handed; manifests keep the options as given."""
+    return dataclasses.replace(options, tokenizer=options.tokenizer and str(Path(options.tokenizer).resolve()),
+                               chat_template=options.chat_template and str(Path(options.chat_template).resolve()))
 
 
 assert tuple(f.name for f in dataclasses.fields(DataOptions)) == DATA_KEYS

@@ -237,16 +237,12 @@ def encode_all(executor: Any, sources: list[InputSource], cfg: PackConfig, stagi
     Raises:
         SftpackError: a dataset name on a cluster (nodes read files), or a worker's error.
     """
-    import dataclasses
-
+    from sftpack.config.data_options import with_absolute_paths
     from sftpack.io.ranges import byte_ranges, numbered
     from sftpack.progress import progress_bar
 
-    # Workers get absolute paths; the manifest keeps the options as given.
-    worker_cfg = dataclasses.replace(cfg, tokenizer=str(Path(cfg.tokenizer).resolve()),
-                                     chat_template=cfg.chat_template and str(Path(cfg.chat_template).resolve()))
     ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
-    step = EncodeRanges(worker_cfg, sources, staging, tokenizer_files, None if executor.distributed else loaded)
+    step = EncodeRanges(with_absolute_paths(cfg), sources, staging, tokenizer_files, None if executor.distributed else loaded)
     with progress_bar(total_lines, "pack: encode") as bar:
         results = list(executor.map(step, ranges, bar))
     dropped: dict[str, int] = {}

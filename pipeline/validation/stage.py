@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpack import __version__
+from sftpack.config.data_options import with_absolute_paths
 from sftpack.errors import SftpackError
 from sftpack.execution import Execution
 from sftpack.execution.cluster import Staging
@@ -93,11 +94,6 @@ class ValidateConfig:
                        "chat_template_kwargs": dict(data.chat_template_kwargs) or None,
                        "allow_rejects": data.allow_rejects}
         return cls(**implied | {key: value for key, value in given.items() if value is not None})
-
-    def resolved(self) -> "ValidateConfig":
-        """These options with absolute tokenizer and template paths: what a worker, on any node, is handed."""
-        return dataclasses.replace(self, tokenizer=self.tokenizer and str(Path(self.tokenizer).resolve()),
-                                   chat_template=self.chat_template and str(Path(self.chat_template).resolve()))
 
     def load_renderer(self) -> tuple[Any, Any]:
         """(tokenizer, ChatRenderer) for the tokenizer checks, rendering as pack will with the same
@@ -198,7 +194,7 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
         with (execution or Execution()).executor() as executor:
             staging = Staging.create(staged)
             ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
-            step = CheckRanges(cfg.resolved(), sources, staging, None if executor.distributed else loaded)
+            step = CheckRanges(with_absolute_paths(cfg), sources, staging, None if executor.distributed else loaded)
             by_bytes = all(s.container == "jsonl" for s in sources)  # else rows: CheckRanges.units says which
             total = sum(i["bytes"] if s.container == "jsonl" else i.get("rows", i.get("lines", 0))
                         for s, i in zip(sources, identities))
