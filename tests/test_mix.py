@@ -653,3 +653,52 @@ def test_the_demo_recipe_mixes_and_the_readme_recipe_parses(model_dir, tmp_path)
         ("pip", 3, None, None), ("alpaca", 1, None, None), ("tools", None, 5000, None), ("math", None, None, 2.5)]
     assert example.sources[3].columns.roles and example.total == 100000 and example.dedup.near.on == "all"
     assert example.decontaminate.benchmarks[1].field == "input" and example.filters.scripts == ("latin",)
+
+
+# ---------------------------------------------------------------- tasks and workers
+
+WORKERS_SCRIPT = r"""
+import gzip, json, sys
+from pathlib import Path
+
+sys.path.insert(0, sys.argv[1])
+from rensa import RMinHash
+
+# rensa's batch call runs on a rayon pool; a worker forked after it ran must not need that pool
+RMinHash.from_token_sets([[f"w{i} {j}" for j in range(40)] for i in range(3000)], num_perm=128, seed=1)
+
+from conftest import REAL_DATA, REAL_NAMES, near_duplicate_sources
+from sftpack.execution import Execution
+from sftpack.mixing import stage, tasks
+
+tasks.BLOCK_LINES, tasks.COMPONENT_LINES = 150, 20  # many tasks from a small mixture
+work = Path(sys.argv[2])
+sources = []
+for name in REAL_NAMES:
+    (work / f"{name}.jsonl").write_bytes(gzip.decompress((REAL_DATA / f"{name}.jsonl.gz").read_bytes()))
+    sources.append({"name": name, "path": str(work / f"{name}.jsonl")})
+chains, bench = near_duplicate_sources(work / "chains")
+recipe = {"sources": sources + [{"name": p.stem, "path": str(p)} for p in chains], "eval": {"count": 5},
+          "dedup": {"near": {"threshold": 0.8}}, "decontaminate": {"benchmarks": [str(bench)]}}
+for workers in (1, 2):
+    manifest = stage.run(recipe, work / f"workers{workers}", execution=Execution(workers=workers))
+    print(json.dumps({"path": manifest["path"], "outputs": manifest["outputs"], "totals": manifest["totals"]}))
+"""
+
+
+def test_any_worker_count_writes_the_same_mixture_after_rensas_thread_pool_ran(tmp_path):
+    """Pass 3 runs as tasks (screen blocks, bucket keys, deduplicate components) on forked workers:
+    one worker and two give the same bytes, and a worker forked after its parent ran rensa's
+    thread pool does not hang."""
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, "-c", WORKERS_SCRIPT, str(tests), str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads(line) for line in done.stdout.splitlines())
+    assert one["outputs"] == two["outputs"] and one["totals"] == two["totals"]
+    assert Path(one["path"]).name == Path(two["path"]).name
+    removed = one["totals"]["removed"]
+    assert removed["near_duplicate"] > 150 and removed["exact_duplicate"] > 10 and removed["contaminated"] > 0

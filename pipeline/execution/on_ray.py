@@ -10,7 +10,7 @@ Ray address is given.
 from __future__ import annotations
 
 import pickle
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -74,18 +74,3 @@ class RayExecutor(Executor):
 
     def close(self) -> None:
         leave()
-
-
-Columns = dict[str, np.ndarray]
-
-
-def group_on_ray(rows: Any, key: str, partitions: int, fn: Callable[[Columns], Columns]) -> Iterator[dict]:
-    """`fn` on blocks of a Ray dataset in which all rows of equal `key` are together (as Ray's own
-    map_groups arranges them); its rows."""
-    from ray.data.context import DataContext, ShuffleStrategy
-
-    if DataContext.get_current().shuffle_strategy in (ShuffleStrategy.HASH_SHUFFLE, ShuffleStrategy.SHUFFLE_V2):
-        together = rows.repartition(partitions, keys=[key])
-    else:
-        together = rows.sort(key)
-    return run_dataset(together.map_batches(fn, batch_format="numpy", batch_size=None).iter_rows())

@@ -59,10 +59,17 @@ def shingle_sets(records: list[dict[str, Any]], cfg: NearDedup,
 
 
 def signatures(sets: list[list[str]], cfg: NearDedup) -> list[Any]:
-    """MinHash signatures of shingle lists (one call into rensa; the same in every run and on every node)."""
+    """MinHash signatures of shingle lists (the same in every run and on every node). One sketch at a
+    time: rensa's batch call (from_token_sets, the same digests) runs on a rayon thread pool, which
+    hangs in a process forked after its parent used it (the local executor's workers)."""
     from rensa import RMinHash
 
-    return RMinHash.from_token_sets(sets, num_perm=cfg.num_perm, seed=MINHASH_SEED)
+    found = []
+    for shingle_list in sets:
+        signature = RMinHash(num_perm=cfg.num_perm, seed=MINHASH_SEED)
+        signature.update(shingle_list)
+        found.append(signature)
+    return found
 
 
 def shingle_hashes(shingle_list: list[str]) -> np.ndarray:

@@ -1,20 +1,20 @@
-"""Near duplicates under `sftpack mix --ray`: the records are split into the components of the
-LSH's candidate graph on the cluster, and each component is deduplicated by the local code.
+"""Duplicates per component (mixing/tasks.py, locally and on Ray): the records are split into the
+components of the LSH's candidate graph, and each component is deduplicated alone by mixing.dedup.
 
-    every line ──shingle hashes──> class (lines with the same shingle set)
+    every line ──shingle hashes, conversation hash──> class (lines with the same shingle set and hash)
                ──RMinHash digest, cut in the LSH's bands──> band keys
                ──conversation hash (with exact dedup)──> one more key
-    band key ──its classes, each named by its first line (rep)──> a bucket ──union──> components
+    key ──its classes, each named by its first line (rep)──> a bucket ──union──> components
     the records that reach deduplication, per component of two or more, in priority order
                ──mixing.dedup.Duplicates (exact, then NearDuplicates: rensa LSH, exact Jaccard)──> decisions
 
-Why the same as the local run: a record's exact duplicates share its conversation-hash key (not
-always its class: tool-call arguments may list their keys in another order), and the records the
-local LSH proposes for it share a band with it, so a bucket; both are in its component. Each
-component thus sees, in the local order, every record that can decide one of its own, and the local
-code decides. The bands are rensa's (consecutive slices of the digest); rensa hashes a slice where
-this compares its bytes, so the two differ only if rensa's 64-bit band hashes collide for a pair
-that passes both Jaccard tests without sharing a band.
+Why the same as one pass of Duplicates over every record: a record's exact duplicates share its
+conversation-hash key (not always its shingle set: tool-call arguments may list their keys in
+another order), and the records the LSH proposes for it share a band with it, so a bucket; both are
+in its component. Each component thus sees, in priority order, every record that can decide one of
+its own. The bands are rensa's (consecutive slices of the digest); rensa hashes a slice where this
+compares its bytes, so the two differ only if rensa's 64-bit band hashes collide for a pair that
+passes both Jaccard tests without sharing a band.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from sftpack.mixing.dedup import candidate_threshold, lsh_bands, shingle_hashes,
 from sftpack.mixing.recipe import NearDedup
 
 
-def line_keys(records: list[dict[str, Any]], cfg: NearDedup,
-              all_words: list[list[str]] | None = None) -> tuple[list[bytes], list[list[bytes]]]:
-    """Per record: its class (16 bytes naming its shingle set) and its band keys; `all_words` as
-    dedup.shingle_sets takes them."""
+def line_keys(records: list[dict[str, Any]], cfg: NearDedup, all_words: list[list[str]],
+              exact: list[bytes]) -> tuple[list[bytes], list[list[bytes]]]:
+    """Per record: its class (16 bytes naming its shingle set and its conversation hash, `exact`) and
+    its band keys; `all_words` as dedup.shingle_sets takes them."""
     sets = shingle_sets(records, cfg, all_words)
-    classes = [hashlib.blake2b(shingle_hashes(s).tobytes(), digest_size=16).digest() for s in sets]
+    classes = [hashlib.blake2b(shingle_hashes(s).tobytes() + key, digest_size=16).digest() for s, key in zip(sets, exact)]
     bands = lsh_bands(candidate_threshold(cfg), cfg.num_perm)
     rows = cfg.num_perm // bands
     digests = np.array([m.digest() for m in signatures(sets, cfg)], dtype=np.uint32).reshape(len(records), bands, rows)

@@ -27,13 +27,13 @@ from typing import Any
 
 from sftpack import __version__
 from sftpack.errors import SftpackError
-from sftpack.execution import Execution
+from sftpack.execution import Execution, Executor
 from sftpack.io.readers import InputSource
 from sftpack.mixing import sampling
-from sftpack.mixing.clean import Cleaner
 from sftpack.mixing.decontaminate import Contamination, EvalIndex, NgramIndex, benchmark_files
 from sftpack.mixing.passes import SPILL, Removed, SourceCounts, hold_out, read_sources, spill_dialogues, spill_lines
 from sftpack.mixing.recipe import NearDedup, Recipe, load_recipe
+from sftpack.mixing.tasks import clean
 from sftpack.records import reject_policy as refuse_rejects
 from sftpack.store.atomic import atomic_dir, output_parent, write_json
 from sftpack.store.fingerprint import fingerprint, sha256_file, tokenizer_files_identity
@@ -90,9 +90,9 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, allow_rejects
         out_dir: parent of the mixture folder.
         allow_rejects: over the recipe's `allow_rejects` when given (--allow-rejects). Not part of
             the fingerprint: the folder is written either way, as pack's.
-        execution: with a Ray address, the lookups, band keys and per-component deduplication run on
-            that cluster (mixing/on_cluster.py); the same files. Every node must see out_dir at the
-            same path. Not part of the fingerprint.
+        execution: where pass 3's tasks run (mixing/tasks.py): this machine's cores by default, or a
+            Ray cluster, where every node must see out_dir at the same path; the same files either
+            way. Not part of the fingerprint.
 
     Returns:
         The manifest, with `path` (the folder) and `reused` added.
@@ -113,7 +113,7 @@ def run(recipe: "Recipe | str | Path | dict", out_dir: str | Path, allow_rejects
     if existing is not None:
         return reject_policy(existing | {"path": str(folder), "reused": True}, recipe)
     with (execution or Execution()).executor() as executor, atomic_dir(folder) as tmp:
-        counts = _build(tmp, recipe, opened, executor.distributed)
+        counts = _build(tmp, recipe, opened, executor)
         shutil.rmtree(tmp / SPILL)
         engine = {"name": "local"} if not executor.distributed else executor.describe()
         manifest = _manifest(tmp, recipe, fp, identities, counts, started) | {"engine": engine}
@@ -181,7 +181,7 @@ def summary(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     return lines + [manifest["path"]], warnings
 
 
-def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], on_cluster: bool) -> dict[str, SourceCounts]:
+def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], executor: Executor) -> dict[str, SourceCounts]:
     """Passes 1-4 (pipeline/mixing/passes.py) into `tmp`; returns the counts per source."""
     counts = {s.name: SourceCounts(tokens=0 if recipe.tokenizer else None) for s in recipe.sources}
     decon = recipe.decontaminate
@@ -196,12 +196,7 @@ def _build(tmp: Path, recipe: Recipe, opened: list[InputSource], on_cluster: boo
             index.add_benchmark(bench)
         lookups = Contamination(index, evals)
         lookups.mark_boilerplate((spill_dialogues(path) for path in spills), decon.boilerplate_share)
-        cluster = None
-        if on_cluster:  # lookups, band keys and per-component deduplication on the nodes
-            from sftpack.mixing.on_cluster import ClusterLines
-
-            cluster = ClusterLines(spills, lookups, recipe.dedup)
-        Cleaner(recipe, removed, lookups, eval_copies, matches, cluster).run(tmp, held, valid, counts)
+        clean(tmp, recipe, lookups, eval_copies, held, counts, removed, matches, executor)
         _sample(tmp, recipe, counts, removed)
     if not sum(c.out for c in counts.values()):
         reasons = Counter()
