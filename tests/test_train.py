@@ -333,9 +333,10 @@ def test_grad_norm_warning_knows_about_clipping(tmp_path, max_grad_norm, advice)
 
 # ---------------------------------------------------------------- reasoning data, split by the template
 
-def test_default_model_trains_on_split_reasoning_data(model_dir, tmp_path):
+def test_split_reasoning_data_trains(tiny_model_dir, tmp_path):
     """Multi-turn reasoning data under Qwen3's real template: every conversation is split into one
-    sequence per turn (Qwen3 strips earlier reasoning), and the default model trains on it."""
+    sequence per turn (Qwen3 strips earlier reasoning), and a model with the default tokenizer
+    trains on it."""
     from sftpack.packing.stage import PackConfig
     from sftpack.packing.stage import run as pack
 
@@ -349,12 +350,12 @@ def test_default_model_trains_on_split_reasoning_data(model_dir, tmp_path):
     data = tmp_path / "reasoning.jsonl"
     data.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
     template = REPO / "tests" / "fixtures" / "templates" / "real" / "qwen3.jinja"
-    packed = pack([data], tmp_path / "packed", PackConfig(tokenizer=str(model_dir), max_length=256,
+    packed = pack([data], tmp_path / "packed", PackConfig(tokenizer=str(tiny_model_dir), max_length=256,
                                                           chat_template=str(template)))
     audit = packed["totals"]["audit"]
     assert audit["split_conversations"] == 12 and packed["totals"]["sequences_packed"] == 24
     assert audit["sequences_without_stop"] == 0 and audit["spans_with_role_header"] == 0
-    cfg = make_config(model_dir, (packed["path"], None), tmp_path / "run", validation=False, max_steps=3,
+    cfg = make_config(tiny_model_dir, (packed["path"], None), tmp_path / "run", validation=False, max_steps=3,
                       save_strategy="no", learning_rate=1e-4)
     result = run(cfg)
     assert result["status"] == "completed" and result["steps"] == 3
