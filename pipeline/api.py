@@ -21,7 +21,6 @@ from sftpack.errors import SftpackError
 
 if TYPE_CHECKING:
     from sftpack.config.run_config import RunConfig
-    from sftpack.execution import Execution
     from sftpack.io.readers import ReadOptions
     from sftpack.planning.request import Plan
     from sftpack.store.packed_folder import PackedFolder
@@ -50,14 +49,6 @@ def read_options(config: "RunConfig | None", format: str | None = None, split: s
         columns = ColumnMap(**columns)
     default_format = config.data.format if config is not None else "auto"
     return ReadOptions(format=format or default_format, split=split, columns=columns or ColumnMap())
-
-
-def execution(config: "RunConfig | None", ray: str | None = None, num_proc: int | None = None) -> "Execution":
-    """Where a stage's tasks run, chosen once: `ray` (else the config's data.ray) names a Ray cluster;
-    else `num_proc` processes here (None: the available cores). Never part of a fingerprint."""
-    from sftpack.execution import Execution
-
-    return Execution(workers=num_proc, ray=ray or (config.data.ray if config is not None else None))
 
 
 def _given(options: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +84,7 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
     Raises:
         SftpackError: unreadable inputs or options (rejected lines are counted, not raised).
     """
+    from sftpack.config.data_options import execution
     from sftpack.validation.stage import ValidateConfig, run
 
     run_config = load_run_config(config)
@@ -139,6 +131,7 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
     Raises:
         SftpackError: unreadable inputs, bad options or tokenizer, nothing left to pack.
     """
+    from sftpack.config.data_options import execution
     from sftpack.packing import stage as pack_stage
     from sftpack.packing.options import PackConfig
     from sftpack.store.packed_folder import PackedFolder
@@ -213,6 +206,7 @@ def mix(recipe: Any, out_dir: str | Path, *, ray: str | None = None, allow_rejec
         SftpackError: an invalid recipe (every problem at once, each naming its key), an empty source;
             rejected lines without allow_rejects; no training example.
     """
+    from sftpack.config.data_options import execution
     from sftpack.mixing import stage as mix_stage
 
     return mix_stage.run(recipe, out_dir, allow_rejects, execution(None, ray))

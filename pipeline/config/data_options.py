@@ -117,3 +117,12 @@ def with_absolute_paths(options: Any) -> Any:
 
 
 assert tuple(f.name for f in dataclasses.fields(DataOptions)) == DATA_KEYS
+
+
+def execution(run_config: Any | None, ray: str | None = None, num_proc: int | None = None) -> Any:
+    """Where a stage's tasks run (an execution.Execution), chosen once: `ray` (else the run config's
+    data.ray) names a Ray cluster; else `num_proc` processes here (None: the available cores). Never
+    part of a fingerprint. The API's stages and train's own validate and pack all take it from here."""
+    from sftpack.execution import Execution
+
+    return Execution(workers=num_proc, ray=ray or (run_config.data.ray if run_config is not None else None))

@@ -9,7 +9,8 @@
 A `Step` is set up once per worker (tokenizer, renderer, checks) and then runs tasks; a task writes
 only the files it names and returns a small picklable result. A local run and a Ray run execute the
 same tasks, so they write the same bytes by construction. `Execution` (workers, Ray address) is
-chosen once, in the API, and is never part of a fingerprint.
+chosen once (config.data_options.execution, for the API and train alike) and is never part of a
+fingerprint.
 """
 
 from sftpack.execution.choice import Execution

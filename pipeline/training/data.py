@@ -111,14 +111,14 @@ def _validate_and_pack(key: str, spec: str, cfg: RunConfig) -> Path:
     Raises:
         SftpackError: unreadable input; rejected lines unless data.allow_rejects; no valid line.
     """
-    from sftpack.execution import Execution
+    from sftpack.config.data_options import execution as where
     from sftpack.io.readers import ReadOptions
     from sftpack.packing import stage as pack
     from sftpack.packing.options import PackConfig
     from sftpack.validation import stage as validate
 
     out = Path(cfg.data.out_dir)
-    execution = Execution(ray=cfg.data.ray)  # validate and pack run where data.ray says, as the stages alone do
+    execution = where(cfg)  # validate and pack run where data.ray says, as the stages alone do
     try:
         checked = validate.run([spec], out / "validated", validate.ValidateConfig.from_run_config(cfg),
                                ReadOptions(cfg.data.format), execution=execution)
