@@ -58,7 +58,9 @@ class LocalExecutor(Executor):
     """Tasks in this process (one worker, or one task), else on a pool of forked processes.
 
     The step is set up here, before the fork, so the workers inherit its state (a loaded tokenizer
-    costs a second; a fork costs milliseconds). Tasks are handed out one at a time, in order.
+    costs a second; a fork costs milliseconds). Tasks are handed out one at a time, in order. A
+    step must not rely on a native thread pool in a worker: one its parent already started is gone
+    after the fork, and its next job waits forever (rensa's batch MinHash; mixing/dedup.py).
     """
 
     def __init__(self, workers: int):

@@ -1,15 +1,16 @@
-"""The mix stage's streaming passes over its sources, in the order the recipe's parts apply.
+"""The mix stage's passes over its sources, in the order the recipe's parts apply (1, 2 and 4
+stream on the driver; 3 runs as tasks on the executor: pipeline/mixing/tasks.py).
 
     1 read      each source (readers.open_input) ──schema──> .spill/<i>.jsonl (valid lines, with source,
                 input, row) | removed: rejected_<rule>
     2 hold out  seeded positions of each spill ──> eval/<source>.jsonl, and into the eval index (decontamination)
-    3 clean     the rest, in source order then row ──filters, conversation rules, decontamination,
-                exact, near──> .spill/<i>.kept.jsonl | removed: filter_<name>, rejected_<rule>,
+    3 clean     the rest, in blocks ──filters, conversation rules, decontamination; then exact and
+                near per component, in source order then row──> .spill/<i>.kept.jsonl | removed: filter_<name>, rejected_<rule>,
                 contaminated, exact_duplicate, near_duplicate
     4 sample    target counts ──copies──> train.jsonl | removed: not_sampled
 
-Memory holds one batch of records, the eval positions, the duplicate indexes and one token count
-per kept record; every record goes to disk as it is read.
+The driver holds the eval positions, about 40 bytes per line for pass 3 (tasks.py) and one token
+count per kept record; every record goes to disk as it is read.
 """
 
 from __future__ import annotations
