@@ -41,6 +41,11 @@ def line_keys(records: list[dict[str, Any]], cfg: NearDedup, all_words: list[lis
     return classes, keys
 
 
+def key_width(cfg: NearDedup) -> int:
+    """Bytes of a band key: the band's number (2) and its slice of the digest (4 a row)."""
+    return 2 + 4 * (cfg.num_perm // lsh_bands(candidate_threshold(cfg), cfg.num_perm))
+
+
 def bucket_members(ordinals: np.ndarray, classes: np.ndarray) -> list[int]:
     """The classes of one band key's lines, each named by its first line, sorted (a class's lines all
     share every band key, so its first line is in every bucket it is in)."""

@@ -34,7 +34,7 @@ from sftpack.execution.cluster import Staging, atomic_path, check_input
 from sftpack.mixing.decontaminate import Contamination
 from sftpack.mixing.dedup import Removal, deduplicate
 from sftpack.mixing.filters import Filters
-from sftpack.mixing.near_graph import Components, bucket_members, line_keys
+from sftpack.mixing.near_graph import Components, bucket_members, key_width, line_keys
 from sftpack.mixing.passes import SPILL, Removed, SourceCounts, record_id
 from sftpack.mixing.recipe import Recipe
 from sftpack.mixing.text import conversation_words
@@ -72,10 +72,14 @@ class Spills:
 
     def blocks(self, held: list[set[int]]) -> list[dict[str, Any]]:
         """Tasks for ScreenBlock: BLOCK_LINES lines of one file each, with the held-out positions among them."""
-        return [{"block": b, "first": int(self.firsts[f] + i), "count": int(min(BLOCK_LINES, len(s) - i)),
-                 "held": sorted(p - i for p in held[f] if i <= p < i + BLOCK_LINES)}
-                for b, (f, s, i) in enumerate((f, s, i) for f, s in enumerate(self.starts)
-                                              for i in range(0, len(s), BLOCK_LINES))]
+        tasks = []
+        for f, starts in enumerate(self.starts):
+            positions = np.array(sorted(held[f]), dtype=np.int64)
+            for i in range(0, len(starts), BLOCK_LINES):
+                inside = positions[np.searchsorted(positions, i):np.searchsorted(positions, i + BLOCK_LINES)]
+                tasks.append({"block": len(tasks), "first": int(self.firsts[f] + i),
+                              "count": int(min(BLOCK_LINES, len(starts) - i)), "held": (inside - i).tolist()})
+        return tasks
 
     def lines(self, ordinals: list[int]) -> list[bytes]:
         """The lines of ascending `ordinals`, each file opened once."""
@@ -174,7 +178,7 @@ class ScreenBlock(Step):
         if dedup.near is None:
             return np.array(hashes, dtype="S16"), None
         classes, keys = line_keys(lines, dedup.near, all_words, hashes)
-        width = max(len(keys[0][0]) if keys and keys[0] else 0, 10)
+        width = max(key_width(dedup.near), 10)  # every block's: hash keys are 2 + 8 bytes
         rows: list[tuple[bytes, int, bytes]] = []
         seen: set[bytes] = set()
         for klass, line_keys_, ordinal, exact in zip(classes, keys, ordinals, hashes):
