@@ -28,15 +28,17 @@ if TYPE_CHECKING:
 Inputs = Sequence["str | Path"]
 
 
-def load_run_config(config: "str | Path | RunConfig | dict | None", overrides: Sequence[str] = ()) -> "RunConfig | None":
-    """A RunConfig from a YAML path, a mapping or a RunConfig (None stays None)."""
+def load_run_config(config: "str | Path | RunConfig | dict | None", overrides: Sequence[str] = (),
+                    trainer: bool = True) -> "RunConfig | None":
+    """A RunConfig from a YAML path, a mapping or a RunConfig (None stays None); `trainer=False` for
+    the data stages, which read `model` and `data` only (run_config.build_config)."""
     from sftpack.config.run_config import RunConfig, build_config, load_config
 
     if config is None or isinstance(config, RunConfig):
         return config
     if isinstance(config, dict):
-        return build_config(config)
-    return load_config(config, list(overrides))
+        return build_config(config, trainer=trainer)
+    return load_config(config, list(overrides), trainer=trainer)
 
 
 def read_options(config: "RunConfig | None", format: str | None = None, split: str | None = None,
@@ -87,7 +89,7 @@ def validate(inputs: Inputs, out_dir: str | Path, *, config: Any = None, tokeniz
     from sftpack.config.data_options import execution
     from sftpack.validation.stage import ValidateConfig, run
 
-    run_config = load_run_config(config)
+    run_config = load_run_config(config, trainer=False)
     _unknown("validate", options, [f.name for f in dataclasses.fields(ValidateConfig)] + ["num_proc"])
     where = execution(run_config, ray, options.pop("num_proc", None))
     cfg = ValidateConfig.from_run_config(run_config, tokenizer=tokenizer, **options)
@@ -136,7 +138,7 @@ def pack(inputs: Inputs, out_dir: str | Path, *, config: Any = None, format: str
     from sftpack.packing.options import PackConfig
     from sftpack.store.packed_folder import PackedFolder
 
-    run_config = load_run_config(config)
+    run_config = load_run_config(config, trainer=False)
     _unknown("pack", options, [f.name for f in dataclasses.fields(PackConfig)] + ["num_proc", "ray"])
     given = _given(options)
     where = execution(run_config, given.pop("ray", None), given.pop("num_proc", None))
@@ -180,7 +182,7 @@ def report(inputs: Inputs, out: str | Path, *, config: Any = None, format: str |
     from sftpack.reporting import stage as report_stage
     from sftpack.reporting.scan import ReportConfig
 
-    run_config = load_run_config(config)
+    run_config = load_run_config(config, trainer=False)
     _unknown("report", options, [f.name for f in dataclasses.fields(ReportConfig)])
     values = data_values(run_config, options)
     values.pop("strategy", None)  # the estimate packs as pack does by default (bfd)

@@ -256,3 +256,33 @@ def test_readme_python_example_packs_and_trains_with_trl(model_dir, tmp_path):
             safe_open(model_dir / "model.safetensors", "pt") as initial:
         name = "model.layers.0.mlp.down_proj.weight"
         assert not trained.get_tensor(name).float().equal(initial.get_tensor(name).float())  # the step moved it
+
+
+DATA_STAGES_WITH_A_CONFIG = """
+import sys
+from pathlib import Path
+
+import yaml
+
+import sftpack
+
+tmp, data, model = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+config = tmp / "run.yaml"
+config.write_text(yaml.safe_dump({"model": {"name_or_path": model}, "data": {"max_length": 256},
+                                  "train": {"learning_rate": 1e-3}, "peft": {"r": 8}}))
+sftpack.validate([data], tmp / "validated", config=str(config))
+sftpack.pack([data], tmp / "packed", config=str(config))
+sftpack.report([data], tmp / "report.html", config=str(config))
+print(sorted(name for name in ("trl", "torch", "peft") if name in sys.modules))
+"""
+
+
+def test_data_stages_given_a_config_import_neither_trl_nor_torch(real_data, model_dir, tmp_path):
+    """validate, pack and report read the config's model and data sections; checking `train` against
+    TRL's SFTConfig (and `peft` against PEFT) imports TRL and torch, seconds a process, so train alone
+    checks those (test_foundation: their errors)."""
+    data = real_data / "fastchat_dummy_conversation.jsonl"
+    done = subprocess.run([sys.executable, "-c", DATA_STAGES_WITH_A_CONFIG, str(tmp_path), str(data), str(model_dir)],
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -344,8 +344,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
+def build_config(raw: Mapping[str, Any], source: str = "<dict>", trainer: bool = True) -> RunConfig:
     """Validate a raw config mapping and build the typed `RunConfig`.
+
+    Args:
+        trainer: also check `train` against TRL's SFTConfig and `peft` and `model.quantization`
+            against PEFT and transformers. Importing those takes seconds (TRL imports torch), so
+            the data stages, which read only `model` and `data`, leave it to train (and make's
+            section files to the stages).
 
     Raises:
         SftpackError: every problem found, one per line, each naming its key.
@@ -353,9 +359,10 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     if not isinstance(raw, Mapping):
         raise SftpackError(f"{source}: the config must be a mapping with model, data and train sections")
     errors = _schema_errors(raw)
-    if isinstance(raw.get("train"), Mapping):
+    if trainer and isinstance(raw.get("train"), Mapping):
         errors += _train_errors(raw["train"])
-    errors += _adapter_errors(raw)
+    if trainer:
+        errors += _adapter_errors(raw)
     if not errors:  # pairs of keys, checked once each key is known to be valid on its own
         errors += cross_field_errors(raw)
     if errors:
@@ -371,8 +378,8 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>") -> RunConfig:
     )
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML run config, apply dotted overrides, validate it.
+def load_config(path: str | Path, overrides: list[str] = (), trainer: bool = True) -> RunConfig:
+    """Read a YAML run config, apply dotted overrides, validate it (`trainer`: as build_config).
 
     Raises:
         SftpackError: missing file, YAML syntax error (with line), or invalid content.
@@ -388,7 +395,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
         raise SftpackError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
     if isinstance(raw, dict):
         raw = apply_overrides(raw, list(overrides))
-    return build_config(raw, source=str(path))
+    return build_config(raw, source=str(path), trainer=trainer)
 
 
 def write_config(path: str | Path, cfg: RunConfig) -> None:

@@ -24,8 +24,9 @@ SECTIONS = ("model", "data")
 def resolved_sections(config_path: str | Path, sections: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
     """The named sections of a run config, validated and with their defaults filled in.
 
-    `train` is left out of this validation: checking it imports TRL (seconds), and this runs
-    every time make reads the Makefile; the stages check the whole config when they load it.
+    `train` and `peft` are left out of this validation (build_config's `trainer`): checking them
+    imports TRL and PEFT (seconds), and this runs every time make reads the Makefile; train checks
+    the whole config when it loads it.
 
     Returns:
         Section name -> its resolved values (RunConfig.to_dict).
@@ -40,9 +41,7 @@ def resolved_sections(config_path: str | Path, sections: tuple[str, ...] = SECTI
     except (OSError, yaml.YAMLError):
         load_config(path)  # raises the stages' own message: missing file, YAML error with its line
         raise
-    if isinstance(raw, dict):
-        raw = {key: value for key, value in raw.items() if key != "train"}
-    resolved = build_config(raw, source=str(path)).to_dict()
+    resolved = build_config(raw, source=str(path), trainer=False).to_dict()
     return {name: resolved[name] for name in sections}
 
 

@@ -97,7 +97,7 @@ def stop_markers(src: Source) -> tuple[list[str], str]:
             return list(markers["tokens"]), f"{manifest_path} (data.train stop_markers, {markers['source']})"
     from sftpack.config.run_config import load_config
 
-    train = load_config(src.run_dir / RUN_CONFIG).data.train
+    train = load_config(src.run_dir / RUN_CONFIG, trainer=False).data.train
     packed = PackedFolder.at(train) if train else None
     markers = (packed.manifest.get("tokenizer", {}).get("stop_markers") or {}) if packed else {}
     if markers.get("tokens"):
@@ -112,7 +112,7 @@ def _chat_template(src: Source) -> str | None:
 
     if src.run_dir is None:
         return None
-    path = load_config(src.run_dir / RUN_CONFIG).data.chat_template
+    path = load_config(src.run_dir / RUN_CONFIG, trainer=False).data.chat_template
     return Path(path).read_text(encoding="utf-8") if path else None
 
 
