@@ -31,17 +31,11 @@ SCHEMA_PATH = files("sftpack.schemas") / "run_config.schema.json"  # schemas/ in
 # SFTConfig fields that the pack stage owns: setting them under `train` would be read in
 # two places (or silently ignored), so they are refused with the key to use instead.
 OWNED_BY_DATA = {
-    "max_length": "data.max_length",
-    "packing": "data.packing",
-    "packing_strategy": "data.packing",
-    "padding_free": "data.packing",
+    "max_length": "data.max_length", "truncation_mode": "data.truncation",
+    "packing": "data.packing", "packing_strategy": "data.packing", "padding_free": "data.packing",
     "eval_packing": "data.packing",
-    "assistant_only_loss": "data.train_on",
-    "completion_only_loss": "data.train_on",
-    "chat_template_path": "data.chat_template",
-    "dataset_text_field": "data.train",
-    "dataset_kwargs": "data.train",
-    "truncation_mode": "data.truncation",
+    "assistant_only_loss": "data.train_on", "completion_only_loss": "data.train_on",
+    "chat_template_path": "data.chat_template", "dataset_text_field": "data.train", "dataset_kwargs": "data.train",
 }
 
 
@@ -348,10 +342,8 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>", trainer: bool =
     """Validate a raw config mapping and build the typed `RunConfig`.
 
     Args:
-        trainer: also check `train` against TRL's SFTConfig and `peft` and `model.quantization`
-            against PEFT and transformers. Importing those takes seconds (TRL imports torch), so
-            the data stages, which read only `model` and `data`, leave it to train (and make's
-            section files to the stages).
+        trainer: also check `train`, `peft` and `model.quantization` against TRL, PEFT and
+            transformers (importing them takes seconds; the data stages read model and data only).
 
     Raises:
         SftpackError: every problem found, one per line, each naming its key.
@@ -359,10 +351,8 @@ def build_config(raw: Mapping[str, Any], source: str = "<dict>", trainer: bool =
     if not isinstance(raw, Mapping):
         raise SftpackError(f"{source}: the config must be a mapping with model, data and train sections")
     errors = _schema_errors(raw)
-    if trainer and isinstance(raw.get("train"), Mapping):
-        errors += _train_errors(raw["train"])
     if trainer:
-        errors += _adapter_errors(raw)
+        errors += (_train_errors(raw["train"]) if isinstance(raw.get("train"), Mapping) else []) + _adapter_errors(raw)
     if not errors:  # pairs of keys, checked once each key is known to be valid on its own
         errors += cross_field_errors(raw)
     if errors:
