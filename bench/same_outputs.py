@@ -1,12 +1,13 @@
 """validate, pack and mix on fixed inputs (the real datasets, a glob, .gz, a dirty file, a 6x file cut
-into ranges, the demo mix); prints the sha256 of every output file as JSON (manifests without their
+into ranges, the demo mix, four recipes over order-dependent near duplicates); prints the sha256 of every output file as JSON (manifests without their
 volatile keys: times, engine, where the work ran). Run it with two trees and diff the JSON:
 
-    .venv/bin/python bench/same_outputs.py /tmp/same_new > new.json
-    PYTHONPATH=/tmp/old-tree .venv/bin/python bench/same_outputs.py /tmp/same_old > old.json
+    .venv/bin/python bench/same_outputs.py /tmp/same > new.json
+    PYTHONPATH=/tmp/old-tree .venv/bin/python bench/same_outputs.py /tmp/same > old.json
 
 (/tmp/old-tree holding an earlier commit's pipeline/ as sftpack/, stages/ as sftpack/cli, schemas/ as
-sftpack/schemas.) The first argument is a scratch folder, emptied first."""
+sftpack/schemas.) The first argument is a scratch folder, emptied first; give both runs the same one
+(mixtures name their benchmark files by path)."""
 import gzip, hashlib, json, shutil, subprocess, sys, os
 from pathlib import Path
 
@@ -70,4 +71,16 @@ recipe = (REPO / "configs/demo-mix.yaml").read_text().replace("data/demo/", str(
 (work / "mix.yaml").write_text(recipe)
 m = sftpack.mix(work / "mix.yaml", work / "mix")
 result["mix/demo"] = hashes(m["path"])
+# order-dependent near duplicates, tool calls with reordered keys, benchmarks (tests/conftest.py)
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import near_duplicate_sources  # noqa: E402
+chains, bench = near_duplicate_sources(work / "chains")
+base = {"sources": [{"name": p.stem, "path": str(p)} for p in sorted(data.glob("*_*.jsonl")) + chains],
+        "eval": {"count": 5}, "decontaminate": {"benchmarks": [str(REPO / "data/benchmarks/tiny-bench.jsonl"), str(bench)]}}
+for name, extra in {"near": {"dedup": {"near": {"threshold": 0.8}}, "tokenizer": MODEL, "filters": {"max_tokens": 400}},
+                    "exact_report": {"decontaminate": base["decontaminate"] | {"mode": "report"}},
+                    "near_prompt": {"dedup": {"exact": False, "near": {"threshold": 0.7, "on": "prompt"}}},
+                    "no_dedup": {"dedup": {"exact": False}}}.items():
+    m = sftpack.mix(base | extra, work / "mix" / name, allow_rejects=True)
+    result[f"mix/{name}"] = hashes(m["path"])
 print(json.dumps(result, indent=1, sort_keys=True))
