@@ -111,7 +111,6 @@ class ScreenBlock(Step):
     removed for any reason is never the one a duplicate is kept in favour of); the class and keys
     of each line that passes."""
 
-
     recipe: Recipe
     spills: Spills
     lookups: Contamination
@@ -209,7 +208,6 @@ class BucketKeys(Step):
     """One partition of every block's keys: the buckets (keys) that hold two classes or more, as the
     sorted ordinals of each class's first line, each bucket once (near copies share most band keys)."""
 
-
     staging: Staging
 
     def setup(self) -> None:
@@ -235,7 +233,6 @@ class BucketKeys(Step):
 class DeduplicateComponents(Step):
     """Duplicates' decisions (exact, then near) per component, its records in priority order."""
 
-
     spills: Spills
     recipe: Recipe
 
@@ -257,6 +254,8 @@ def clean(tmp: Path, recipe: Recipe, lookups: Contamination, eval_copies: dict[i
     """Pass 3: every source's spill, less its held-out positions, into .spill/<i>.kept.jsonl; sets
     each source's kept token counts and `available`. Removals go to `removed`, report-mode matches
     to `contamination`, all in line order."""
+    if recipe.tokenizer:  # workers (Ray's included) may run in another directory
+        recipe = dataclasses.replace(recipe, tokenizer=str(Path(recipe.tokenizer).resolve()))
     spills = Spills([tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))])
     staging = Staging.create(tmp / SPILL / KEYS)
     partitions = 4 * executor.workers
