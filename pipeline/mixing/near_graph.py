@@ -33,7 +33,8 @@ def line_keys(records: list[dict[str, Any]], cfg: NearDedup, all_words: list[lis
     """Per record: its class (16 bytes naming its shingle set and its conversation hash, `exact`) and
     its band keys; `all_words` as dedup.shingle_sets takes them."""
     sets = shingle_sets(records, cfg, all_words)
-    classes = [hashlib.blake2b(shingle_hashes(s).tobytes() + key, digest_size=16).digest() for s, key in zip(sets, exact)]
+    classes = [hashlib.blake2b(shingle_hashes(s).tobytes() + key, digest_size=16).digest()
+               for s, key in zip(sets, exact)]
     bands = lsh_bands(candidate_threshold(cfg), cfg.num_perm)
     rows = cfg.num_perm // bands
     digests = np.array([m.digest() for m in signatures(sets, cfg)], dtype=np.uint32).reshape(len(records), bands, rows)
