@@ -110,10 +110,11 @@ class DataOptions:
 
 
 def with_absolute_paths(options: Any) -> Any:
-    """`options` (a dataclass with `tokenizer` and `chat_template`) with both paths absolute: what a
-    worker, on any node, is handed; manifests keep the options as given."""
-    return dataclasses.replace(options, tokenizer=options.tokenizer and str(Path(options.tokenizer).resolve()),
-                               chat_template=options.chat_template and str(Path(options.chat_template).resolve()))
+    """`options` (a dataclass: pack's and validate's options, a mix recipe) with its `tokenizer` and
+    `chat_template` paths, those it has, absolute: what a worker, on any node, is handed; manifests
+    keep the options as given."""
+    paths = {name: getattr(options, name) for name in ("tokenizer", "chat_template") if hasattr(options, name)}
+    return dataclasses.replace(options, **{name: path and str(Path(path).resolve()) for name, path in paths.items()})
 
 
 assert tuple(f.name for f in dataclasses.fields(DataOptions)) == DATA_KEYS

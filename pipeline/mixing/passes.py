@@ -5,8 +5,8 @@ stream on the driver; 3 runs as tasks on the executor: pipeline/mixing/tasks.py)
                 input, row) | removed: rejected_<rule>
     2 hold out  seeded positions of each spill ──> eval/<source>.jsonl, and into the eval index (decontamination)
     3 clean     the rest, in blocks ──filters, conversation rules, decontamination; then exact and
-                near per component, in source order then row──> .spill/<i>.kept.jsonl | removed: filter_<name>, rejected_<rule>,
-                contaminated, exact_duplicate, near_duplicate
+                near per component, in source order then row──> .spill/<i>.kept.jsonl | removed:
+                filter_<name>, rejected_<rule>, contaminated, exact_duplicate, near_duplicate
     4 sample    target counts ──copies──> train.jsonl | removed: not_sampled
 
 The driver holds the eval positions, about 40 bytes per line for pass 3 (tasks.py) and one token

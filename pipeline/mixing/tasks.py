@@ -29,6 +29,7 @@ import numpy as np
 
 from sftpack.checks.conversation_key import conversation_hash
 from sftpack.checks.messages import ROW_CHECKS
+from sftpack.config.data_options import with_absolute_paths
 from sftpack.execution import Executor, Step
 from sftpack.execution.cluster import Staging, atomic_path, check_input
 from sftpack.mixing.decontaminate import Contamination
@@ -135,45 +136,48 @@ class ScreenBlock(Step):
         removals: dict[int, Removal] = {}
         reports: list[bytes] = []
         eligible: list[int] = []
+        hashes: list[bytes] = []
         for i, line in enumerate(lines):
-            removal = self._screen(line, reasons[i], found[i])
-            if removal is None:
-                eligible.append(i)
-            elif removal[0] == "report":
-                eligible.append(i)
-                reports.append(removal[1]["entry"])
-            else:
+            removal, key, report = self._screen(line, reasons[i], found[i])
+            if report is not None:
+                reports.append(report)
+            if removal is not None:
                 removals[ordinals[i]] = removal
+            else:
+                eligible.append(i)
+                hashes.append(key.to_bytes(8, "little", signed=True))
         classes, splits = self._keys(task["block"], [lines[i] for i in eligible], [ordinals[i] for i in eligible],
-                                     [all_words[i] for i in eligible])
+                                     [all_words[i] for i in eligible], hashes)
         return {"tokens": np.asarray(tokens if tokens is not None else [0] * len(lines), dtype=np.int64),
                 "removals": removals, "reports": reports, "classes": classes, "splits": splits,
                 "eligible": np.asarray([ordinals[i] for i in eligible], dtype=np.int64)}
 
-    def _screen(self, line: dict[str, Any], reason: str | None, found: dict[str, Any] | None) -> Removal | None:
-        """Filters, conversation rules, decontamination: the removal or None. `found`: the record's
-        near eval copy or benchmark match (decontaminate.Contamination); in report mode a match is
-        ("report", {"entry": its contamination.jsonl line}) and the record stays."""
+    def _screen(self, line: dict[str, Any], reason: str | None,
+                found: dict[str, Any] | None) -> tuple[Removal | None, int, bytes | None]:
+        """Filters, conversation rules, decontamination: (the removal or None, the conversation hash
+        (0 when not reached), the contamination.jsonl line in report mode, where a match stays).
+        `found`: the record's near eval copy or benchmark match (decontaminate.Contamination)."""
         if reason is not None:
-            return reason, {}
+            return (reason, {}), 0, None
         errors = [e for check in ROW_CHECKS for e in check(line)]
         if errors:
-            return f"rejected_{errors[0].rule}", {"errors": [e.as_dict() for e in errors]}
-        copy = self.eval_copies.get(conversation_hash(line)) if self.eval_copies else None
+            return (f"rejected_{errors[0].rule}", {"errors": [e.as_dict() for e in errors]}), 0, None
+        key = conversation_hash(line)
+        copy = self.eval_copies.get(key) if self.eval_copies else None
         # the same conversation as an eval record (its text may differ: tool-call keys in another order)
         match = {"benchmark": copy[0], "item": copy[1], "jaccard": 1.0} if copy is not None else found
         if match is None:
-            return None
+            return None, key, None
         if self.recipe.decontaminate.mode == "report":
-            return "report", {"entry": (json.dumps({"id": record_id(line)} | match, ensure_ascii=False) + "\n").encode()}
-        return "contaminated", match
+            return None, key, (json.dumps({"id": record_id(line)} | match, ensure_ascii=False) + "\n").encode()
+        return ("contaminated", match), key, None
 
-    def _keys(self, block: int, lines: list[dict[str, Any]], ordinals: list[int],
-              all_words: list[list[str]]) -> tuple[np.ndarray, np.ndarray | None]:
-        """Each line's class; the keys of each class's first line here, in .keys/<block>.npy sorted
-        by partition, and where each partition starts (None without near dedup: a class is a component)."""
+    def _keys(self, block: int, lines: list[dict[str, Any]], ordinals: list[int], all_words: list[list[str]],
+              hashes: list[bytes]) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each line's class (from its conversation hash, `hashes`, and with near dedup its shingles);
+        the keys of each class's first line here, in .keys/<block>.npy sorted by partition, and where
+        each partition starts (None without near dedup: a class is a component)."""
         dedup = self.recipe.dedup
-        hashes = [conversation_hash(line).to_bytes(8, "little", signed=True) for line in lines]
         if dedup.near is None:
             return np.array(hashes, dtype="S16"), None
         classes, keys = line_keys(lines, dedup.near, all_words, hashes)
@@ -254,8 +258,7 @@ def clean(tmp: Path, recipe: Recipe, lookups: Contamination, eval_copies: dict[i
     """Pass 3: every source's spill, less its held-out positions, into .spill/<i>.kept.jsonl; sets
     each source's kept token counts and `available`. Removals go to `removed`, report-mode matches
     to `contamination`, all in line order."""
-    if recipe.tokenizer:  # workers (Ray's included) may run in another directory
-        recipe = dataclasses.replace(recipe, tokenizer=str(Path(recipe.tokenizer).resolve()))
+    recipe = with_absolute_paths(recipe)  # workers (Ray's included) may run in another directory
     spills = Spills([tmp / SPILL / f"{i}.jsonl" for i in range(len(recipe.sources))])
     staging = Staging.create(tmp / SPILL / KEYS)
     partitions = 4 * executor.workers
@@ -266,7 +269,6 @@ def clean(tmp: Path, recipe: Recipe, lookups: Contamination, eval_copies: dict[i
         decided |= result.pop("removals")
     if recipe.dedup.exact or recipe.dedup.near is not None:
         decided |= _duplicates(spills, recipe, staging, partitions, blocks, screened, executor)
-    reports = iter(entry for result in screened for entry in result["reports"])
     tokens = iter(np.concatenate([r["tokens"] for r in screened]).tolist() if screened else [])
     for i, spec in enumerate(recipe.sources):
         tally = counts[spec.name]
@@ -284,8 +286,7 @@ def clean(tmp: Path, recipe: Recipe, lookups: Contamination, eval_copies: dict[i
                         out.write(raw)
                         tally.kept_tokens.append(count)
         tally.available = len(tally.kept_tokens)
-    for entry in reports:
-        contamination.write(entry)
+    contamination.writelines(entry for result in screened for entry in result["reports"])
 
 
 def _duplicates(spills: Spills, recipe: Recipe, staging: Staging, partitions: int, blocks: list[dict[str, Any]],
