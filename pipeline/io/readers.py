@@ -139,6 +139,12 @@ class InputSource:
         return output_stem(self.files[0].name)
 
     @property
+    def progress_in_bytes(self) -> bool:
+        """True for a plain JSONL file, whose bytes read are the file's: progress counts them (a .gz
+        or another container counts rows)."""
+        return self.container == "jsonl"
+
+    @property
     def verbatim(self) -> bool:
         """True when records are JSONL lines in messages layout, unconverted: validate keeps their bytes."""
         return (self.layout == "messages" and self.columns.is_default()

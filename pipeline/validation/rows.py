@@ -159,7 +159,7 @@ class CheckRanges(Step):
         if task.path:
             check_input(task.path, task.size)
         source = self.sources[task.source]
-        by_bytes = source.container == "jsonl"  # progress in bytes where the bytes read are the file's
+        by_bytes = source.progress_in_bytes
         tally = Tally(self.cfg, source.verbatim)
         parts = {kind: self.staging.file(f"{kind}-{task.index:06d}") for kind in ("kept", "rejects")}
         temps = {kind: atomic_path(path) for kind, path in parts.items()}

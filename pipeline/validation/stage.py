@@ -195,8 +195,8 @@ def run(inputs: list[str | Path], out_dir: str | Path, cfg: ValidateConfig, read
             staging = Staging.create(staged)
             ranges = numbered(byte_ranges(sources, executor.workers, MIN_RANGE_BYTES, executor.distributed), executor)
             step = CheckRanges(with_absolute_paths(cfg), sources, staging, None if executor.distributed else loaded)
-            by_bytes = all(s.container == "jsonl" for s in sources)  # else rows: CheckRanges.units says which
-            total = sum(i["bytes"] if s.container == "jsonl" else i.get("rows", i.get("lines", 0))
+            by_bytes = all(s.progress_in_bytes for s in sources)  # the unit CheckRanges counts in
+            total = sum(i["bytes"] if s.progress_in_bytes else i.get("rows", i.get("lines", 0))
                         for s, i in zip(sources, identities))
             with progress_bar(total, "validate", unit="B" if by_bytes else "ex") as bar:
                 results = list(executor.map(step, ranges, bar))
