@@ -5,6 +5,7 @@ Everything is local: `make test` converts the embedded model first, and the hub 
 
 from __future__ import annotations
 
+import functools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -143,6 +144,15 @@ def packed_chat(real_data, model_dir, tmp_path_factory) -> tuple[Path, Path]:
     return pack_lines(lines[:120], model_dir, 256, root, "train"), pack_lines(lines[120:132], model_dir, 256, root, "val")
 
 
+@functools.lru_cache
+def transformers_tokenizer(folder: str):
+    """transformers' own tokenizer of a folder: what renders and tokens are held to (a stand-in's
+    tokenizer is sftpack's RustTokenizer, pipeline/templates/rust_tokenizer.py)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
 @pytest.fixture(scope="session")
 def stand_in(tmp_path_factory):
     """get(name, generation_config=True, **ChatRenderer options) -> (tokenizer, ChatRenderer): a
@@ -151,6 +161,8 @@ def stand_in(tmp_path_factory):
     tokens (or, with generation_config=False, the same folder without it). Built once per session."""
     import json
     import shutil
+
+    from transformers import AutoTokenizer
 
     from sftpack.templates.chat_template import ChatRenderer
     from sftpack.templates.tokenizer import load_tokenizer
@@ -164,7 +176,7 @@ def stand_in(tmp_path_factory):
             if (name, True, "{}") in built:  # the same folder, without generation_config.json
                 shutil.copytree(built[name, True, "{}"][0].name_or_path, folder, dirs_exist_ok=True)
             else:
-                tokenizer = load_tokenizer(MODEL_DIR)
+                tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)  # transformers': it adds tokens
                 model = MODELS[name]
                 tokenizer.add_special_tokens({k: v for k, v in model["special_tokens"].items() if v})
                 tokenizer.add_tokens([t for t in model["stop_tokens"] if t not in tokenizer.get_vocab()],

@@ -20,7 +20,7 @@ from sftpack.templates.chat_template import ChatRenderer
 from sftpack.templates.masking import MaskOptions, encode_batch
 from sftpack.templates.tokenizer import load_tokenizer
 
-from conftest import MODELS
+from conftest import MODELS, transformers_tokenizer
 
 SYSTEM = {"role": "system", "content": "You are terse."}
 U1, A1 = {"role": "user", "content": "Say hello."}, {"role": "assistant", "content": "Hi there!"}
@@ -65,8 +65,8 @@ def reference_prompt(tokenizer, renderer, name, kind, i) -> str:
             if renderer.arguments_as_string:
                 call["function"]["arguments"] = json.dumps(call["function"]["arguments"])
     tools = TOOLS if kind == "tools" else ([] if name == "hermes_tool_use" else None)
-    return tokenizer.apply_chat_template(messages[:i], tools=tools, chat_template=renderer.template,
-                                         add_generation_prompt=True, tokenize=False)
+    return transformers_tokenizer(tokenizer.name_or_path).apply_chat_template(
+        messages[:i], tools=tools, chat_template=renderer.template, add_generation_prompt=True, tokenize=False)
 
 
 def trained_turns(example) -> list[tuple[str, str]]:
@@ -89,7 +89,8 @@ def trained_turns(example) -> list[tuple[str, str]]:
 
 def assert_tokens_consistent(tokenizer, example):
     for sequence in example.sequences:
-        assert sequence.input_ids.tolist() == tokenizer(sequence.text, add_special_tokens=False).input_ids
+        reference = transformers_tokenizer(tokenizer.name_or_path)
+        assert sequence.input_ids.tolist() == reference(sequence.text, add_special_tokens=False).input_ids
         trained = sequence.labels != -100
         assert (sequence.labels[trained] == sequence.input_ids[trained]).all()
 

@@ -14,7 +14,7 @@ import shutil
 import pytest
 
 import sftpack
-from conftest import FIXTURES, REAL_TEMPLATES
+from conftest import FIXTURES, REAL_TEMPLATES, transformers_tokenizer
 from sftpack.checks.messages import check_conversation, schema_errors
 from sftpack.cli import main as cli
 from sftpack.cli.data_options import template_args
@@ -46,8 +46,9 @@ def test_qwen3_enable_thinking_false_trains_the_answers_as_the_template_renders_
     off = encode_one(renderer, tokenizer, PLAIN, chat_template_kwargs={"enable_thinking": False})
     assert pieces(off) == [["Hi there!<|im_end|>"], ["Paris.<|im_end|>"]]
     for sequence, i in zip(off.sequences, (1, 3)):  # after exactly the prompt the model is given
-        prompt = tokenizer.apply_chat_template(PLAIN[:i], chat_template=renderer.template, add_generation_prompt=True,
-                                               tokenize=False, enable_thinking=False)
+        prompt = transformers_tokenizer(tokenizer.name_or_path).apply_chat_template(
+            PLAIN[:i], chat_template=renderer.template, add_generation_prompt=True, tokenize=False,
+            enable_thinking=False)
         assert sequence.text[: sequence.trained_spans[0][0]] == prompt
         assert prompt.endswith("<think>\n\n</think>\n\n")
     assert off.audit.get("assistant_text_not_trained", 0) == 0

@@ -77,7 +77,7 @@ def tokenizer_identity(tokenizer: Any, chat_template: str | None) -> dict[str, A
         raise TypeError("a fast (Rust-backed) tokenizer is required")
     return {
         "name_or_path": str(getattr(tokenizer, "name_or_path", "")),
-        "class": type(tokenizer).__name__,
+        "class": getattr(tokenizer, "class_name", type(tokenizer).__name__),  # RustTokenizer's stand-in class
         "vocab_sha256": sha256_text(backend.to_str()),
         "special_tokens": {
             "bos_token": tokenizer.bos_token,

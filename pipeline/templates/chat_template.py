@@ -27,13 +27,10 @@ import re
 from typing import Any, Callable, TypeVar
 
 import jinja2
-from transformers.utils.chat_template_utils import (
-    _compile_jinja_template,
-    _plain_template_data,
-)
 
 from sftpack.errors import SftpackError
 from sftpack.templates.fields import REASONING_FIELDS, RESERVED_TEMPLATE_ARGS, TRAIN_FLAG
+from sftpack.templates.jinja_env import compile_template, plain_data
 from sftpack.templates.stop_markers import StopMarkers, generation_config_markers, given_markers, infer_markers
 from sftpack.templates.template_forms import TemplateForms, probe_forms
 
@@ -128,12 +125,12 @@ class ChatRenderer:
                 raise SftpackError(f"chat template: {err}") from None
         self.template: str = chat_template
         try:
-            self._compiled = _compile_jinja_template(chat_template)
+            self._compiled = compile_template(chat_template)
         except jinja2.TemplateSyntaxError as err:
             raise SftpackError(
                 f"chat template line {err.lineno}: {err.message}; fix the Jinja syntax"
             ) from None
-        self._variables = _plain_template_data(dict(tokenizer.special_tokens_map))
+        self._variables = plain_data(dict(tokenizer.special_tokens_map))
         self.template_kwargs: dict[str, Any] = dict(template_kwargs or {})
         reserved = sorted(RESERVED_TEMPLATE_ARGS & self.template_kwargs.keys())
         if reserved:
@@ -224,15 +221,15 @@ class ChatRenderer:
             reasonings.append(thought if reasoning != "drop" else None)
         if kwargs and RESERVED_TEMPLATE_ARGS & kwargs.keys():
             raise TypeError(f"chat_template_kwargs cannot set {sorted(RESERVED_TEMPLATE_ARGS & kwargs.keys())}")
-        variables = _plain_template_data({**self.template_kwargs, **(kwargs or {}), "tools": self.forms.tools(tools)})
-        return _plain_template_data(prepared), variables, reasonings
+        variables = plain_data({**self.template_kwargs, **(kwargs or {}), "tools": self.forms.tools(tools)})
+        return plain_data(prepared), variables, reasonings
 
     def try_render(self, messages: list[dict], variables: dict[str, Any]) -> str | None:
         """Plain messages and variables rendered as a training example, with the template arguments
         (as every render has them); None when the template raises."""
         try:
-            variables = _plain_template_data({**self.template_kwargs, **variables})
-            return self.render_prepared(_plain_template_data(messages), variables, False)
+            variables = plain_data({**self.template_kwargs, **variables})
+            return self.render_prepared(plain_data(messages), variables, False)
         except RENDER_ERRORS:
             return None
 

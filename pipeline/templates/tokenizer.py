@@ -21,8 +21,8 @@ def _declared_backend_class(path: Path):
         declared = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         declared = {}
-    if declared.get("tokenizer_class") == "TokenizersBackend" and "auto_map" not in declared \
-            and (path / "tokenizer.json").is_file():
+    if isinstance(declared, dict) and declared.get("tokenizer_class") == "TokenizersBackend" \
+            and "auto_map" not in declared and (path / "tokenizer.json").is_file():
         from transformers import TokenizersBackend
 
         return TokenizersBackend
@@ -47,7 +47,8 @@ def check_tokenizer_folder(path: str | Path, where: str = "--tokenizer") -> Path
 
 
 def load_tokenizer(path: str | Path, where: str = "--tokenizer") -> Any:
-    """A fast tokenizer from a local folder.
+    """A fast tokenizer from a local folder: a RustTokenizer where the folder allows one, else
+    the transformers tokenizer (both give the parts the data stages read).
 
     Args:
         path: tokenizer or model folder.
@@ -56,7 +57,12 @@ def load_tokenizer(path: str | Path, where: str = "--tokenizer") -> Any:
     Raises:
         SftpackError: the folder is missing, holds no tokenizer, or only a slow one.
     """
+    from sftpack.templates.rust_tokenizer import RustTokenizer  # not imported by a reused pack
+
     path = check_tokenizer_folder(path, where)
+    light = RustTokenizer.load(path)  # no transformers import (~1 s) when the folder allows it
+    if light is not None:
+        return light
     try:
         tokenizer = _declared_backend_class(path).from_pretrained(path)
     except (OSError, ValueError) as err:
