@@ -54,6 +54,7 @@ def _commands(inputs: dict[str, Path], base: Path | None, out: Path) -> dict[str
         commands["validate_base"] = old + commands["validate"][1:-2] + [str(out / "validate_base"), "--allow-rejects"]
         commands["validate_100_base"] = old + commands["validate_100"][1:-2] + [str(out / "validate_100_base"),
                                                                                   "--allow-rejects"]
+        commands["pack_20_base"] = old + commands["pack_20"][1:-1] + [str(out / "pack20_base")]
     return commands
 
 
@@ -101,7 +102,8 @@ def main() -> int:
         f"- validate: **{lines100 / wall['validate_100']:,.0f} lines/s** whole command on af100.jsonl ({lines100:,} "
         f"lines)" + (f" (the earlier tree: {lines100 / wall['validate_100_base']:,.0f}, "
                      f"{wall['validate_100_base'] / wall['validate_100']:.2f}x the time)" if "validate_100_base" in wall else ""),
-        f"- start-up, 20 lines: pack {wall['pack_20']:.2f} s, floor {wall['floor_2core_20']:.2f} s",
+        f"- start-up, 20 lines: pack {wall['pack_20']:.2f} s, floor {wall['floor_2core_20']:.2f} s"
+        + (f" (the earlier tree: {wall['pack_20_base']:.2f} s)" if "pack_20_base" in wall else ""),
     ]
     args.out.write_text("\n".join(report) + "\n", encoding="utf-8")
     print("\n".join(report))

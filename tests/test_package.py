@@ -272,6 +272,7 @@ config.write_text(yaml.safe_dump({"model": {"name_or_path": model}, "data": {"ma
                                   "train": {"learning_rate": 1e-3}, "peft": {"r": 8}}))
 sftpack.validate([data], tmp / "validated", config=str(config))
 sftpack.pack([data], tmp / "packed", config=str(config))
+print(sorted(name for name in ("trl", "torch", "peft", "transformers", "pandas") if name in sys.modules))
 sftpack.report([data], tmp / "report.html", config=str(config))
 print(sorted(name for name in ("trl", "torch", "peft") if name in sys.modules))
 """
@@ -280,9 +281,10 @@ print(sorted(name for name in ("trl", "torch", "peft") if name in sys.modules))
 def test_data_stages_given_a_config_import_neither_trl_nor_torch(real_data, model_dir, tmp_path):
     """validate, pack and report read the config's model and data sections; checking `train` against
     TRL's SFTConfig (and `peft` against PEFT) imports TRL and torch, seconds a process, so train alone
-    checks those (test_foundation: their errors)."""
+    checks those (test_foundation: their errors). validate and pack, on a tokenizer folder that
+    allows it (pipeline/templates/rust_tokenizer.py), import neither transformers nor pandas."""
     data = real_data / "fastchat_dummy_conversation.jsonl"
     done = subprocess.run([sys.executable, "-c", DATA_STAGES_WITH_A_CONFIG, str(tmp_path), str(data), str(model_dir)],
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert done.stdout.strip().splitlines()[-2:] == ["[]", "[]"]

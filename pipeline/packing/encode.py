@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from sftpack.store.arrays import list_array, numbers, strings
 from sftpack.templates.masking import AUDIT_KEYS, IGNORE_INDEX
 from sftpack.checks.messages import ROW_CHECKS, Check, control_token_check, first_reject
 
@@ -179,12 +180,12 @@ def _list_array(arrays: list[np.ndarray]) -> pa.ListArray:
     offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
     np.cumsum([a.size for a in arrays], out=offsets[1:])
     values = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.zeros(0, np.int32)
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+    return list_array(offsets, numbers(values))
 
 
 def _spill_batch(ids: list[np.ndarray], labels: list[np.ndarray], example_ids: list[str]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
-        [_list_array(ids), _list_array(labels), pa.array(example_ids, pa.string())], schema=SPILL_SCHEMA
+        [_list_array(ids), _list_array(labels), strings(example_ids)], schema=SPILL_SCHEMA
     )
 
 

@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from sftpack.templates.masking import IGNORE_INDEX
 from sftpack.progress import progress_bar
+from sftpack.store.arrays import as_numpy, list_array, numbers
 from sftpack.store.shards import ROW_SCHEMA, shard_name, write_shard
 
 
@@ -74,7 +75,7 @@ def gathered_batches(spill_paths: list[Path], bins: list[list[int]], chunks: lis
             with pa.OSFile(str(path)) as source:
                 table = pa.ipc.open_file(source).read_all().combine_chunks()
             path.unlink()
-            ordered = table.take(pa.array(np.argsort(np.asarray(table.column("place")))))
+            ordered = table.take(numbers(np.argsort(as_numpy(table.column("place")))))
             yield _row_batch(ordered, bins[chunks[index].start:chunks[index].stop])
 
 
@@ -97,8 +98,8 @@ def _sort_into_files(spill_paths: list[Path], dest_chunk: np.ndarray, dest_place
             picked = picked[np.argsort(chunk[picked], kind="stable")]
             bounds = np.flatnonzero(np.diff(chunk[picked])) + 1
             for part in np.split(picked, bounds):
-                piece = batch.take(pa.array(part))
-                piece = piece.append_column("place", pa.array(dest_place[index[part]]))
+                piece = batch.take(numbers(part))
+                piece = piece.append_column("place", numbers(dest_place[index[part]]))
                 target = int(chunk[part[0]])
                 if target not in writers:
                     sink = pa.OSFile(str(scratch / f"chunk-{target:06d}.arrow"), "wb")
@@ -116,16 +117,15 @@ def _row_batch(taken: pa.Table, chosen: list[list[int]]) -> pa.RecordBatch:
     seq_offsets = np.zeros(len(chosen) + 1, dtype=np.int32)
     np.cumsum(counts, out=seq_offsets[1:])
     ids = taken.column("input_ids").combine_chunks()
-    seq_lengths = np.asarray(ids.value_lengths(), dtype=np.int32)
+    seq_lengths = as_numpy(ids.value_lengths())
     token_offsets = np.zeros(len(chosen) + 1, dtype=np.int32)
     np.cumsum(np.add.reduceat(seq_lengths, seq_offsets[:-1]), out=token_offsets[1:])
-    offsets = pa.array(token_offsets)
     return pa.RecordBatch.from_arrays(
         [
-            pa.ListArray.from_arrays(offsets, ids.flatten()),
-            pa.ListArray.from_arrays(offsets, taken.column("labels").combine_chunks().flatten()),
-            pa.ListArray.from_arrays(pa.array(seq_offsets), pa.array(seq_lengths)),
-            pa.ListArray.from_arrays(pa.array(seq_offsets), taken.column("example_id").combine_chunks()),
+            list_array(token_offsets, ids.flatten()),
+            list_array(token_offsets, taken.column("labels").combine_chunks().flatten()),
+            list_array(seq_offsets, numbers(seq_lengths)),
+            list_array(seq_offsets, taken.column("example_id").combine_chunks()),
         ],
         schema=ROW_SCHEMA,
     )

@@ -222,7 +222,8 @@ def _totals(folder: Path, lengths: np.ndarray, rows: int, shards: list[dict[str,
 
     from sftpack.packing.bins import lower_bound_rows
 
-    stats = pq.read_table(folder / "stats.parquet", columns=["truncated", "dropped"])
+    with pq.ParquetFile(folder / "stats.parquet") as stats_file:  # pq.read_table imports pandas
+        stats = stats_file.read(columns=["truncated", "dropped"])
     tokens = int(lengths.sum())
     trained = sum(s["trained_tokens"] for s in shards)
     return {

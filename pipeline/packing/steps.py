@@ -31,6 +31,7 @@ from sftpack.io.ranges import InputRange
 from sftpack.io.readers import InputSource
 from sftpack.packing.encode import AUDIT_TOTALS, SPILL_SCHEMA, STATS_SCHEMA, Encoder, count_drops
 from sftpack.packing.options import PackConfig
+from sftpack.store.arrays import as_numpy, table_from_rows
 from sftpack.templates.masking import IGNORE_INDEX
 
 
@@ -106,12 +107,12 @@ class EncodeRanges(Step):
                 for batch in _chunks(rows, self.cfg.batch_size):
                     result = self.encoder.encode(task.label, stem, batch)
                     spill.write_batch(result["spill"])
-                    lengths.append(np.asarray(result["spill"].column("input_ids").value_lengths(), dtype=np.int32))
+                    lengths.append(as_numpy(result["spill"].column("input_ids").value_lengths()))
                     trained.append(_trained_per_sequence(result["spill"].column("labels")))
                     for key, value in result["audit"].items():
                         audit[key] += value
                     count_drops(result["stats"], dropped, first)
-                    stats_writer.write_table(pa.Table.from_pylist(result["stats"], schema=STATS_SCHEMA))
+                    stats_writer.write_table(table_from_rows(result["stats"], STATS_SCHEMA))
                     lines += len(result["stats"])
             os.replace(spill_tmp, spill_path)
             os.replace(stats_tmp, stats_path)
@@ -124,8 +125,8 @@ class EncodeRanges(Step):
 
 
 def _trained_per_sequence(labels: pa.ListArray) -> np.ndarray:
-    flags = (np.asarray(labels.flatten()) != IGNORE_INDEX).astype(np.int32)
-    starts = np.asarray(labels.offsets)[:-1]
+    flags = (as_numpy(labels.flatten()) != IGNORE_INDEX).astype(np.int32)
+    starts = as_numpy(labels.offsets)[:-1]
     return np.add.reduceat(flags, starts) if flags.size else np.zeros(len(labels), np.int32)
 
 
@@ -176,7 +177,7 @@ class WriteParts(Step):
         def counted(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             nonlocal trained
             for batch in batches:
-                trained += int((np.asarray(batch.column("labels").flatten()) != IGNORE_INDEX).sum())
+                trained += int((as_numpy(batch.column("labels").flatten()) != IGNORE_INDEX).sum())
                 yield batch
 
         target = Path(self.folder) / task["file"]
@@ -211,7 +212,8 @@ def _write_stats(staging: Staging, target: Path, sources: list[list[int]], batch
                 pending: list[pa.Table] = []
                 held = 0
                 for k in ranges:
-                    table = pq.read_table(staging.file(stats_name(k)), schema=STATS_SCHEMA)
+                    with pq.ParquetFile(staging.file(stats_name(k))) as part:  # read_table imports pandas
+                        table = part.read()
                     pending.append(table)
                     held += table.num_rows
                     while held >= batch_size:
