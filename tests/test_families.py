@@ -32,7 +32,7 @@ from sftpack.errors import SftpackError
 from sftpack.training.data import UnpackedCollator
 from sftpack.training.isolation import tiny_config
 from sftpack.training.runtime import resolve_runtime
-from sftpack.training.stage import RUN_MANIFEST
+from sftpack.training.stage import FINAL_DIR, RUN_MANIFEST
 from sftpack.training.trainer import build_trainer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -231,14 +231,16 @@ def test_require_refuses_before_any_work(family_model, real_data, tmp_path, caps
     assert not (tmp_path / "data").exists() and not (tmp_path / "run").exists()
 
 
-def test_two_process_ddp_trains_unpacked(family_model, packed_six, tmp_path):
+def test_two_process_ddp_trains_unpacked_with_an_adapter(family_model, packed_six, tmp_path):
     """The same guarantee for 2-process DDP (gloo, CPU): a family that cannot keep packed rows apart here
-    trains them unpacked on both processes, and says so. (`sanity` builds its trainer through the same
-    build_trainer; tests/test_sanity.py checks its report names the route.)"""
+    trains them unpacked on both processes, and says so; the run trains a LoRA adapter, so the one
+    launch also covers DDP with PEFT (packed DDP: tests/test_fsdp.py). (`sanity` builds its trainer
+    through the same build_trainer; tests/test_sanity.py checks its report names the route.)"""
     model_dir = family_model("lfm2")
     raw = run_config(model_dir, packed_six, tmp_path / "run")
     raw["train"].update(max_steps=2, eval_strategy="no", learning_rate=1e-3)
     raw["data"]["validation"] = None
+    raw["peft"] = {"r": 4, "lora_alpha": 8}
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
 
@@ -247,6 +249,8 @@ def test_two_process_ddp_trains_unpacked(family_model, packed_six, tmp_path):
     assert manifest["distributed"]["world_size"] == 2 and manifest["steps"] == 2
     assert manifest["isolation"]["route"] == "unpacked" and manifest["isolation"]["model_type"] == "lfm2"
     assert "Training the same rows UNPACKED" in stderr + stdout
+    assert (tmp_path / "run" / FINAL_DIR / "adapter_model.safetensors").is_file()
+    assert not (tmp_path / "run" / FINAL_DIR / "model.safetensors").exists()  # the adapter alone
 
 
 def test_plan_and_report_say_when_a_model_trains_unpacked(family_model, packed_six, tmp_path):

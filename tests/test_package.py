@@ -227,10 +227,12 @@ def test_real_data_in_the_repo_matches_its_notice():
     assert notice.count("Apache License 2.0") >= 3
 
 
-def test_readme_python_example_packs_and_trains_with_trl(model_dir, tmp_path):
+def test_readme_python_example_packs_and_trains_with_trl(tiny_model_dir, tmp_path):
     """The README's "From Python" block, as it is, in a folder laid out as after `make model demo-data`,
     followed by two lines that print its trainer's state: one step trained, with a finite loss,
-    saved as checkpoint-1 with weights that moved."""
+    saved as checkpoint-1 with weights that moved. Its model folder holds the tiny Llama (SmolLM2's
+    tokenizer and template): the 135M model trains the same code in `make demo`, and saving its
+    checkpoint with AdamW's state took half a minute here."""
     import math
 
     from safetensors import safe_open
@@ -241,7 +243,8 @@ def test_readme_python_example_packs_and_trains_with_trl(model_dir, tmp_path):
     code += ("import json\nprint('STATE', json.dumps({'global_step': trainer.state.global_step,"
              " 'log_history': trainer.state.log_history}))\n")
     _demo_data(tmp_path)
-    (tmp_path / "models").symlink_to(REPO / "models", target_is_directory=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "smollm2-135m-instruct").symlink_to(tiny_model_dir, target_is_directory=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "disabled"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -253,7 +256,7 @@ def test_readme_python_example_packs_and_trains_with_trl(model_dir, tmp_path):
     checkpoint = tmp_path / "out" / "runs" / "python" / "checkpoint-1"
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == 1
     with safe_open(checkpoint / "model.safetensors", "pt") as trained, \
-            safe_open(model_dir / "model.safetensors", "pt") as initial:
+            safe_open(tiny_model_dir / "model.safetensors", "pt") as initial:
         name = "model.layers.0.mlp.down_proj.weight"
         assert not trained.get_tensor(name).float().equal(initial.get_tensor(name).float())  # the step moved it
 

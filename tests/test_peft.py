@@ -1,6 +1,7 @@
 """Adapters: the `peft` section checked against PEFT's LoraConfig, real LoRA, DoRA and 4-bit QLoRA runs
-on a tiny Llama (checkpoints, resume, sanity, checkpointing, new tokens, 2-process DDP), the export
-that merges them, and the memory estimate `plan` prints (its adapter count against PEFT's own)."""
+on a tiny Llama (checkpoints, resume, sanity, checkpointing, new tokens), the export that merges
+them, and the memory estimate `plan` prints (its adapter count against PEFT's own). 2-process DDP
+with an adapter: tests/test_families.py (one launch, also unpacked)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import yaml
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import REAL_TEMPLATES, finish_launch, launch_train
+from conftest import REAL_TEMPLATES
 
 from sftpack.config.run_config import apply_overrides, build_config, parse_yaml
 from sftpack.errors import SftpackError
@@ -233,19 +234,6 @@ def test_qlora_without_bitsandbytes_is_refused_before_any_work(tiny_model_dir, t
     with pytest.raises(SftpackError, match=r"needs bitsandbytes.*pip install 'sftpack\[qlora\]'"):
         train(build_config(raw))
     assert not (tmp_path / "out").exists() and not (tmp_path / "run").exists()
-
-
-# ---------------------------------------------------------------- two processes
-
-def test_two_process_ddp_with_an_adapter(tiny_model_dir, packed_chat, tmp_path):
-    out = tmp_path / "ddp"
-    cfg = lora_config(tiny_model_dir, packed_chat, out, validation=False, max_steps=2, save_strategy="no")
-    config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_dict()))
-    stdout, stderr = finish_launch(launch_train("ddp.yaml", config), timeout=240)
-    manifest = json.loads((out / RUN_MANIFEST).read_text())
-    assert manifest["distributed"]["world_size"] == 2 and manifest["steps"] == 2
-    assert (out / FINAL_DIR / "adapter_model.safetensors").is_file()
 
 
 # ---------------------------------------------------------------- export
