@@ -12,6 +12,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# Two xdist workers already fill both cores: a second torch thread per process only spins and waits
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path
 

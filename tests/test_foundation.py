@@ -17,17 +17,25 @@ from tests.conftest import REPO
 
 # ---------------------------------------------------------------- the default model
 
+@pytest.fixture(scope="module")
+def gguf_tensors() -> dict:
+    """The shipped GGUF's tensors by name (reading its index takes seconds: once)."""
+    import gguf
+
+    return {t.name: t for t in gguf.GGUFReader(gguf_path()).tensors}
+
+
 @pytest.mark.parametrize("gguf_name, hf_name", [
     ("token_embd.weight", "model.embed_tokens.weight"),          # Q8_0
     ("blk.0.ffn_down.weight", "model.layers.0.mlp.down_proj.weight"),  # Q4_1
     ("blk.29.ffn_up.weight", "model.layers.29.mlp.up_proj.weight"),
     ("output_norm.weight", "model.norm.weight"),                  # F32
 ])
-def test_converted_weights_equal_gguf_dequantized(model_dir, gguf_name, hf_name):
+def test_converted_weights_equal_gguf_dequantized(model_dir, gguf_tensors, gguf_name, hf_name):
     import gguf
     from safetensors import safe_open
 
-    tensor = next(t for t in gguf.GGUFReader(gguf_path()).tensors if t.name == gguf_name)
+    tensor = gguf_tensors[gguf_name]
     expected = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
     with safe_open(model_dir / "model.safetensors", "np") as weights:
         actual = weights.get_tensor(hf_name)
