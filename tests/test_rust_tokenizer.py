@@ -1,6 +1,7 @@
 """RustTokenizer (pipeline/templates/rust_tokenizer.py) against transformers' own tokenizer of the
 same folder: every part the data stages read is equal, and a folder whose loading changes the
-backend is left to transformers."""
+backend is left to transformers. The Jinja sandbox (pipeline/templates/jinja_env.py) against
+`apply_chat_template` on what real templates use (tests/test_real_templates.py renders those)."""
 
 from __future__ import annotations
 
@@ -92,3 +93,32 @@ def test_a_folder_whose_loading_changes_the_backend_is_left_to_transformers(case
     DECLINED[case](folder)
     assert RustTokenizer.load(folder) is None
     assert not isinstance(load_tokenizer(folder), RustTokenizer)
+
+
+SANDBOX_TEMPLATES = {
+    "generation block": "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}A: {{ m.content }}"
+                        "{% endgeneration %}{% else %}U: {{ m.content }}{% endif %}\n{% endfor %}",
+    "tojson unescaped": "{{ messages | tojson }}|{{ messages[0] | tojson(indent=2, sort_keys=true) }}",
+    "namespace and loop controls": "{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 1 %}"
+                                   "{% break %}{% endif %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}",
+    "dict and special tokens": "{{ dict(a=1).a }}{{ dict.fromkeys(['x']) }}{{ bos_token }}{{ eos_token }}",
+    "trim and lstrip blocks": "  {% if true %}\n<{{ messages[-1].content }}>\n  {% endif %}\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SANDBOX_TEMPLATES))
+def test_templates_render_as_apply_chat_template_renders_them(case, model_dir):
+    reference = AutoTokenizer.from_pretrained(model_dir)
+    messages = [{"role": "user", "content": "<é & \"q\">"}, {"role": "assistant", "content": "ok"}]
+    template = SANDBOX_TEMPLATES[case]
+    ours = ChatRenderer(load_tokenizer(model_dir), template, stop_tokens=["<|im_end|>"]).render(messages)
+    assert ours == reference.apply_chat_template(messages, chat_template=template, tokenize=False)
+
+
+def test_a_namespace_refuses_underscore_names_and_raise_exception_raises(model_dir):
+    import jinja2
+
+    renderer = ChatRenderer(load_tokenizer(model_dir), stop_tokens=["<|im_end|>"])
+    for source in ("{% set ns = namespace(_x=1) %}", "{{ raise_exception('no system role') }}"):
+        with pytest.raises(jinja2.TemplateError):
+            renderer._compiled.environment.from_string(source).render()
