@@ -65,6 +65,9 @@ def test_peft_keys_are_lora_config_names(tiny_model_dir, packed_chat, tmp_path):
     assert "peft.task_type: set by sftpack" in message and "peft.r: 'big' is not of type int" in message
     assert "model.quantization.bnb_4bit_quant: not a transformers BitsAndBytesConfig field. Did you mean " \
            "bnb_4bit_quant_type" in message
+    raw["peft"] = {"r": 0}  # LoraConfig takes it; PEFT refuses only when the model is wrapped, after data work
+    with pytest.raises(SftpackError, match="peft.r: 0 is not a rank; the adapter's rank is a positive integer"):
+        build_config(raw)
     del raw["peft"]
     raw["model"]["quantization"] = {"load_in_4bit": True}
     with pytest.raises(SftpackError, match="model.quantization needs a peft section"):

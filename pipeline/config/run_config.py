@@ -245,6 +245,9 @@ def _adapter_errors(raw: Mapping[str, Any]) -> list[str]:
     if isinstance(peft, Mapping):
         errors += _section_errors("peft", {k: v for k, v in peft.items() if k not in OWNED_BY_SFTPACK},
                                   lora_config_fields(), "PEFT LoraConfig")
+        rank = peft.get("r")
+        if isinstance(rank, int) and not isinstance(rank, bool) and rank < 1:  # PEFT says so only on the model
+            errors.append(f"peft.r: {rank} is not a rank; the adapter's rank is a positive integer (8, 16, 64)")
     if isinstance(quantization, Mapping):
         errors += _section_errors("model.quantization", quantization, dict.fromkeys(quantization_fields(), Any),
                                   "transformers BitsAndBytesConfig")
