@@ -192,10 +192,17 @@ def test_llama_f16_runs_in_llama_cpp_as_in_transformers(tiny_llama, llama_f16, m
 
 @ON_LLAMA_WORKER
 def test_q8_0_is_smaller_and_answers_the_same(tiny_llama, llama_f16, tmp_path):
+    """Through the export stage, from a bare model folder (no run: no stop markers recorded), so
+    the model's own eos (generation_config.json) is the GGUF's stop token, as hf export keeps it."""
     from gguf import GGUFReader
 
+    from sftpack.exporting.stage import ExportConfig, run as export
+
     q8 = tmp_path / "q8" / "tiny.gguf"
-    assert _export(tiny_llama, q8, outtype="q8_0")["outtype"] == "q8_0"
+    manifest = export(tiny_llama, q8, ExportConfig(format="gguf", outtype="q8_0"))
+    assert manifest["gguf"]["outtype"] == "q8_0" and manifest["method"] == "full"
+    assert manifest["stop_tokens"] == ["<|im_end|>"] and manifest["stop_tokens_from"].startswith("unknown")
+    assert 'PARAMETER stop "<|im_end|>"' in (q8.parent / "Modelfile").read_text(encoding="utf-8")
     tensors = {name: GGUFReader(path).tensors for name, path in (("f16", llama_f16[0]), ("q8", q8))}
     assert {t.tensor_type.name for t in tensors["q8"] if "norm" not in t.name} == {"Q8_0"}  # norms stay F32
     # 8.5 bits a weight against 16 (norms stay F32; the vocabulary, about 1.8 MB here, is in both)

@@ -179,15 +179,21 @@ def _hashes(folder: Path, names: list[str] | None = None) -> dict[str, str]:
 
 
 def _gguf(src, gguf_file: Path, stops: list[str], name: str, cfg: ExportConfig) -> tuple[dict, dict]:
-    """The merged model in a temp folder beside `gguf_file`, converted by llama.cpp's converter."""
+    """The merged model in a temp folder beside `gguf_file`, converted by llama.cpp's converter. With
+    no stop markers known (not a run's folder) the model's own eos tokens stop it, as the hf export
+    keeps them in generation_config.json."""
     from transformers import AutoTokenizer
 
     from sftpack.exporting.gguf import write_gguf  # optional writer (llama.cpp's gguf package)
 
     with tempfile.TemporaryDirectory(prefix=".merged-", dir=gguf_file.parent) as merged:
         done = write_hf(src, Path(merged), stops)
-        gguf = write_gguf(Path(merged), gguf_file, outtype=cfg.outtype,
-                          chat_template=AutoTokenizer.from_pretrained(merged).chat_template, stop_tokens=stops, name=name)
+        tokenizer = AutoTokenizer.from_pretrained(merged)
+        if not stops and not done["eos_token_id"]:
+            raise SftpackError(f"{src.weights}: no stop token known (not in a run folder, and no eos_token_id in "
+                               "its generation_config.json): export from the run folder, or add eos_token_id")
+        gguf = write_gguf(Path(merged), gguf_file, outtype=cfg.outtype, chat_template=tokenizer.chat_template,
+                          stop_tokens=stops or tokenizer.convert_ids_to_tokens(done["eos_token_id"]), name=name)
     return done, gguf
 
 
@@ -196,7 +202,8 @@ def _manifest(cfg: ExportConfig, src, done: dict, stops: list[str], stops_from: 
     from sftpack import __version__
 
     return {"sftpack_version": __version__, **asdict(cfg), "source": str(src.weights),
-            "run": str(src.run_dir) if src.run_dir else None, **done, "stop_tokens": stops,
+            "run": str(src.run_dir) if src.run_dir else None, **done,
+            "stop_tokens": gguf["stop_tokens"] if gguf else stops,
             "stop_tokens_from": stops_from, "inputs": _hashes(src.weights), "gguf": gguf,
             "files": _hashes(folder, names)}
 
