@@ -41,10 +41,11 @@ def main(args: argparse.Namespace) -> int:
     else:
         print(format_plan(plan))
     accelerate = None
-    if args.write_config and plan.strategy is not None and plan.strategy.strategy in ("ddp", "fsdp"):
-        from sftpack.planning.strategy import accelerate_config_path
+    if args.write_config:
+        from sftpack.planning.strategy import accelerate_config_path, launch_strategy
 
-        accelerate = accelerate_config_path(args.write_config)
+        if launch_strategy(plan.strategy, plan.values["method"]):
+            accelerate = accelerate_config_path(args.write_config)
     for label, path in (("plot", args.plot), ("config", args.write_config), ("accelerate config", accelerate),
                         ("json", args.write_json)):
         if path:

@@ -64,6 +64,15 @@ def test_plan_writes_the_accelerate_config_beside_the_run_config(tmp_path, capsy
                 "--config", str(_base(tmp_path, model)), "--write-config", str(tmp_path / "small.yaml")])
     assert code == 0 and "strategy ddp on 2 GPU(s)" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "small.accelerate.yaml").read_text()) == accelerate_config("ddp", 2)
+    # 70B on 2 GPUs of 80 GiB: not even shards fit, QLoRA does, with the base and the adapter on each GPU
+    code = cli(["plan", "--params", "70B", "--gpus", "2", "--gpu-memory", "80", "--examples", "1000",
+                "--config", str(_base(tmp_path, model)), "--write-config", str(tmp_path / "adapter.yaml")])
+    out = capsys.readouterr().out
+    assert code == 0 and "strategy none on 2 GPU(s)" in out, out
+    assert yaml.safe_load((tmp_path / "adapter.yaml").read_text())["peft"]["r"] > 0
+    assert yaml.safe_load((tmp_path / "adapter.accelerate.yaml").read_text()) == accelerate_config("ddp", 2)
+    assert "(qlora: the base model and the adapter on every GPU)" in (tmp_path / "adapter.accelerate.yaml").read_text()
+    assert f"wrote accelerate config: {tmp_path / 'adapter.accelerate.yaml'}" in out
 
 
 def _base(tmp_path: Path, model: Path) -> Path:

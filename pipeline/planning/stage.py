@@ -61,7 +61,8 @@ def run(req: PlanRequest, plot: str | Path | None = None, config_out: str | Path
         if plan.strategy is not None:
             from sftpack.planning.strategy import write_accelerate_config
 
-            write_accelerate_config(plan.strategy, str(config_out))  # beside it: <stem>.accelerate.yaml
+            # beside it: <stem>.accelerate.yaml
+            write_accelerate_config(plan.strategy, plan.values["method"], str(config_out))
     if json_out:
         write_json(json_out, plan_json(plan))
     return plan

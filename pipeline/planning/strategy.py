@@ -196,21 +196,34 @@ def accelerate_config_path(run_config_path: str) -> str:
     return str(path.with_name(f"{path.stem}.accelerate.yaml"))
 
 
-def write_accelerate_config(choice: Choice, run_config_path: str) -> str | None:
-    """Write the accelerate config for a multi-GPU choice beside the run config (atomically).
+def launch_strategy(choice: Choice | None, method: str | None) -> str | None:
+    """The accelerate strategy a planned run launches with: the full fine-tune's (ddp or fsdp) when
+    the method is full; ddp for an adapter (lora, qlora) on several GPUs, each holding the frozen base
+    and the adapter (the replica fitting_method sized); None on one GPU, or when nothing fits."""
+    if choice is None or method is None:
+        return None
+    if method == "full":
+        return choice.strategy if choice.strategy in ("ddp", "fsdp") else None
+    return "ddp" if choice.world_size > 1 else None
+
+
+def write_accelerate_config(choice: Choice, method: str | None, run_config_path: str) -> str | None:
+    """Write the accelerate config of the planned run (`launch_strategy`) beside the run config (atomically).
 
     Returns:
-        The path written, or None when the choice needs none (single, none).
+        The path written, or None when the run needs none (one GPU, nothing fits).
     """
-    if choice.strategy not in ("ddp", "fsdp"):
+    strategy = launch_strategy(choice, method)
+    if strategy is None:
         return None
     import yaml
 
     from sftpack.store.atomic import atomic_file
 
     path = accelerate_config_path(run_config_path)
-    header = (f"# written by sftpack plan: {choice.strategy} on {choice.world_size} GPUs ({choice.reason})\n"
+    reason = choice.reason if method == "full" else f"{method}: the base model and the adapter on every GPU"
+    header = (f"# written by sftpack plan: {strategy} on {choice.world_size} GPUs ({reason})\n"
               f"#   accelerate launch --config_file {path} -m sftpack train --config {run_config_path}\n")
     with atomic_file(path) as handle:
-        handle.write(header + yaml.safe_dump(accelerate_config(choice.strategy, choice.world_size), sort_keys=False))
+        handle.write(header + yaml.safe_dump(accelerate_config(strategy, choice.world_size), sort_keys=False))
     return path
