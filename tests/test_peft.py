@@ -41,6 +41,9 @@ def lora_config(model_dir, packed, out, peft=None, validation=True, **train_valu
     return build_config(raw)
 
 
+ON_LORA_RUN_WORKER = pytest.mark.xdist_group("lora-run")  # its users on one worker: the run trains once
+
+
 @pytest.fixture(scope="session")
 def lora_run(tiny_model_dir, packed_chat, tmp_path_factory):
     """One LoRA run shared by the tests below: (run folder, manifest)."""
@@ -89,6 +92,7 @@ def test_overrides_read_numbers_as_written():
 
 # ---------------------------------------------------------------- a LoRA run
 
+@ON_LORA_RUN_WORKER
 def test_lora_run_saves_the_adapter_and_counts_parameters(lora_run, tiny_model_dir):
     out, manifest = lora_run
     final = out / FINAL_DIR
@@ -114,6 +118,7 @@ def test_lora_run_saves_the_adapter_and_counts_parameters(lora_run, tiny_model_d
     assert any(w.abs().sum() > 0 for k, w in weights.items() if "lora_B" in k)  # B starts at zero: it trained
 
 
+@ON_LORA_RUN_WORKER
 def test_resume_from_an_adapter_checkpoint_ends_at_the_same_adapter(lora_run, tiny_model_dir, packed_chat,
                                                                     tmp_path):
     out, _ = lora_run
@@ -241,6 +246,7 @@ def test_qlora_without_bitsandbytes_is_refused_before_any_work(tiny_model_dir, t
 
 # ---------------------------------------------------------------- export
 
+@ON_LORA_RUN_WORKER
 def test_export_merges_the_adapter(lora_run, tiny_model_dir, tmp_path, capsys):
     from peft import PeftModel
 
@@ -268,6 +274,7 @@ def test_export_merges_the_adapter(lora_run, tiny_model_dir, tmp_path, capsys):
     assert "exported adapter model" in capsys.readouterr().out
 
 
+@ON_LORA_RUN_WORKER
 def test_export_to_a_gguf_file_merges_the_adapter_and_writes_beside_it(lora_run, tmp_path):
     """`sftpack export RUN --format gguf --out FILE.gguf` (make export's call): the file itself, the
     Modelfile and export.json beside it, the run's stop token in the GGUF."""
