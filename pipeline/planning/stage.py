@@ -57,12 +57,10 @@ def run(req: PlanRequest, plot: str | Path | None = None, config_out: str | Path
     if plot:
         write_plot(plan, plot)
     if run_config is not None:
-        write_config(config_out, run_config)
-        if plan.strategy is not None:
-            from sftpack.planning.strategy import write_accelerate_config
+        from sftpack.planning.strategy import write_accelerate_config
 
-            # beside it: <stem>.accelerate.yaml
-            write_accelerate_config(plan.strategy, plan.values["method"], str(config_out))
+        write_config(config_out, run_config)
+        write_accelerate_config(plan.strategy, plan.values["method"], str(config_out))  # beside it, when needed
     if json_out:
         write_json(json_out, plan_json(plan))
     return plan

@@ -207,7 +207,7 @@ def launch_strategy(choice: Choice | None, method: str | None) -> str | None:
     return "ddp" if choice.world_size > 1 else None
 
 
-def write_accelerate_config(choice: Choice, method: str | None, run_config_path: str) -> str | None:
+def write_accelerate_config(choice: Choice | None, method: str | None, run_config_path: str) -> str | None:
     """Write the accelerate config of the planned run (`launch_strategy`) beside the run config (atomically).
 
     Returns:

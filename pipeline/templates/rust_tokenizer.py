@@ -50,15 +50,15 @@ class RustTokenizer:
     """The transformers class this stands in for; the tokenizer identity (fingerprint) records it."""
     is_fast = True
 
-    def __init__(self, folder: Path, backend: Tokenizer, config: dict[str, Any], chat_template: str | None):
+    def __init__(self, folder: Path, backend: Tokenizer, special_tokens_map: dict[str, str], extra: list[str],
+                 added_tokens_decoder: dict[int, Any], chat_template: str | None):
         self.name_or_path = str(folder)
         self.backend_tokenizer = backend
         self.chat_template = chat_template
-        self.special_tokens_map: dict[str, str] = {
-            name: _content(config[name]) for name in NAMED_TOKENS if _content(config.get(name)) is not None}
-        extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        self._extra = [_content(token) for token in extra]
-        self.added_tokens_decoder = dict(sorted(backend.get_added_tokens_decoder().items()))
+        self.special_tokens_map = special_tokens_map
+        """Named special tokens (bos_token, ...) that are set, as transformers' special_tokens_map."""
+        self._extra = extra
+        self.added_tokens_decoder = dict(sorted(added_tokens_decoder.items()))
         self.added_tokens_encoder = {token.content: index for index, token in self.added_tokens_decoder.items()}
 
     @classmethod
@@ -77,9 +77,12 @@ class RustTokenizer:
                 or set(config) - _INERT_KEYS or config.get("split_special_tokens") \
                 or config.get("clean_up_tokenization_spaces") or not isinstance(config.get("chat_template", ""), str):
             return None
-        named = [config.get(name) for name in NAMED_TOKENS if config.get(name) is not None]
+        named = {name: _content(config[name]) for name in NAMED_TOKENS if config.get(name) is not None}
         extra = config.get("extra_special_tokens") or config.get("additional_special_tokens") or []
-        if not isinstance(extra, list) or any(_content(token) is None for token in named + extra):
+        if not isinstance(extra, list):
+            return None  # a dict: model-specific named tokens
+        extra = [_content(token) for token in extra]
+        if None in named.values() or None in extra:
             return None
         try:
             backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
@@ -88,8 +91,9 @@ class RustTokenizer:
         if backend.truncation is not None or backend.padding is not None or backend.post_processor is None \
                 or backend.get_vocab_size() > _MISTRAL_PATCH_VOCAB:
             return None
-        added = {token.content: (index, token) for index, token in backend.get_added_tokens_decoder().items()}
-        if any(_content(token) not in added for token in named + extra):
+        decoder = backend.get_added_tokens_decoder()
+        added = {token.content: (index, token) for index, token in decoder.items()}
+        if any(token not in added for token in [*named.values(), *extra]):
             return None  # transformers would add it to the backend
         for index, token in (config.get("added_tokens_decoder") or {}).items():
             if not isinstance(token, dict) or token.get("content") not in added:
@@ -101,7 +105,7 @@ class RustTokenizer:
         template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
         backend.no_truncation()
         backend.encode_special_tokens = False
-        return cls(folder, backend, config, template)
+        return cls(folder, backend, named, extra, decoder, template)
 
     # ------------------------------------------------------------ special tokens
 
